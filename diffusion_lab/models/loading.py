@@ -1,0 +1,95 @@
+"""`load_pipeline`: the built-in model offline, or any SD 1.x/2.x checkpoint through from_pretrained.
+
+Security: weights are loaded only from safetensors (`use_safetensors=True`) and never with
+`trust_remote_code`. Loading is cached per (name, device, dtype) so widgets and batch chunks do not reload.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from .shapes_tiny import MODEL_DIR as SHAPES_TINY_DIR
+
+BUILTIN_MODELS = {"shapes-tiny": SHAPES_TINY_DIR}
+_CACHE: dict = {}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The checkpoint is neither a local folder nor reachable on the hub."""
+
+
+def default_device() -> str:
+    """cuda, then mps, then cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def clear_pipeline_cache() -> None:
+    _CACHE.clear()
+
+
+def _resolve_dtype(dtype, device: str):
+    import torch
+
+    if dtype is None:
+        return torch.float16 if device == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        except KeyError:
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16") from None
+    return dtype
+
+
+def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device: Optional[str] = None, dtype=None):
+    """Load a StableDiffusionPipeline.
+
+    name_or_path: "shapes-tiny" (built in, offline), a local diffusers folder, or a hub id such as
+    "stable-diffusion-v1-5/stable-diffusion-v1-5" (needs network or the local hub cache).
+    device: "cuda", "mps" or "cpu"; chosen automatically when None. dtype: float16 on cuda by
+    default, float32 elsewhere (the built-in model always runs in float32).
+    The scheduler is replaced by a DDIMScheduler built from the checkpoint's own scheduler config
+    (clip_sample off), so epsilon and v-prediction checkpoints both work.
+    """
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    device = device or default_device()
+    name = str(name_or_path)
+    builtin = name in BUILTIN_MODELS
+    path = BUILTIN_MODELS.get(name, Path(name))
+    torch_dtype = torch.float32 if builtin else _resolve_dtype(dtype, device)
+    key = (name, device, str(torch_dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    if builtin and not (Path(path) / "model_index.json").exists():
+        raise ModelNotFoundError(
+            f"the built-in model's weights are missing from {path}; reinstall diffusion-lab "
+            "or train them with `python pipelines/train_shapes_tiny.py --export-dir " + str(path) + "`"
+        )
+    local = Path(path).is_dir()
+    if not local and (Path(name).is_absolute() or name.startswith(".") or os.sep in name and name.count("/") != 1):
+        raise ModelNotFoundError(f"no model folder at {name!r}; give an existing diffusers folder or a hub id like 'owner/name'")
+    kwargs = dict(torch_dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **kwargs)
+    except (OSError, EnvironmentError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"could not load {name!r}: it is not a local diffusers folder and could not be fetched from the hub "
+            f"(or it has no safetensors weights). Download it on a machine with network access with "
+            f"`huggingface-cli download {name}` and pass the folder, or use 'shapes-tiny'. Cause: {error}"
+        ) from error
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder):
+        module.eval().requires_grad_(False)
+    _CACHE[key] = pipe
+    return pipe

@@ -1,0 +1,27 @@
+"""The shapes world: scenes, captions, renderer, ground-truth edits and an analyzer."""
+
+from .analyzer import Analysis, DetectedObject, analyze, match_objects
+from .captions import (
+    ObjectDescription,
+    SceneDescription,
+    caption,
+    check_words,
+    describe,
+    parse_caption,
+    vocabulary,
+)
+from .edits import EDIT_KINDS, SceneEdit, edit_scene
+from .render import Render, render, render_image, shape_coverage
+from .scene import (
+    BACKGROUNDS,
+    COLOURS,
+    COLUMNS,
+    MAX_OBJECTS,
+    ROWS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapeObject,
+    random_object,
+    random_scene,
+)
