@@ -292,6 +292,8 @@ def generalized_posterior_step(
     prev_sample = generalized_posterior_mean(x0_hat, eps_hat, alpha_bar_prev, mean_sigma)  # (B, C, H, W)
     if eta > 0 or variance == "sigma_hat" or noise is not None:
         if noise is None:
-            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype, device=model_output.device)
+            noise = torch.randn(
+                model_output.shape, generator=generator, dtype=model_output.dtype, device=model_output.device
+            )
         prev_sample = prev_sample + _coefficient(noise_sigma, prev_sample) * noise
     return StepOutput(prev_sample, x0_hat, eps_hat, noise_sigma, noise)

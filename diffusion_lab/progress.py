@@ -6,16 +6,18 @@ Set DIFFUSION_LAB_NO_PROGRESS=1 (the test suite and batch runs do) to turn every
 from __future__ import annotations
 
 import os
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+NO_PROGRESS_ENV = "DIFFUSION_LAB_NO_PROGRESS"
 
 
-def progress_enabled(requested: bool = True) -> bool:
-    return bool(requested) and os.environ.get("DIFFUSION_LAB_NO_PROGRESS", "") not in ("1", "true", "yes")
+def progress_disabled_by_env() -> bool:
+    return os.environ.get(NO_PROGRESS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def progress_bar(iterable, enabled: bool = True, **kwargs):
-    """`tqdm.auto.tqdm(iterable)` when enabled (and not silenced by the environment), else the iterable."""
-    if not progress_enabled(enabled):
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
+def progress_bar(iterable: Iterable[T], enabled: bool = True, **kwargs) -> Iterable[T]:
+    """tqdm.auto progress bar, silent when `enabled` is False or DIFFUSION_LAB_NO_PROGRESS=1."""
+    return tqdm(iterable, disable=not enabled or progress_disabled_by_env(), **kwargs)

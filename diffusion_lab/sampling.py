@@ -10,31 +10,16 @@ subsequence tau_S > ... > tau_1); Ho et al. 2020, "Denoising Diffusion Probabili
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from diffusion_lab.denoisers import Denoiser
 from diffusion_lab.posterior import generalized_posterior_step
+from diffusion_lab.progress import progress_bar  # noqa: F401  (re-exported for callers)
 from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
-
-T = TypeVar("T")
-
-NO_PROGRESS_ENV = "DIFFUSION_LAB_NO_PROGRESS"
-
-
-def progress_disabled_by_env() -> bool:
-    return os.environ.get(NO_PROGRESS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def progress_bar(iterable: Iterable[T], enabled: bool = True, **kwargs) -> Iterable[T]:
-    """tqdm.auto progress bar, silent when `enabled` is False or DIFFUSION_LAB_NO_PROGRESS=1."""
-    return tqdm(iterable, disable=not enabled or progress_disabled_by_env(), **kwargs)
-
 
 @dataclass
 class SamplingResult:

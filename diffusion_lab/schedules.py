@@ -101,7 +101,7 @@ def make_betas(
     return betas.to(torch.float64)
 
 
-@dataclass
+@dataclass(eq=False)
 class NoiseSchedule:
     """Everything a sampler needs to know about the forward process of a trained model.
 
@@ -126,6 +126,14 @@ class NoiseSchedule:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         self.final_alpha_cumprod = float(self.final_alpha_cumprod)
 
+    def __repr__(self) -> str:
+        return (
+            f"NoiseSchedule(T={self.num_train_timesteps}, betas={float(self.betas[0]):.3g}..{float(self.betas[-1]):.3g}, "
+            f"alpha_bar_T-1={float(self.alphas_cumprod[-1]):.3g}, prediction_type={self.prediction_type!r}, "
+            f"final_alpha_cumprod={self.final_alpha_cumprod:.6g}, timestep_spacing={self.timestep_spacing!r}, "
+            f"steps_offset={self.steps_offset})"
+        )
+
     @classmethod
     def create(
         cls,
@@ -141,7 +149,9 @@ class NoiseSchedule:
         steps_offset: int = 0,
     ) -> "NoiseSchedule":
         """Build a schedule from the same arguments (and defaults) as diffusers' DDIMScheduler."""
-        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr)
+        betas = make_betas(
+            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
+        )
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # alpha_bar_t, float64
         final = 1.0 if set_alpha_to_one else float(alphas_cumprod[0])
         return cls(betas, alphas_cumprod, len(betas), prediction_type, final, timestep_spacing, steps_offset)

@@ -22,10 +22,24 @@ from diffusion_lab.posterior import (
 )
 from diffusion_lab.schedules import NoiseSchedule, timestep_pairs, timestep_subsequence
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP contention with a busy machine (5-50x faster here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 NUM_SAMPLES = 200_000
 X0 = torch.tensor([1.0, -0.5, 0.3, 2.0], dtype=torch.float64)
-SUBSEQUENCES = [("uniform", "leading"), ("uniform", "trailing"), ("quadratic", "leading"), ("quadratic", "trailing")]
+# (skip, spacing, set_alpha_to_one): every subsequence kind, both ends of the chain
+SUBSEQUENCES = [
+    ("uniform", "leading", False), ("uniform", "trailing", True), ("quadratic", "leading", True),
+    ("quadratic", "trailing", False),
+]
 
 
 def _chain_from_x_T(schedule, timesteps, generator):
@@ -42,8 +56,7 @@ def _assert_moments(x, expected_mean, expected_variance, where):
     assert ((variance - expected_variance).abs() <= variance_tolerance).all(), (where, variance, expected_variance)
 
 
-@pytest.mark.parametrize("skip,spacing", SUBSEQUENCES)
-@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+@pytest.mark.parametrize("skip,spacing,set_alpha_to_one", SUBSEQUENCES)
 def test_eta_family_preserves_forward_marginals(skip, spacing, set_alpha_to_one):
     """q_sigma(x_{t-1} | x_t, x_0) with the true x_0 keeps q(x_{t-1} | x_0) at every step, for every eta in [0, 1]."""
     schedule = NoiseSchedule.create(**SD, set_alpha_to_one=set_alpha_to_one)
@@ -59,8 +72,8 @@ def test_eta_family_preserves_forward_marginals(skip, spacing, set_alpha_to_one)
             _assert_moments(x, alpha_bar_prev.sqrt() * X0, (1 - alpha_bar_prev).expand(4), (eta, t, t_prev))
 
 
-@pytest.mark.parametrize("skip,spacing", SUBSEQUENCES)
-def test_sigma_hat_keeps_mean_but_inflates_variance(skip, spacing):
+@pytest.mark.parametrize("skip,spacing,set_alpha_to_one", SUBSEQUENCES)
+def test_sigma_hat_keeps_mean_but_inflates_variance(skip, spacing, set_alpha_to_one):
     """sigma-hat (eta = 1 mean, noise sqrt(1 - alpha_bar_t / alpha_bar_prev)) is NOT in the q_sigma family.
 
     The mean is linear in x_t with the eta = 1 coefficient, so E[x_{t-1}] stays sqrt(alpha_bar_prev) x_0. But the
@@ -68,32 +81,41 @@ def test_sigma_hat_keeps_mean_but_inflates_variance(skip, spacing):
         v_prev = (1 - alpha_bar_prev - sigma_1^2) v_t / (1 - alpha_bar_t) + sigma_hat^2  >  1 - alpha_bar_prev,
     which is why DDIM's Table 1 shows sigma-hat far worse at few steps and best at 1000 (where the excess vanishes).
     """
-    schedule = NoiseSchedule.create(**SD, set_alpha_to_one=True)
+    schedule = NoiseSchedule.create(**SD, set_alpha_to_one=set_alpha_to_one)
     timesteps = timestep_subsequence(1000, 10, skip, spacing)
     generator = torch.Generator().manual_seed(1)
     x = _chain_from_x_T(schedule, timesteps, generator)
     predicted_variance = 1 - schedule.alpha_bar(int(timesteps[0]))
     for t, t_prev in timestep_pairs(timesteps):
         alpha_bar_t, alpha_bar_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-        sigma_mean, sigma_noise = sigma_from_eta(alpha_bar_t, alpha_bar_prev, 1.0), sigma_hat(alpha_bar_t, alpha_bar_prev)
-        assert sigma_noise > sigma_mean
+        sigma_mean = sigma_from_eta(alpha_bar_t, alpha_bar_prev, 1.0)
+        sigma_noise = sigma_hat(alpha_bar_t, alpha_bar_prev)
+        identity_step = bool(alpha_bar_t == alpha_bar_prev)  # t = 0 -> -1 when not set_alpha_to_one
+        assert sigma_noise > sigma_mean or identity_step
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        x = sample_generalized_posterior(x, X0, alpha_bar_t, alpha_bar_prev, sigma_noise, noise, mean_sigma_t=sigma_mean)
-        predicted_variance = (1 - alpha_bar_prev - sigma_mean**2) * predicted_variance / (1 - alpha_bar_t) + sigma_noise**2
+        x = sample_generalized_posterior(
+            x, X0, alpha_bar_t, alpha_bar_prev, sigma_noise, noise, mean_sigma_t=sigma_mean
+        )
+        direction_coefficient_squared = 1 - alpha_bar_prev - sigma_mean**2
+        predicted_variance = direction_coefficient_squared * predicted_variance / (1 - alpha_bar_t) + sigma_noise**2
         _assert_moments(x, alpha_bar_prev.sqrt() * X0, predicted_variance.expand(4), (t, t_prev))
-        assert predicted_variance > (1 - alpha_bar_prev) * 1.01 + 1e-4  # strictly noisier than q(x_{t-1} | x_0)
+        assert predicted_variance > 1 - alpha_bar_prev  # strictly noisier than q(x_{t-1} | x_0), identity steps too
+    # measurably so: at the end the excess is far beyond Monte-Carlo error (the eta test would have failed)
+    final_variance = 1 - schedule.final_alpha_cumprod
+    standard_error = predicted_variance * (2 / NUM_SAMPLES) ** 0.5
+    assert (x.var(0) - final_variance > 20 * standard_error).all()
 
 
 def test_sigma_hat_coefficient_can_be_imaginary():
     schedule = NoiseSchedule.create(**SD)
-    alpha_bar_t, alpha_bar_prev = schedule.alpha_bar(900), schedule.alpha_bar(800)
+    alpha_bar_t, alpha_bar_prev = schedule.alpha_bar(500), schedule.alpha_bar(100)
     assert alpha_bar_t < alpha_bar_prev**2  # so 1 - alpha_bar_prev - sigma_hat^2 < 0
     x = torch.zeros(1, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="imaginary"):
         generalized_posterior_mean(x, x, alpha_bar_prev, sigma_hat(alpha_bar_t, alpha_bar_prev))
     # the step itself uses the eta = 1 mean and works
     out = generalized_posterior_step(
-        torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), 900, 800, schedule, variance="sigma_hat",
+        torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), 500, 100, schedule, variance="sigma_hat",
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.isfinite(out.prev_sample).all() and out.sigma == sigma_hat(alpha_bar_t, alpha_bar_prev)
@@ -120,8 +142,9 @@ def test_step_equals_diffusers_ddim(spacing, set_alpha_to_one, steps_offset, pre
         theirs = scheduler.step(model_output, t, x_t, eta=eta, variance_noise=noise)
         ours = generalized_posterior_step(x_t, model_output, t, t_prev, schedule, eta=eta, noise=noise)
         assert ours.prev_sample.dtype == torch.float32
-        assert torch.allclose(ours.prev_sample, theirs.prev_sample, rtol=1e-5, atol=1e-5), (t, t_prev)
-        assert torch.allclose(ours.pred_original_sample, theirs.pred_original_sample, rtol=1e-5, atol=1e-5)
+        # atol 1e-4: diffusers' float32 alphas_cumprod makes 1 - alpha_bar_t lose ~6e-5 relative near t = 0
+        assert torch.allclose(ours.prev_sample, theirs.prev_sample, rtol=1e-5, atol=1e-4), (t, t_prev)
+        assert torch.allclose(ours.pred_original_sample, theirs.pred_original_sample, rtol=1e-5, atol=1e-4)
 
 
 def test_clip_sample_range_equals_diffusers():
@@ -142,10 +165,15 @@ def test_eta_one_is_ddpm_posterior_variance_and_sigma_hat_is_beta(beta_schedule)
     schedule = NoiseSchedule.from_scheduler_config(ddpm.config)
     t = torch.arange(1, 1000)
     ours = sigma_from_eta(schedule.alpha_bar(t), schedule.alpha_bar(t - 1), 1.0) ** 2
-    theirs = torch.stack([ddpm._get_variance(int(s)) for s in t]).double()
-    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-10)
+    theirs = torch.stack([ddpm._get_variance(int(s)) for s in t[::7]]).double()
+    # diffusers computes 1 - alpha_bar_t / alpha_bar_{t-1} in float32: ~1e-3 relative cancellation near t = 0
+    assert torch.allclose(ours[::7], theirs, rtol=2e-3, atol=1e-10)
+    # DDPM eq. 7 in float64, with beta_t itself: beta-tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+    beta_tilde = (1 - schedule.alphas_cumprod[:-1]) / (1 - schedule.alphas_cumprod[1:]) * schedule.betas[1:]
+    assert torch.allclose(ours, beta_tilde, rtol=1e-9)
     # over consecutive steps sigma_hat^2 = 1 - alpha_bar_t / alpha_bar_{t-1} = beta_t: the lecture's sqrt(beta_t)
-    assert torch.allclose(sigma_hat(schedule.alpha_bar(t), schedule.alpha_bar(t - 1)) ** 2, schedule.betas[1:], rtol=1e-9)
+    sigma_hat_squared = sigma_hat(schedule.alpha_bar(t), schedule.alpha_bar(t - 1)) ** 2
+    assert torch.allclose(sigma_hat_squared, schedule.betas[1:], rtol=1e-9)
     assert torch.equal(posterior_std(schedule.alpha_bar(t), schedule.alpha_bar(t - 1), variance="sigma_hat"),
                        sigma_hat(schedule.alpha_bar(t), schedule.alpha_bar(t - 1)))
     assert (posterior_std(schedule.alpha_bar(t), schedule.alpha_bar(t - 1), eta=0.0) == 0).all()

@@ -17,7 +17,7 @@ from ..shapes.captions import vocabulary
 MODEL_DIR = Path(__file__).parent / "shapes-tiny"
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
-MAX_TOKENS = 24  # bos + the longest 3-object caption with background (21 words) + eos, rounded up
+MAX_TOKENS = 32  # bos + the longest caption (3 objects with positions and background: 30 words) + eos
 SPECIAL_TOKENS = {"bos": "<|startoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>", "unk": "<|unk|>"}
 
 VAE_CONFIG = dict(

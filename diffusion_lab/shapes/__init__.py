@@ -1,6 +1,6 @@
 """The shapes world: scenes, captions, renderer, ground-truth edits and an analyzer."""
 
-from .analyzer import Analysis, DetectedObject, analyze, match_objects
+from .analyzer import ATTRIBUTES, Analysis, DetectedObject, analyze, attribute_accuracy, match_objects
 from .captions import (
     ObjectDescription,
     SceneDescription,

@@ -152,3 +152,28 @@ def match_objects(analysis: Analysis, scene_objects, max_distance: float = 0.2) 
             used.add(best)
         matched.append(analysis.objects[best] if best is not None else None)
     return matched
+
+
+ATTRIBUTES = ("shape", "colour", "size", "position")
+
+
+def attribute_accuracy(images, scenes) -> dict:
+    """Per-attribute accuracy of the analyzer against the true scenes.
+
+    Objects are matched to detections by nearest centre; an unmatched object counts as wrong on every
+    attribute. Also reports background accuracy and the share of images with the right object count.
+    """
+    correct = {a: 0 for a in ATTRIBUTES}
+    objects = backgrounds = counts = 0
+    for image, scene in zip(images, scenes):
+        analysis = analyze(image)
+        backgrounds += analysis.background == scene.background
+        counts += len(analysis.objects) == len(scene.objects)
+        for true, found in zip(scene.objects, match_objects(analysis, scene.objects, max_distance=0.35)):
+            objects += 1
+            for attribute in ATTRIBUTES:
+                correct[attribute] += found is not None and getattr(found, attribute) == getattr(true, attribute)
+    result = {a: correct[a] / max(objects, 1) for a in ATTRIBUTES}
+    result["background"] = backgrounds / max(len(scenes), 1)
+    result["count"] = counts / max(len(scenes), 1)
+    return result

@@ -1,0 +1,37 @@
+# diffusion-lab: every target is a thin wrapper over `python -m diffusion_lab ...` or pytest,
+# so a student without make runs the same things (see README).
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default (a local wheel on the course machines); GPU users: make setup TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lab clean help
+
+help:
+	@echo "make demo   set up .venv and run the headless demo (prints where results are)"
+	@echo "make test   set up .venv and run the whole test suite"
+	@echo "make lab    set up .venv and open JupyterLab on labs/"
+
+# Set-up is idempotent: it reruns only when pyproject.toml changed or the venv is missing.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python -m diffusion_lab demo
+
+test: setup
+	DIFFUSION_LAB_NO_PROGRESS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: setup
+	$(BIN)/python -m diffusion_lab lab
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

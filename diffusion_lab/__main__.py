@@ -1,0 +1,46 @@
+"""Command line: `python -m diffusion_lab {demo,lab,batch}` (the Makefile's targets call these).
+
+    python -m diffusion_lab demo [--out outputs/demo]   headless tour: shapes world, samplers, built-in model
+    python -m diffusion_lab lab                          JupyterLab on labs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="diffusion-lab", description="Image editing with diffusion models: labs, batch editing, benchmarks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the headless demo and print where its results are")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    lab = sub.add_parser("lab", help="open JupyterLab on labs/")
+    lab.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        out = run_demo(args.out, seed=args.seed)
+        print(f"\nDemo results are in {out.resolve()}")
+        return 0
+    if args.command == "lab":
+        labs = _repo_root() / "labs"
+        command = [sys.executable, "-m", "jupyter", "lab", str(labs)]
+        if args.port:
+            command += ["--port", str(args.port)]
+        return subprocess.call(command, env={**os.environ})
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Prompt-to-Prompt attention control (Hertz et al. 2022, arXiv:2208.01626) for diffusers UNets.
+
+    store = AttentionStore(num_prompts=1)
+    with register_attention_control(pipe.unet, store):
+        ...  # a sampling loop that calls store.set_step(step_index, num_steps) before each UNet call
+    maps = store.average_cross_attention(resolution=16)  # (16, 16, tokens)
+"""
+
+from .controllers import (
+    AttentionController,
+    AttentionEdit,
+    AttentionRefine,
+    AttentionReplace,
+    AttentionReweight,
+    AttentionStore,
+    LocalBlend,
+)
+from .maps import cross_attention_per_word, normalize_map, self_attention_components, upsample_map
+from .processor import AttentionControl, AttentionLayer, ControlledAttentionProcessor, register_attention_control
+from .tokens import (
+    max_tokens,
+    prompt_token_ids,
+    prompt_tokens,
+    prompt_word_tokens,
+    refinement_alignment,
+    replacement_mapper,
+    token_scales,
+    word_token_indices,
+)
+
+__all__ = [
+    "AttentionControl",
+    "AttentionController",
+    "AttentionEdit",
+    "AttentionLayer",
+    "AttentionRefine",
+    "AttentionReplace",
+    "AttentionReweight",
+    "AttentionStore",
+    "ControlledAttentionProcessor",
+    "LocalBlend",
+    "cross_attention_per_word",
+    "max_tokens",
+    "normalize_map",
+    "prompt_token_ids",
+    "prompt_tokens",
+    "prompt_word_tokens",
+    "refinement_alignment",
+    "register_attention_control",
+    "replacement_mapper",
+    "self_attention_components",
+    "token_scales",
+    "upsample_map",
+    "word_token_indices",
+]

@@ -1,0 +1,659 @@
+"""Attention controllers: store, replace, refine and reweight attention maps (Prompt-to-Prompt).
+
+Prompt-to-Prompt (Hertz et al. 2022, arXiv:2208.01626) generates the source and the edited image
+together, from the same initial noise, and injects the source's attention maps into the target:
+
+    AttentionStore      record maps (to look at them, and for LocalBlend)
+    AttentionReplace    word swap       "a cat on a couch"   -> "a dog on a couch"
+    AttentionRefine     phrase addition "a red circle"       -> "a big red circle"
+    AttentionReweight   scale a word's attention              "a big (x2) red circle"
+    LocalBlend          keep the source's latents outside the edited words' region
+
+How the sampling loop drives a controller (see also `register_attention_control`):
+
+    controller.set_batch_layout(num_prompts=len(prompts), has_uncond=guidance_scale > 1)
+    with register_attention_control(unet, controller):
+        for step_index, t in enumerate(timesteps):
+            controller.set_step(step_index, len(timesteps))      # before the UNet call(s)
+            noise = unet(torch.cat([latents] * 2) if guided else latents, t, text_embeddings).sample
+            latents = scheduler.step(guided_noise, t, latents).prev_sample
+            latents = controller.blend_latents(latents, step_index)  # after the step (LocalBlend)
+
+Batch layout: `latents` holds one row per prompt, prompt 0 the source and prompts 1.. the targets.
+The UNet batch is [unconditional rows..., conditional rows...] with classifier-free guidance, or
+only the conditional rows without it. Controllers see probabilities of shape
+(unet_batch*heads, queries, keys) and only read and edit the conditional rows. If
+`set_batch_layout` was not called, `has_uncond` is inferred from the UNet batch size
+(2*num_prompts: with; num_prompts: without). Run unconditional-only UNet calls (null-text
+optimisation) without a registered controller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .tokens import max_tokens, refinement_alignment, replacement_mapper, token_scales, word_token_indices
+
+PLACES = ("down", "mid", "up")
+
+
+class AttentionController:
+    """Base class: sees every controlled attention call; by default changes nothing.
+
+    Subclasses override `forward(conditional, is_cross, place_in_unet, layer_name)`, which receives
+    the conditional rows as (num_prompts, heads, queries, keys) and returns them (edited or not),
+    and may override `controls_layer` (which layers get the explicit-softmax processor, decided
+    once at registration) and `wants_probabilities` (per call: layers it does not need this call
+    run the fast fused attention).
+    """
+
+    def __init__(self, num_prompts: int | None = None):
+        self.num_prompts = num_prompts
+        self.has_uncond: bool | None = None
+        self.step_index: int | None = None
+        self.num_steps: int | None = None
+        self.unet_batch_size: int | None = None  # observed at each UNet call
+        self.latent_size: tuple[int, int] | None = None  # (H, W) of the UNet's input, observed
+
+    # -- driven by the sampling loop -------------------------------------------------------------
+    def set_step(self, step_index: int, num_steps: int) -> None:
+        """Call before the UNet call(s) of each denoising step (step_index 0 .. num_steps-1)."""
+        if not 0 <= step_index < num_steps:
+            raise ValueError(f"step_index must be in [0, num_steps), got {step_index} of {num_steps}")
+        self.step_index, self.num_steps = int(step_index), int(num_steps)
+
+    def set_batch_layout(self, num_prompts: int, has_uncond: bool) -> None:
+        """The UNet batch is [uncond x num_prompts, cond x num_prompts] if has_uncond, else [cond x num_prompts]."""
+        if self.num_prompts is not None and num_prompts != self.num_prompts:
+            raise ValueError(f"this controller was built for {self.num_prompts} prompts, not {num_prompts}")
+        self.num_prompts, self.has_uncond = int(num_prompts), bool(has_uncond)
+
+    def observe_unet_input(self, sample: torch.Tensor) -> None:
+        """Called by the hook of `register_attention_control` with the UNet's input latents."""
+        self.unet_batch_size = int(sample.shape[0])
+        self.latent_size = (int(sample.shape[-2]), int(sample.shape[-1]))
+
+    def blend_latents(self, latents: torch.Tensor, step_index: int) -> torch.Tensor:
+        """Called after each scheduler step with the (num_prompts, C, H, W) latents; no change here."""
+        return latents
+
+    def reset(self) -> None:
+        """Forget the run (step, observed sizes, stored maps); keep the configuration."""
+        self.step_index = self.num_steps = None
+        self.unet_batch_size = self.latent_size = None
+
+    # -- which layers ------------------------------------------------------------------------------
+    def controls_layer(self, layer_name: str, place_in_unet: str, is_cross: bool) -> bool:
+        return True
+
+    def wants_probabilities(self, query_positions: int, is_cross: bool, place_in_unet: str, layer_name: str) -> bool:
+        return True
+
+    # -- the attention call ------------------------------------------------------------------------
+    def __call__(self, probabilities: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> torch.Tensor:
+        """probabilities: (unet_batch*heads, queries, keys); returns the same shape."""
+        unet_batch, num_prompts = self._batch_layout(probabilities.shape[0])
+        rows, queries, keys = probabilities.shape
+        per_prompt = probabilities.view(unet_batch, rows // unet_batch, queries, keys)  # (B, heads, HW, keys)
+        conditional = per_prompt[unet_batch - num_prompts :]  # (num_prompts, heads, HW, keys)
+        edited = self.forward(conditional, is_cross, place_in_unet, layer_name)
+        if edited is conditional:
+            return probabilities
+        return torch.cat([per_prompt[: unet_batch - num_prompts], edited]).view(rows, queries, keys)
+
+    def forward(self, conditional: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> torch.Tensor:
+        return conditional
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _batch_layout(self, rows: int) -> tuple[int, int]:
+        """(UNet batch size, number of prompts) of the current call, checked."""
+        if self.num_prompts is None:
+            raise RuntimeError(
+                f"{type(self).__name__} does not know how many prompts the batch holds: call "
+                "controller.set_batch_layout(num_prompts, has_uncond) before sampling"
+            )
+        unet_batch = self.unet_batch_size
+        if unet_batch is None:
+            if self.has_uncond is None:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not know the UNet batch size: install it with "
+                    "register_attention_control(unet, controller) or call set_batch_layout(num_prompts, has_uncond)"
+                )
+            unet_batch = self.num_prompts * (2 if self.has_uncond else 1)
+        if self.has_uncond is None:
+            allowed = (self.num_prompts, 2 * self.num_prompts)
+        else:
+            allowed = (self.num_prompts * (2 if self.has_uncond else 1),)
+        if unet_batch not in allowed or rows % unet_batch:
+            raise RuntimeError(
+                f"the UNet was called with a batch of {unet_batch} but {type(self).__name__} expects "
+                f"{' or '.join(map(str, allowed))} rows for {self.num_prompts} prompt(s): the batch must be "
+                "[uncond x num_prompts, cond x num_prompts] (guidance) or [cond x num_prompts]; check "
+                "set_batch_layout(num_prompts, has_uncond) and the sampling loop"
+            )
+        return unet_batch, self.num_prompts
+
+    def map_size(self, query_positions: int) -> tuple[int, int]:
+        """(height, width) of a layer's maps, from its number of query positions and the latent size."""
+        if self.latent_size is not None:
+            height, width = self.latent_size
+            factor = 1
+            while factor <= max(height, width):
+                size = (math.ceil(height / factor), math.ceil(width / factor))
+                if size[0] * size[1] == query_positions:
+                    return size
+                factor *= 2
+        side = math.isqrt(query_positions)
+        if side * side == query_positions:
+            return side, side
+        raise RuntimeError(
+            f"cannot tell the map size of a layer with {query_positions} query positions: the latent size is "
+            f"{self.latent_size}; register the controller with register_attention_control so it sees the latents"
+        )
+
+
+@dataclass
+class StoredLayer:
+    """What AttentionStore knows about a layer whose maps it stores."""
+
+    place_in_unet: str
+    is_cross: bool
+    size: tuple[int, int]  # (height, width) of the maps
+    calls: int = 0  # number of UNet calls summed in AttentionStore.sums
+
+
+def _as_size(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    return (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+
+
+class AttentionStore(AttentionController):
+    """Record the attention maps of the conditional rows, averaged over heads (P2P's AttentionStore).
+
+    Memory is bounded: only layers with at most `max_query_positions` query positions are stored
+    (P2P: 32*32), as running sums over the UNet calls; per-step maps are kept only for the map sides
+    listed in `keep_steps_for_resolutions` (for strips of maps over time).
+
+    Args:
+        num_prompts: prompts in the batch (or call set_batch_layout).
+        max_query_positions: larger layers are not stored (and run the fast fused attention).
+        store_self_attention: also store self-attention maps ((HW, HW) per layer: much larger).
+        places: which parts of the UNet to store ("down", "mid", "up").
+        keep_steps_for_resolutions: map sides (e.g. (8,)) whose maps are also kept step by step.
+    """
+
+    def __init__(
+        self,
+        num_prompts: int | None = None,
+        max_query_positions: int = 32 * 32,
+        store_self_attention: bool = True,
+        places: tuple[str, ...] = PLACES,
+        keep_steps_for_resolutions: tuple[int, ...] = (),
+    ):
+        super().__init__(num_prompts)
+        unknown = set(places) - set(PLACES)
+        if unknown:
+            raise ValueError(f"places must be among {PLACES}, got {sorted(unknown)}")
+        self.max_query_positions = max_query_positions
+        self.store_self_attention = store_self_attention
+        self.places = tuple(places)
+        self.keep_steps_for_resolutions = tuple(keep_steps_for_resolutions)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.layers: dict[str, StoredLayer] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # layer -> (num_prompts, HW, keys), summed over calls
+        self.step_sums: dict[int, dict[str, torch.Tensor]] = {}  # step -> layer -> (num_prompts, HW, keys)
+        self.step_calls: dict[int, dict[str, int]] = {}
+
+    def stores(self, query_positions: int, is_cross: bool, place_in_unet: str) -> bool:
+        return (
+            place_in_unet in self.places
+            and (is_cross or self.store_self_attention)
+            and query_positions <= self.max_query_positions
+        )
+
+    def controls_layer(self, layer_name: str, place_in_unet: str, is_cross: bool) -> bool:
+        return place_in_unet in self.places and (is_cross or self.store_self_attention)
+
+    def wants_probabilities(self, query_positions: int, is_cross: bool, place_in_unet: str, layer_name: str) -> bool:
+        return self.stores(query_positions, is_cross, place_in_unet)
+
+    def forward(self, conditional, is_cross, place_in_unet, layer_name):
+        self.record(conditional, is_cross, place_in_unet, layer_name)
+        return conditional
+
+    def record(self, conditional: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> None:
+        """Add this call's maps, (num_prompts, heads, HW, keys) averaged over heads, to the sums."""
+        queries = conditional.shape[2]
+        if not self.stores(queries, is_cross, place_in_unet):
+            return
+        maps = conditional.detach().float().mean(dim=1)  # (num_prompts, HW, keys)
+        layer = self.layers.get(layer_name)
+        if layer is None:
+            layer = self.layers[layer_name] = StoredLayer(place_in_unet, is_cross, self.map_size(queries))
+            self.sums[layer_name] = torch.zeros_like(maps)
+        self.sums[layer_name] += maps
+        layer.calls += 1
+        if self.step_index is not None and max(layer.size) in self.keep_steps_for_resolutions:
+            step_sums = self.step_sums.setdefault(self.step_index, {})
+            step_calls = self.step_calls.setdefault(self.step_index, {})
+            step_sums[layer_name] = step_sums.get(layer_name, 0) + maps
+            step_calls[layer_name] = step_calls.get(layer_name, 0) + 1
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def _nothing_stored_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"no attention maps were stored by {type(self).__name__}: was the controller registered on the "
+            "UNet (register_attention_control(unet, controller)) while sampling, and did the sampling loop "
+            "call controller.set_step(step_index, num_steps) before each UNet call? Also check "
+            f"max_query_positions={self.max_query_positions} (larger layers are skipped) and places={self.places}."
+        )
+
+    def available_resolutions(self, is_cross: bool = True) -> list[tuple[int, int]]:
+        return sorted({layer.size for layer in self.layers.values() if layer.is_cross == is_cross})
+
+    def _select(self, resolution, is_cross: bool, places) -> list[str]:
+        if not self.layers:
+            raise self._nothing_stored_error()
+        size = _as_size(resolution)
+        names = [
+            name
+            for name, layer in self.layers.items()
+            if layer.size == size and layer.is_cross == is_cross and layer.place_in_unet in places
+        ]
+        if not names:
+            kind = "cross" if is_cross else "self"
+            raise ValueError(
+                f"no {kind}-attention maps of size {size} in places {tuple(places)} were stored; stored sizes: "
+                f"{self.available_resolutions(is_cross)} (store_self_attention={self.store_self_attention})"
+            )
+        return names
+
+    def _check_prompt(self, prompt_index: int, num_rows: int) -> None:
+        if not 0 <= prompt_index < num_rows:
+            raise IndexError(f"prompt_index {prompt_index} is outside the {num_rows} stored prompt(s)")
+
+    def average_attention(
+        self, resolution, is_cross: bool = True, places=PLACES, prompt_index: int = 0
+    ) -> torch.Tensor:
+        """Maps averaged over UNet calls (steps) and over the selected layers: (H, W, keys)."""
+        names = self._select(resolution, is_cross, places)
+        self._check_prompt(prompt_index, self.sums[names[0]].shape[0])
+        maps = torch.stack([self.sums[name][prompt_index] / self.layers[name].calls for name in names])
+        height, width = self.layers[names[0]].size
+        return maps.mean(dim=0).reshape(height, width, -1).cpu()
+
+    def average_cross_attention(self, resolution, places=PLACES, prompt_index: int = 0) -> torch.Tensor:
+        """Cross-attention averaged over steps and layers of this map size: (H, W, tokens)."""
+        return self.average_attention(resolution, True, places, prompt_index)
+
+    def average_self_attention(self, resolution, places=PLACES, prompt_index: int = 0) -> torch.Tensor:
+        """Self-attention averaged over steps and layers of this map size: (H, W, H*W)."""
+        return self.average_attention(resolution, False, places, prompt_index)
+
+    @property
+    def kept_steps(self) -> list[int]:
+        return sorted(self.step_sums)
+
+    def attention_at_step(
+        self, step_index: int, resolution, is_cross: bool = True, places=PLACES, prompt_index: int = 0
+    ) -> torch.Tensor:
+        """Maps of one step, averaged over the selected layers: (H, W, keys)."""
+        names = self._select(resolution, is_cross, places)
+        if max(_as_size(resolution)) not in self.keep_steps_for_resolutions:
+            raise ValueError(
+                f"maps of size {_as_size(resolution)} are not kept step by step: build the store with "
+                f"keep_steps_for_resolutions=({max(_as_size(resolution))},)"
+            )
+        if step_index not in self.step_sums:
+            raise ValueError(
+                f"no maps kept for step {step_index}; kept steps: {self.kept_steps} "
+                "(the sampling loop must call controller.set_step before each UNet call)"
+            )
+        sums, calls = self.step_sums[step_index], self.step_calls[step_index]
+        names = [name for name in names if name in sums]
+        self._check_prompt(prompt_index, sums[names[0]].shape[0])
+        maps = torch.stack([sums[name][prompt_index] / calls[name] for name in names]).mean(dim=0)
+        height, width = _as_size(resolution)
+        return maps.reshape(height, width, -1).cpu()
+
+    def cross_attention_over_steps(self, resolution, places=PLACES, prompt_index: int = 0) -> torch.Tensor:
+        """Cross-attention of every kept step: (steps, H, W, tokens), steps in `kept_steps` order."""
+        if not self.step_sums:
+            if not self.layers:
+                raise self._nothing_stored_error()
+            raise ValueError(
+                "no maps were kept step by step: build the store with keep_steps_for_resolutions=(side,) "
+                "and call controller.set_step(step_index, num_steps) before each UNet call"
+            )
+        return torch.stack(
+            [self.attention_at_step(step, resolution, True, places, prompt_index) for step in self.kept_steps]
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Editing controllers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _as_window(value, what: str) -> tuple[float, float]:
+    """A fraction f means steps [0, f); a pair (start, end) means steps [start, end), as fractions."""
+    if isinstance(value, (int, float)):
+        start, end = 0.0, float(value)
+    else:
+        try:
+            start, end = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be a fraction in [0, 1] or a (start, end) pair, got {value!r}") from None
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"{what} must satisfy 0 <= start <= end <= 1, got {(start, end)}")
+    return start, end
+
+
+def _cross_replace_windows(tokenizer, prompts, cross_replace_steps) -> torch.Tensor:
+    """(num_targets, tokens, 2) windows [start, end) as fractions of the steps, per target and token.
+
+    cross_replace_steps: a fraction, a (start, end) pair, or a dict {"default_": f, "word": f, ...}
+    whose words (looked up in the target prompts) get their own window (P2P's get_time_words_attention_alpha).
+    """
+    spec = cross_replace_steps if isinstance(cross_replace_steps, dict) else {"default_": cross_replace_steps}
+    default = _as_window(spec.get("default_", (0.0, 1.0)), "cross_replace_steps['default_']")
+    windows = torch.tensor(default, dtype=torch.float64).repeat(len(prompts) - 1, max_tokens(tokenizer), 1)
+    for word, value in spec.items():
+        if word == "default_":
+            continue
+        window = torch.tensor(_as_window(value, f"cross_replace_steps[{word!r}]"), dtype=torch.float64)
+        found = False
+        for target_index, target in enumerate(prompts[1:]):
+            try:
+                indices = word_token_indices(tokenizer, target, word)
+            except ValueError:
+                continue
+            windows[target_index, indices] = window
+            found = True
+        if not found:
+            raise ValueError(
+                f"cross_replace_steps names {word!r}, which is not a word of any target prompt {list(prompts[1:])}; "
+                "use a word of a target prompt, or 'default_' for all words"
+            )
+    return windows
+
+
+class AttentionEdit(AttentionStore):
+    """Base of the P2P edits: prompt 0 is the source, prompts 1.. are targets; the source's maps are
+    injected into the targets (cross-attention during `cross_replace_steps`, self-attention during
+    `self_replace_steps` in layers with maps no larger than `self_replace_max_resolution`).
+
+    Cross-attention maps are stored (before editing) like AttentionStore does, for LocalBlend and plots.
+
+    Args:
+        tokenizer: the pipeline's tokenizer; maps have tokenizer.model_max_length keys.
+        prompts: [source, target, ...].
+        cross_replace_steps: fraction of steps (from the start), (start, end) pair, or per-word dict
+            {"default_": 0.8, "tiger": 0.4} (P2P).
+        self_replace_steps: fraction or (start, end) pair.
+        self_replace_max_resolution: largest map side whose self-attention is injected; None is
+            P2P's choice, a quarter of the latent side (16x16 maps for 64x64 latents).
+        local_blend: a LocalBlend, applied by `blend_latents`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        prompts: list[str],
+        cross_replace_steps=0.8,
+        self_replace_steps=0.4,
+        self_replace_max_resolution: int | None = None,
+        local_blend: LocalBlend | None = None,
+        max_query_positions: int = 32 * 32,
+        store_self_attention: bool = False,
+        keep_steps_for_resolutions: tuple[int, ...] = (),
+    ):
+        prompts = list(prompts)
+        if len(prompts) < 2:
+            raise ValueError(f"an edit needs a source and at least one target prompt, got {prompts}")
+        super().__init__(len(prompts), max_query_positions, store_self_attention, PLACES, keep_steps_for_resolutions)
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.tokens = max_tokens(tokenizer)
+        self.cross_replace_windows = _cross_replace_windows(tokenizer, prompts, cross_replace_steps)
+        self.self_replace_window = _as_window(self_replace_steps, "self_replace_steps")
+        self.self_replace_max_resolution = self_replace_max_resolution
+        if local_blend is not None and list(local_blend.prompts) != prompts:
+            raise ValueError("the LocalBlend was built for other prompts than this edit")
+        self.local_blend = local_blend
+
+    # -- schedule ------------------------------------------------------------------------------------
+    def _require_step(self) -> tuple[int, int]:
+        if self.step_index is None:
+            raise RuntimeError(
+                f"{type(self).__name__} does not know the denoising step: the sampling loop must call "
+                "controller.set_step(step_index, num_steps) before each UNet call"
+            )
+        return self.step_index, self.num_steps
+
+    def cross_replace_alpha(self) -> torch.Tensor:
+        """(num_targets, tokens): 1 where the target's column takes the source's map at this step."""
+        step, num_steps = self._require_step()
+        start = torch.floor(self.cross_replace_windows[..., 0] * num_steps)
+        end = torch.floor(self.cross_replace_windows[..., 1] * num_steps)
+        return ((start <= step) & (step < end)).float()
+
+    def self_replace_now(self, map_side: int) -> bool:
+        step, num_steps = self._require_step()
+        start, end = (math.floor(fraction * num_steps) for fraction in self.self_replace_window)
+        if not start <= step < end:
+            return False
+        limit = self.self_replace_max_resolution
+        if limit is None:
+            if self.latent_size is None:
+                raise RuntimeError(
+                    "self_replace_max_resolution=None means a quarter of the latent side, but the latent size is "
+                    "unknown: register the controller with register_attention_control, or pass the resolution"
+                )
+            limit = max(self.latent_size) // 4
+        return map_side <= limit
+
+    # -- which layers --------------------------------------------------------------------------------
+    def controls_layer(self, layer_name, place_in_unet, is_cross) -> bool:
+        start, end = self.self_replace_window
+        return is_cross or self.store_self_attention or end > start
+
+    def wants_probabilities(self, query_positions, is_cross, place_in_unet, layer_name) -> bool:
+        if is_cross or self.stores(query_positions, is_cross, place_in_unet):
+            return True
+        return self.self_replace_now(max(self.map_size(query_positions)))
+
+    # -- the edit ----------------------------------------------------------------------------------------
+    def forward(self, conditional, is_cross, place_in_unet, layer_name):
+        # conditional: (num_prompts, heads, HW, keys); row 0 is the source.
+        self.record(conditional, is_cross, place_in_unet, layer_name)
+        source, targets = conditional[0], conditional[1:]  # (heads, HW, keys), (targets, heads, HW, keys)
+        if is_cross:
+            if conditional.shape[-1] != self.tokens:
+                raise RuntimeError(
+                    f"cross-attention has {conditional.shape[-1]} keys but the tokenizer's model_max_length is "
+                    f"{self.tokens}: encode the prompts padded to tokenizer.model_max_length"
+                )
+            alpha = self.cross_replace_alpha().to(conditional)[:, None, None, :]  # (targets, 1, 1, tokens)
+            if not alpha.any():
+                return conditional
+            replaced = self.replace_cross_attention(source, targets)
+            targets = replaced * alpha + targets * (1 - alpha)
+        elif self.self_replace_now(max(self.map_size(conditional.shape[2]))):
+            targets = source.expand_as(targets)
+        else:
+            return conditional
+        return torch.cat([source[None], targets])
+
+    def replace_cross_attention(self, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """source (heads, HW, tokens), targets (targets, heads, HW, tokens) -> new target maps."""
+        raise NotImplementedError
+
+    def blend_latents(self, latents: torch.Tensor, step_index: int) -> torch.Tensor:
+        if self.local_blend is None:
+            return latents
+        _, num_steps = self._require_step()
+        return self.local_blend.blend(latents, self, step_index, num_steps)
+
+
+class AttentionReplace(AttentionEdit):
+    """Word swap (P2P's AttentionReplace): target maps = source maps @ mapper, for the same layout.
+
+    "a cat on a couch" -> "a dog on a couch": the dog takes the cat's place and pose. The prompts
+    must align token by token (see tokens.replacement_mapper); otherwise use AttentionRefine.
+    """
+
+    def __init__(self, tokenizer, prompts, cross_replace_steps=0.8, self_replace_steps=0.4, **kwargs):
+        super().__init__(tokenizer, prompts, cross_replace_steps, self_replace_steps, **kwargs)
+        self.mapper = torch.stack([replacement_mapper(tokenizer, prompts[0], target) for target in prompts[1:]])
+
+    def replace_cross_attention(self, source, targets):
+        mapper = self.mapper.to(source)  # (targets, tokens, tokens)
+        return torch.einsum("hqw,twn->thqn", source, mapper)  # (targets, heads, HW, tokens)
+
+
+class AttentionRefine(AttentionEdit):
+    """Phrase addition (P2P's AttentionRefine): aligned tokens take the source's map, new tokens
+    keep their own ("a red circle" -> "a big red circle": "big" attends where it wants)."""
+
+    def __init__(self, tokenizer, prompts, cross_replace_steps=0.8, self_replace_steps=0.4, **kwargs):
+        super().__init__(tokenizer, prompts, cross_replace_steps, self_replace_steps, **kwargs)
+        alignments = [refinement_alignment(tokenizer, prompts[0], target) for target in prompts[1:]]
+        self.mapper = torch.stack([mapper for mapper, _ in alignments])  # (targets, tokens), -1 = new token
+        self.alphas = torch.stack([alphas for _, alphas in alignments])  # (targets, tokens)
+
+    def replace_cross_attention(self, source, targets):
+        gathered = source[:, :, self.mapper.clamp(min=0).to(source.device)]  # (heads, HW, targets, tokens)
+        gathered = gathered.permute(2, 0, 1, 3)  # (targets, heads, HW, tokens)
+        alphas = self.alphas.to(source)[:, None, None, :]
+        return gathered * alphas + targets * (1 - alphas)
+
+
+class AttentionReweight(AttentionEdit):
+    """Attention re-weighting (P2P's AttentionReweight): scale the columns of chosen words.
+
+    `scales` maps words of the target prompt(s) to factors ({"big": 2.0}: more "big"; 0 removes a
+    word's effect). With `previous` (an AttentionReplace or AttentionRefine over the same prompts)
+    the scaling applies on top of that edit, as P2P chains controllers.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        prompts,
+        scales: dict[str | int, float],
+        cross_replace_steps=0.8,
+        self_replace_steps=0.4,
+        previous: AttentionEdit | None = None,
+        **kwargs,
+    ):
+        super().__init__(tokenizer, prompts, cross_replace_steps, self_replace_steps, **kwargs)
+        if not scales:
+            raise ValueError("scales is empty: give at least one {word: factor}")
+        if previous is not None and list(previous.prompts) != self.prompts:
+            raise ValueError("the previous controller of AttentionReweight must be built for the same prompts")
+        self.previous = previous
+        self.equalizer = torch.stack([token_scales(tokenizer, target, scales) for target in self.prompts[1:]])
+
+    def replace_cross_attention(self, source, targets):
+        if self.previous is not None:
+            base = self.previous.replace_cross_attention(source, targets)  # (targets, heads, HW, tokens)
+        else:
+            base = source[None]
+        return base * self.equalizer.to(source)[:, None, None, :]
+
+
+class LocalBlend:
+    """Keep the source's latents outside the region of chosen words (P2P's LocalBlend).
+
+    The mask of a prompt is the attention of its chosen words, from the cross-attention maps stored
+    so far, each layer upsampled to the latent size and averaged over layers, divided by its maximum,
+    thresholded, and dilated by max-pooling. Each target is blended with the union of its mask and
+    the source's: latents[t] = latents[0] + mask * (latents[t] - latents[0]), from step
+    int(start_blend * num_steps) on.
+
+    Args:
+        words: one entry per prompt: a word, a list of words, or None (no word from that prompt).
+            For a word swap typically (("cat",), ("tiger",)).
+        threshold: mask = normalised attention > threshold.
+        start_blend: fraction of the steps before blending starts.
+        dilation: radius, in latent pixels, of the dilation.
+        resolutions: map sides to use (None: every stored cross-attention layer).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        prompts: list[str],
+        words,
+        threshold: float = 0.3,
+        start_blend: float = 0.2,
+        dilation: int = 1,
+        resolutions: tuple[int, ...] | None = None,
+    ):
+        self.prompts = list(prompts)
+        if len(words) != len(self.prompts):
+            raise ValueError(
+                f"LocalBlend needs one entry of words per prompt ({len(self.prompts)}), got {len(words)}: "
+                'e.g. words=(("cat",), ("tiger",)) for prompts ("a cat", "a tiger")'
+            )
+        self.word_columns = torch.zeros(len(self.prompts), max_tokens(tokenizer))  # (prompts, tokens)
+        for prompt_index, (prompt, chosen) in enumerate(zip(self.prompts, words)):
+            chosen = () if chosen is None else (chosen,) if isinstance(chosen, (str, int)) else chosen
+            for word in chosen:
+                self.word_columns[prompt_index, word_token_indices(tokenizer, prompt, word)] = 1.0
+        if not self.word_columns.any():
+            raise ValueError("LocalBlend has no word to blend around: give at least one word")
+        if not 0.0 <= start_blend <= 1.0:
+            raise ValueError(f"start_blend is a fraction of the steps in [0, 1], got {start_blend}")
+        self.threshold = threshold
+        self.start_blend = float(start_blend)
+        self.dilation = int(dilation)
+        self.resolutions = resolutions
+
+    def mask(self, store: AttentionStore, latent_size: tuple[int, int]) -> torch.Tensor:
+        """(num_prompts, 1, H, W) boolean masks, one per prompt, at the latent size."""
+        if not store.layers:
+            raise store._nothing_stored_error()
+        word_maps = []
+        for name, layer in store.layers.items():
+            if not layer.is_cross or (self.resolutions is not None and max(layer.size) not in self.resolutions):
+                continue
+            maps = store.sums[name] / layer.calls  # (prompts, HW, tokens)
+            columns = self.word_columns.to(maps)
+            if maps.shape[-1] != columns.shape[-1]:
+                raise RuntimeError(f"maps have {maps.shape[-1]} tokens, the tokenizer {columns.shape[-1]}")
+            word_map = (maps * columns[:, None, :]).sum(-1).reshape(-1, 1, *layer.size)  # (prompts, 1, h, w)
+            word_maps.append(F.interpolate(word_map, size=latent_size, mode="bilinear", align_corners=False))
+        if not word_maps:
+            raise ValueError(
+                f"no stored cross-attention maps of sides {self.resolutions}; stored: {store.available_resolutions()}"
+            )
+        average = torch.stack(word_maps).mean(dim=0)  # (prompts, 1, H, W)
+        average = average / average.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        mask = (average > self.threshold).float()
+        if self.dilation > 0:
+            size = 2 * self.dilation + 1
+            mask = F.max_pool2d(mask, size, stride=1, padding=self.dilation)
+        return mask > 0
+
+    def blend(self, latents: torch.Tensor, store: AttentionStore, step_index: int, num_steps: int) -> torch.Tensor:
+        """latents: (num_prompts, C, H, W), row 0 the source; targets outside the mask become the source."""
+        if latents.shape[0] != len(self.prompts):
+            raise ValueError(
+                f"blend_latents expects one latent per prompt ({len(self.prompts)}), got a batch of {latents.shape[0]}; "
+                "pass the latents before duplicating them for classifier-free guidance"
+            )
+        if step_index < math.floor(self.start_blend * num_steps):
+            return latents
+        mask = self.mask(store, tuple(latents.shape[-2:]))
+        union = mask[1:] | mask[:1]  # (targets, 1, H, W): the source's region or the target's
+        source = latents[:1]
+        # P2P writes source + mask * (target - source); with a 0/1 mask that is exactly this:
+        return torch.cat([source, torch.where(union, latents[1:], source)])

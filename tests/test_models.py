@@ -1,0 +1,90 @@
+"""Loading (built-in and SD-architecture folders), the word-level tokenizer, and a training smoke run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_lab.models import ModelNotFoundError, load_pipeline
+from diffusion_lab.models.loading import BUILTIN_MODELS
+from diffusion_lab.models.shapes_tiny import build_tokenizer, build_untrained_pipeline
+from diffusion_lab.shapes import caption, random_scene, vocabulary
+from diffusion_lab.text import PromptError, check_prompt, encode_prompts, tokenize_prompts
+
+
+def test_word_level_tokenizer_one_token_per_word():
+    tokenizer = build_tokenizer()
+    for seed in range(20):
+        text = caption(random_scene(seed), include_position=True)
+        ids = check_prompt(tokenizer, text)
+        assert len(ids) == len(text.split()) + 2  # bos + words + eos
+        assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == text.split()
+    assert set(vocabulary()) <= set(tokenizer.get_vocab())
+
+
+def test_unknown_word_error_lists_the_vocabulary():
+    tokenizer = build_tokenizer()
+    with pytest.raises(PromptError, match=r"'tiger'.*not in this model's vocabulary.*circle.*square"):
+        check_prompt(tokenizer, "a red tiger on a gray background")
+
+
+def test_prompt_too_long_error():
+    tokenizer = build_tokenizer()
+    long_prompt = " and ".join(["a large red circle"] * 8)
+    with pytest.raises(PromptError, match="tokens but the tokenizer allows 32"):
+        tokenize_prompts(tokenizer, [long_prompt])
+
+
+def test_missing_checkpoint_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no model folder"):
+        load_pipeline(str(tmp_path / "does-not-exist"), device="cpu")
+
+
+def test_untrained_pipeline_round_trip_through_from_pretrained(tmp_path):
+    pipe = build_untrained_pipeline(seed=0)
+    pipe.save_pretrained(tmp_path, safe_serialization=True)
+    assert not list(tmp_path.rglob("*.bin")), "weights must be safetensors only"
+    loaded = load_pipeline(str(tmp_path), device="cpu")
+    assert type(loaded.unet).__name__ == "UNet2DConditionModel"
+    assert type(loaded.text_encoder).__name__ == "CLIPTextModel"
+    assert loaded.scheduler.config.clip_sample is False
+    embeddings = encode_prompts(loaded, ["a red circle", "a small blue star on a navy background"])
+    assert embeddings.shape == (2, 32, 64)
+    assert load_pipeline(str(tmp_path), device="cpu") is loaded, "loading must be cached"
+
+
+@pytest.mark.skipif(not (BUILTIN_MODELS["shapes-tiny"] / "model_index.json").exists(), reason="shapes-tiny weights not exported yet")
+def test_builtin_model_loads_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_pipeline("shapes-tiny", device="cpu")
+    assert pipe.unet.config.sample_size == 16
+    assert pipe.vae.config.scaling_factor != 0.18215
+    ids = tokenize_prompts(pipe.tokenizer, ["a large red circle on a gray background"])
+    assert ids.shape == (1, pipe.tokenizer.model_max_length)
+    info = BUILTIN_MODELS["shapes-tiny"] / "training_info.json"
+    assert json.loads(info.read_text())["unet_steps"] > 0
+
+
+def test_training_smoke_run(tmp_path):
+    """A few steps of both stages, a resume, and an atomic export that loads back."""
+    from diffusion_lab.training import TrainingSettings, train_unet, train_vae
+
+    settings = TrainingSettings(
+        run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), vae_steps=2, vae_batch_size=2,
+        num_scenes=16, unet_steps=3, batch_size=4, checkpoint_every=2, export_every=3, eval_every=3,
+        eval_samples=2, log_every=1, progress=False,
+    )
+    pipe = build_untrained_pipeline(seed=0)
+    train_vae(pipe, settings)
+    train_unet(pipe, settings)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(r["stage"] == "unet" and r["step"] == 3 for r in log)
+    assert any(r["stage"] == "eval" for r in log)
+    # Resume: a longer run continues from step 3, not from 0.
+    settings.unet_steps = 4
+    train_unet(build_untrained_pipeline(seed=0), settings)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"unet"' in line]
+    assert steps[-1] == 4 and steps.count(1) == 1
+    exported = load_pipeline(str(tmp_path / "export"), device="cpu")
+    assert exported.unet.config.sample_size == 16
