@@ -27,10 +27,18 @@ def shapes_world_figure(seed: int, count: int = 8):
     return image_grid([render(s).image for s in scenes], columns=4, scale=2), captions
 
 
-def edits_figure(seed: int):
-    scene = random_scene(seed, num_objects=2)
-    rng = np.random.default_rng(seed)
-    edits = [edit_scene(scene, kind, rng=rng) for kind in EDIT_KINDS]
+def edits_figure(seed: int, max_tries: int = 100):
+    """One two-object scene and every kind of ground-truth edit (the first seed where all of them fit)."""
+    for offset in range(max_tries):
+        scene = random_scene(seed + offset, num_objects=2)
+        rng = np.random.default_rng(seed + offset)
+        try:
+            edits = [edit_scene(scene, kind, rng=rng) for kind in EDIT_KINDS]
+            break
+        except ValueError:  # e.g. no room to enlarge an object: try the next scene
+            continue
+    else:
+        raise RuntimeError("no scene admitted every edit kind")
     images = [render(scene).image] + [render(e.target).image for e in edits]
     labels = ["source"] + [e.kind for e in edits]
     return image_grid(images, columns=len(images), labels=labels, scale=2)
@@ -64,16 +72,17 @@ def closed_form_sampler_study(seed: int, num_data: int = 48, size: int = 32, sam
 
 
 def shapes_tiny_figure(seed: int, count: int = 8, steps: int = 50, guidance: float = 5.0):
-    from .denoisers import TextConditionedDenoiser
-    from .latents import decode_latents
-    from .models import load_pipeline
     from .models.shapes_tiny import MODEL_DIR
+
     from .sampling import sample
     from .schedules import NoiseSchedule
     from .text import encode_prompts
 
     if not (MODEL_DIR / "model_index.json").exists():
         return None, []
+    from .denoisers import TextConditionedDenoiser
+    from .latents import decode_latents
+    from .models import load_pipeline
     pipe = load_pipeline("shapes-tiny", device="cpu")
     scenes = [random_scene(seed + 100 + i, num_objects=1) for i in range(count)]
     prompts = [caption(s) for s in scenes]

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .shapes import analyze, caption, match_objects, random_scene, render
+from .posterior import forward_marginal_sample
+from .shapes import analyze, caption, random_scene, render
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -99,6 +100,7 @@ class TrainingSettings:
     eval_every: int = 1000
     eval_samples: int = 64
     log_every: int = 50
+    max_minutes: float = 0.0  # > 0: stop the UNet stage (with a checkpoint) after this much wall time
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -239,14 +241,17 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
     state_path, ema_path = run_dir / "unet_text.safetensors", run_dir / "unet_text_ema.safetensors"
     optim_path, meta_path = run_dir / "unet_optim.pt", run_dir / "unet_state.json"
     ema = ExponentialMovingAverage(modules, settings.ema_decay)
-    start = 0
+    start = warmup_start = 0
     if state_path.exists():
         weights = load_file(str(state_path))
         for name, m in modules.items():
             m.load_state_dict({k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")})
-        ema.shadow = load_file(str(ema_path))
-        optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
+        ema.shadow = {k: v.to(device) for k, v in load_file(str(ema_path)).items()}
         start = json.loads(meta_path.read_text())["step"]
+        if optim_path.exists():
+            optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
+        else:  # weights without optimizer state (e.g. brought back from another machine): warm Adam up again
+            warmup_start = start
     if start >= settings.unet_steps:
         ema.copy_to(modules)
         return
@@ -266,12 +271,12 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
     unet.train()
     text_encoder.train()
     bar = progress_bar(range(start, settings.unet_steps), settings.progress, desc="unet")
+    started = time.time()
     for step in bar:
-        if step < settings.warmup_steps:
-            lr = settings.lr * (step + 1) / settings.warmup_steps
-        else:
-            progress = (step - settings.warmup_steps) / max(1, settings.unet_steps - settings.warmup_steps)
-            lr = settings.min_lr + (settings.lr - settings.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        progress = max(0, step - settings.warmup_steps) / max(1, settings.unet_steps - settings.warmup_steps)
+        lr = settings.min_lr + (settings.lr - settings.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
+        if step - warmup_start < settings.warmup_steps:  # linear warm-up (at the start, or after a fresh optimizer)
+            lr *= (step - warmup_start + 1) / settings.warmup_steps
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = torch.from_numpy(rng.integers(0, len(latents), settings.batch_size))
@@ -281,8 +286,7 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         noise = torch.randn(z0.shape, generator=generator).to(device)
         noise = noise + settings.offset_noise * torch.randn(z0.shape[:2] + (1, 1), generator=generator).to(device)
         t = torch.randint(0, num_train_timesteps, (len(z0),), generator=generator).to(device)
-        alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1).float()
-        zt = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise  # q(z_t | z_0)
+        zt = forward_marginal_sample(z0, alphas_cumprod[t], noise)  # q(z_t | z_0), one alpha_bar_t per row
         prediction = unet(zt, t, encoder_hidden_states=text).sample
         per_sample = (prediction.float() - noise).pow(2).flatten(1).mean(1)
         loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
@@ -292,9 +296,10 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         optimizer.step()
         ema.update(modules, step)
         done = step + 1
-        if done % settings.log_every == 0:
+        out_of_time = settings.max_minutes > 0 and time.time() - started > 60 * settings.max_minutes
+        if done % settings.log_every == 0 or out_of_time:
             _log(run_dir, {"stage": "unet", "step": done, "loss": round(loss.item(), 5), "lr": round(lr, 6)})
-        if done % settings.checkpoint_every == 0 or done == settings.unet_steps:
+        if done % settings.checkpoint_every == 0 or done == settings.unet_steps or out_of_time:
             _atomic_save_file({f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}, state_path)
             _atomic_save_file(ema.shadow, ema_path)
             torch.save(optimizer.state_dict(), optim_path)
@@ -304,6 +309,9 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         if settings.eval_every and (done % settings.eval_every == 0 or done == settings.unet_steps):
             metrics = evaluate_one_object(pipe, ema, modules, settings)
             _log(run_dir, {"stage": "eval", "step": done, **metrics})
+        if out_of_time:
+            _log(run_dir, {"stage": "unet", "step": done, "stopped": f"max_minutes={settings.max_minutes} reached"})
+            break
     ema.copy_to(modules)
     unet.eval()
     text_encoder.eval()
@@ -340,26 +348,6 @@ def export_pipeline(pipe, ema, modules, export_dir: str, info: dict) -> None:
         _restore(modules, saved)
 
 
-@torch.no_grad()
-def sample_latents_simple(pipe, prompts: list[str], steps: int, guidance: float, seed: int) -> torch.Tensor:
-    """A compact DDIM loop over diffusers' scheduler for monitoring during training."""
-    from diffusers import DDIMScheduler
-
-    device = pipe.unet.device
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
-    text = pipe.text_encoder(tokenize(pipe.tokenizer, prompts).to(device))[0]
-    empty = pipe.text_encoder(tokenize(pipe.tokenizer, [""] * len(prompts)).to(device))[0]
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn((len(prompts), 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=generator).to(device)
-    for t in scheduler.timesteps:
-        eps = pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([empty, text])).sample
-        eps_uncond, eps_cond = eps.chunk(2)
-        z = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, z).prev_sample
-    images = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
 def one_object_accuracy(images: np.ndarray, scenes) -> dict:
     """Per-attribute accuracy of the analyzer on images generated from one-object captions."""
     correct = {"shape": 0, "colour": 0, "size": 0, "background": 0, "count": 0}
@@ -382,9 +370,28 @@ def evaluate_one_object(pipe, ema, modules, settings: TrainingSettings) -> dict:
     try:
         rng = np.random.default_rng(12345)
         scenes = [random_scene(rng, num_objects=1) for _ in range(settings.eval_samples)]
-        images = sample_latents_simple(pipe, [caption(s) for s in scenes], steps=25, guidance=5.0, seed=0).numpy()
+        from .generation import text_to_image
+
+        images = text_to_image(pipe, [caption(s) for s in scenes], num_steps=25, guidance_scale=5.0, seed=0, progress=False).images
         return one_object_accuracy(images, scenes)
     finally:
         _restore(modules, saved)
         for m in modules.values():
             m.train()
+
+
+def export_from_run(settings: TrainingSettings) -> int:
+    """Export the EMA weights of the latest checkpoint in settings.run_dir to settings.export_dir; returns its step."""
+    from .models.shapes_tiny import build_untrained_pipeline
+
+    run_dir = Path(settings.run_dir)
+    pipe = build_untrained_pipeline(seed=settings.seed)
+    pipe.vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
+    pipe.vae.eval()
+    _set_scaling_factor(pipe, settings)
+    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    ema = ExponentialMovingAverage(modules, settings.ema_decay)
+    ema.shadow = load_file(str(run_dir / "unet_text_ema.safetensors"))
+    step = json.loads((run_dir / "unet_state.json").read_text())["step"]
+    export_pipeline(pipe, ema, modules, settings.export_dir, {"unet_steps": step})
+    return step

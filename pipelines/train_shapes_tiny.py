@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
-from diffusion_lab.training import TrainingSettings, train_unet, train_vae
+from diffusion_lab.training import TrainingSettings, export_from_run, train_unet, train_vae
 
 
 def main(argv=None) -> None:
@@ -34,7 +34,8 @@ def main(argv=None) -> None:
             parser.add_argument(flag, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
-    parser.add_argument("--stage", choices=["vae", "unet", "all"], default="all")
+    parser.add_argument("--stage", choices=["vae", "unet", "all", "export"], default="all",
+                        help="'export' writes the latest checkpoint's EMA weights to --export-dir and exits")
     args = parser.parse_args(argv)
     settings = TrainingSettings(**{f.name: getattr(args, f.name) for f in fields(TrainingSettings) if f.name != "extra"})
     if settings.device == "auto":
@@ -43,6 +44,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(settings.threads)
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
+    if args.stage == "export":
+        if not settings.export_dir:
+            parser.error("--stage export needs --export-dir")
+        step = export_from_run(settings)
+        print(json.dumps({"exported_step": step, "to": settings.export_dir}), flush=True)
+        return
     pipe = build_untrained_pipeline(seed=settings.seed)
     train_vae(pipe, settings)
     print(json.dumps({"vae_done_s": round(time.time() - start, 1), "scaling_factor": pipe.vae.config.scaling_factor}), flush=True)

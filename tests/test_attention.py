@@ -213,6 +213,15 @@ def test_store_non_square_latents_and_query_budget(pipe):
     assert control.removed
 
 
+def test_store_with_the_diffusers_pipeline_call(pipe):
+    store = AttentionStore(num_prompts=1, store_self_attention=False)
+    store.set_batch_layout(1, has_uncond=True)  # the pipeline batches [uncond, cond] at guidance > 1
+    with register_attention_control(pipe.unet, store):
+        pipe("a tiger", num_inference_steps=2, guidance_scale=7.5, output_type="latent")
+    assert store.average_cross_attention(8).shape == (8, 8, pipe.tokenizer.model_max_length)
+    assert {layer.calls for layer in store.layers.values()} == {2}
+
+
 def test_store_without_sampling_raises_loudly(pipe):
     store = AttentionStore(num_prompts=1)
     with register_attention_control(pipe.unet, store):
@@ -343,7 +352,9 @@ def test_reweight_scales_word_and_chains_with_refine(pipe):
 
 def test_cross_replace_steps_per_word_and_pairs(pipe):
     controller = AttentionReplace(
-        pipe.tokenizer, ["a cat on a couch", "a dog on a couch"], cross_replace_steps={"default_": 0.8, "dog": (0.2, 0.4)}
+        pipe.tokenizer,
+        ["a cat on a couch", "a dog on a couch"],
+        cross_replace_steps={"default_": 0.8, "dog": (0.2, 0.4)},
     )
     controller.set_step(0, 10)
     alpha = controller.cross_replace_alpha()[0]

@@ -26,7 +26,8 @@ def pipe():
 def unet_output(pipe, batch=2):
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(batch, 4, 16, 16, generator=generator)
-    text = torch.randn(batch, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, generator=generator)
+    tokens, width = pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim
+    text = torch.randn(batch, tokens, width, generator=generator)
     with torch.no_grad():
         return pipe.unet(sample, 500, encoder_hidden_states=text).sample
 

@@ -68,9 +68,12 @@ class AttentionController:
 
     def set_batch_layout(self, num_prompts: int, has_uncond: bool) -> None:
         """The UNet batch is [uncond x num_prompts, cond x num_prompts] if has_uncond, else [cond x num_prompts]."""
-        if self.num_prompts is not None and num_prompts != self.num_prompts:
-            raise ValueError(f"this controller was built for {self.num_prompts} prompts, not {num_prompts}")
+        self._check_num_prompts(int(num_prompts))
         self.num_prompts, self.has_uncond = int(num_prompts), bool(has_uncond)
+
+    def _check_num_prompts(self, num_prompts: int) -> None:
+        if num_prompts < 1:
+            raise ValueError(f"num_prompts must be at least 1, got {num_prompts}")
 
     def observe_unet_input(self, sample: torch.Tensor) -> None:
         """Called by the hook of `register_attention_control` with the UNet's input latents."""
@@ -94,16 +97,18 @@ class AttentionController:
         return True
 
     # -- the attention call ------------------------------------------------------------------------
-    def __call__(self, probabilities: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> torch.Tensor:
+    def __call__(
+        self, probabilities: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str
+    ) -> torch.Tensor:
         """probabilities: (unet_batch*heads, queries, keys); returns the same shape."""
         unet_batch, num_prompts = self._batch_layout(probabilities.shape[0])
         rows, queries, keys = probabilities.shape
-        per_prompt = probabilities.view(unet_batch, rows // unet_batch, queries, keys)  # (B, heads, HW, keys)
+        per_prompt = probabilities.reshape(unet_batch, rows // unet_batch, queries, keys)  # (B, heads, HW, keys)
         conditional = per_prompt[unet_batch - num_prompts :]  # (num_prompts, heads, HW, keys)
         edited = self.forward(conditional, is_cross, place_in_unet, layer_name)
         if edited is conditional:
             return probabilities
-        return torch.cat([per_prompt[: unet_batch - num_prompts], edited]).view(rows, queries, keys)
+        return torch.cat([per_prompt[: unet_batch - num_prompts], edited]).reshape(rows, queries, keys)
 
     def forward(self, conditional: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> torch.Tensor:
         return conditional
@@ -209,6 +214,15 @@ class AttentionStore(AttentionController):
         self.sums: dict[str, torch.Tensor] = {}  # layer -> (num_prompts, HW, keys), summed over calls
         self.step_sums: dict[int, dict[str, torch.Tensor]] = {}  # step -> layer -> (num_prompts, HW, keys)
         self.step_calls: dict[int, dict[str, int]] = {}
+
+    def _check_num_prompts(self, num_prompts: int) -> None:
+        super()._check_num_prompts(num_prompts)
+        stored = next(iter(self.sums.values()), None)
+        if stored is not None and stored.shape[0] != num_prompts:
+            raise ValueError(
+                f"{type(self).__name__} holds maps of {stored.shape[0]} prompt(s); call reset() before "
+                f"sampling {num_prompts} prompt(s)"
+            )
 
     def stores(self, query_positions: int, is_cross: bool, place_in_unet: str) -> bool:
         return (
@@ -427,6 +441,13 @@ class AttentionEdit(AttentionStore):
         if local_blend is not None and list(local_blend.prompts) != prompts:
             raise ValueError("the LocalBlend was built for other prompts than this edit")
         self.local_blend = local_blend
+
+    def _check_num_prompts(self, num_prompts: int) -> None:
+        if num_prompts != len(self.prompts):
+            raise ValueError(
+                f"{type(self).__name__} was built for {len(self.prompts)} prompts (source + targets), "
+                f"not {num_prompts}"
+            )
 
     # -- schedule ------------------------------------------------------------------------------------
     def _require_step(self) -> tuple[int, int]:
@@ -647,7 +668,8 @@ class LocalBlend:
         """latents: (num_prompts, C, H, W), row 0 the source; targets outside the mask become the source."""
         if latents.shape[0] != len(self.prompts):
             raise ValueError(
-                f"blend_latents expects one latent per prompt ({len(self.prompts)}), got a batch of {latents.shape[0]}; "
+                f"blend_latents expects one latent per prompt ({len(self.prompts)}), "
+                f"got a batch of {latents.shape[0]}; "
                 "pass the latents before duplicating them for classifier-free guidance"
             )
         if step_index < math.floor(self.start_blend * num_steps):

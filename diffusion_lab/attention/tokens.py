@@ -147,7 +147,7 @@ def word_token_indices(tokenizer, prompt: str, word: str | int) -> list[int]:
             raise ValueError(f"word position {word} is outside the prompt {prompt!r}, which has {len(chunks)} words")
         chunk = list(re.finditer(r"\S+", prompt))[word]
         return _tokens_in(spans, chunk.start(), chunk.end())
-    wanted = [w for w in _prompt_words(word)]
+    wanted = _prompt_words(word)
     if not wanted:
         raise ValueError(f"{word!r} is not a word (it has no letters or digits)")
     found: set[int] = set()

@@ -1,0 +1,89 @@
+"""Text-to-image with any SD-architecture pipeline, through our own sampler (and optionally a P2P controller).
+
+    x_T ~ N(0, I)  --sample(TextConditionedDenoiser, eta, S)-->  z_0  --VAE decode-->  image
+
+A controller (diffusion_lab.attention) is registered on the UNet for the run, told the step before
+every UNet call (`set_step`), and may blend latents after every step (`blend_latents`, LocalBlend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .denoisers import TextConditionedDenoiser
+from .latents import decode_latents
+from .sampling import sample
+from .schedules import NoiseSchedule
+from .text import encode_prompts
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # (B, H, W, 3) uint8
+    latents: torch.Tensor  # (B, C, h, w) final z_0
+    initial_noise: torch.Tensor  # (B, C, h, w) x_T
+
+
+def initial_noise(pipe, batch_size: int, seed: int | None = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """x_T ~ N(0, I) of the pipeline's latent shape, on the CPU in float32 (reproducible across devices)."""
+    generator = generator or torch.Generator().manual_seed(0 if seed is None else seed)
+    size = pipe.unet.config.sample_size
+    return torch.randn((batch_size, pipe.unet.config.in_channels, size, size), generator=generator)
+
+
+class ControlledDenoiser:
+    """Wraps a denoiser so an attention controller knows the step of every UNet call."""
+
+    def __init__(self, denoiser, controller, num_steps: int, num_prompts: int):
+        self.denoiser, self.controller, self.num_steps = denoiser, controller, num_steps
+        controller.set_batch_layout(num_prompts, denoiser.uses_guidance)
+
+    def __call__(self, x_t, t, step_index: int = 0):
+        self.controller.set_step(step_index, self.num_steps)
+        return self.denoiser(x_t, t, step_index)
+
+
+@torch.no_grad()
+def text_to_image(
+    pipe,
+    prompts: Sequence[str],
+    num_steps: int = 50,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    x_T: Optional[torch.Tensor] = None,
+    eta: float = 0.0,
+    controller=None,
+    negative_prompt: str = "",
+    progress: bool = True,
+    callback=None,
+) -> GenerationResult:
+    """Generate one image per prompt. `x_T` (B, C, h, w) overrides the seed; a (1, C, h, w) x_T is shared by all
+    prompts (what Prompt-to-Prompt does: same seed, different prompts)."""
+    from .attention import register_attention_control
+
+    prompts = list(prompts)
+    device = pipe.unet.device
+    x_T = initial_noise(pipe, 1 if controller is not None else len(prompts), seed) if x_T is None else x_T
+    if x_T.shape[0] == 1 and len(prompts) > 1:
+        x_T = x_T.expand(len(prompts), -1, -1, -1)
+    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
+    timesteps = schedule.timesteps(num_steps)
+    uncond = encode_prompts(pipe, [negative_prompt]) if guidance_scale != 1.0 else None
+    denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, prompts), uncond, guidance_scale=guidance_scale)
+    generator = torch.Generator().manual_seed(seed + 1)
+    if controller is None:
+        result = sample(denoiser, x_T.to(device).float(), schedule, timesteps, eta=eta, generator=generator, progress=progress, callback=callback)
+    else:
+        controller.reset()
+        controlled = ControlledDenoiser(denoiser, controller, len(timesteps), len(prompts))
+        with register_attention_control(pipe.unet, controller):
+            result = sample(
+                controlled, x_T.to(device).float(), schedule, timesteps, eta=eta, generator=generator, progress=progress,
+                callback=callback, on_step_end=lambda i, t_prev, x: controller.blend_latents(x, i),
+            )
+    latents = result.sample
+    return GenerationResult(decode_latents(pipe, latents), latents, x_T)

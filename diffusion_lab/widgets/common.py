@@ -1,0 +1,423 @@
+"""What every lab panel shares: cached pipelines and results, model defaults, pictures, progress, saving.
+
+Panels (one module per lab) only call the diffusion_lab API; this module holds the plumbing:
+
+    pipe = get_pipeline("shapes-tiny")              # loaded once per kernel (load_pipeline caches too)
+    settings = model_defaults("shapes-tiny")        # image size, guidance, steps that suit the model
+    image, prompt = source_scene(pipe, seed=3)      # a "real" image: a rendered shapes scene and its caption
+    view = ImageView(); view.show(image)            # an ipywidgets.Image fed with PNG bytes
+    save_outputs(out_dir, {"edits": figure}, {"psnr": 31.2})   # PNGs + metrics.json (headless runs)
+
+Everything a widget shows is a picture (PIL image or matplotlib figure); numbers are rounded with
+`rounded` before they are printed so stored notebook outputs agree across CPUs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+import numpy as np
+from PIL import Image
+
+BUILTIN = "shapes-tiny"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OUT_ENV = "DIFFUSION_LAB_OUT"
+
+_PIPELINES: dict[tuple, Any] = {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_builtin(model: str) -> bool:
+    return str(model) == BUILTIN
+
+
+def model_defaults(model: str = BUILTIN) -> dict:
+    """Settings that suit a model: the built-in shapes-tiny (64 px, guidance 5, CPU) or a Stable Diffusion
+    checkpoint (512 px, guidance 7.5, the best device). Labs read these after their `parameters` cell."""
+    from diffusion_lab.models import default_device
+
+    if is_builtin(model):
+        return {"image_size": 64, "guidance_scale": 5.0, "num_steps": 50, "device": "cpu", "dtype": "float32"}
+    device = default_device()
+    # Inversion wants float32 noise predictions (inversion.py warns otherwise); SD in fp32 fits any recent GPU.
+    return {"image_size": 512, "guidance_scale": 7.5, "num_steps": 50, "device": device, "dtype": "float32"}
+
+
+def get_pipeline(model: str = BUILTIN, device: str | None = None, dtype: str | None = None):
+    """The pipeline of `model`, loaded once per kernel and per (model, device, dtype).
+
+    Before the built-in model's weights exist (a fresh training run), falls back to its untrained architecture
+    with a warning, so the labs still run end to end (their pictures are then noise).
+    """
+    from diffusion_lab.models import ModelNotFoundError, load_pipeline
+
+    defaults = model_defaults(model)
+    device = device or defaults["device"]
+    dtype = dtype or defaults["dtype"]
+    key = (str(model), device, dtype)
+    if key in _PIPELINES:
+        return _PIPELINES[key]
+    try:
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    except ModelNotFoundError:
+        if not is_builtin(model):
+            raise
+        from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
+
+        warnings.warn(
+            "shapes-tiny's weights are missing: using its UNTRAINED architecture (pictures will be noise). "
+            "Train them with `python pipelines/train_shapes_tiny.py --export-dir diffusion_lab/models/shapes-tiny`.",
+            UserWarning,
+            stacklevel=2,
+        )
+        pipe = build_untrained_pipeline().to(device)
+        for module in (pipe.vae, pipe.unet, pipe.text_encoder):
+            module.eval().requires_grad_(False)
+    _PIPELINES[key] = pipe
+    return pipe
+
+
+def pipeline_key(pipe) -> Hashable:
+    """A key that identifies a pipeline object in result caches."""
+    return id(pipe)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Source images: the shapes world stands in for "a real image"
+# ----------------------------------------------------------------------------------------------------------
+
+
+def source_scene(pipe, seed: int = 0, num_objects: int = 1, background: str | None = None, objects=None):
+    """(PIL image at the pipeline's image size, its caption, the Scene): a rendered scene is the lab's real image.
+
+    The caption names every attribute but not the position (the captions shapes-tiny was trained on)."""
+    from diffusion_lab.latents import image_size
+    from diffusion_lab.shapes import caption, random_scene, render_image
+
+    scene = random_scene(seed, num_objects=None if objects else num_objects, background=background, objects=objects)
+    return render_image(scene, image_size(pipe)), caption(scene), scene
+
+
+def load_source_image(pipe, path: str | os.PathLike):
+    """A user's image file at the pipeline's size (converted with a warning)."""
+    from diffusion_lab.images import load_image
+    from diffusion_lab.latents import image_size
+
+    return load_image(path, image_size(pipe))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Caches: a second edit of the same image must not recompute its inversion
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ResultCache:
+    """A small LRU cache of expensive results (inversions, generations), keyed by their settings."""
+
+    def __init__(self, max_items: int = 16):
+        self.max_items = max_items
+        self._items: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        value = compute()
+        self._items[key] = value
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+INVERSIONS = ResultCache(max_items=24)
+
+
+def image_key(image) -> Hashable:
+    """A content key for an image (PIL, array) or a list of them: equal pixels give equal keys."""
+    if isinstance(image, (list, tuple)):
+        return tuple(image_key(i) for i in image)
+    array = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+    return (array.shape, hash(array.tobytes()))
+
+
+def cached_inversion(pipe, image, prompt, method: str, num_steps: int, guidance_scale: float,
+                     progress: bool = False, **options):
+    """inversion.invert(...) computed once per (pipeline, image, prompt, method, S, w, options)."""
+    from diffusion_lab.inversion import invert
+
+    key = (pipeline_key(pipe), image_key(image), prompt if isinstance(prompt, str) else tuple(prompt), method, int(num_steps), float(guidance_scale),
+           tuple(sorted(options.items())))
+    return INVERSIONS.get_or_compute(
+        key, lambda: invert(pipe, image, prompt, method=method, num_steps=int(num_steps),
+                            guidance_scale=float(guidance_scale), progress=progress, **options)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pictures and numbers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def to_pil(picture) -> Image.Image:
+    """PIL image / uint8 array / [-1, 1] tensor / matplotlib figure -> PIL image."""
+    if isinstance(picture, Image.Image):
+        return picture.convert("RGB")
+    if hasattr(picture, "savefig"):
+        buffer = io.BytesIO()
+        picture.savefig(buffer, format="png", dpi=100)
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
+    from diffusion_lab.viz import to_uint8_image
+
+    return Image.fromarray(to_uint8_image(picture))
+
+
+def png_bytes(picture) -> bytes:
+    buffer = io.BytesIO()
+    to_pil(picture).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def enlarge(picture, min_side: int = 192) -> Image.Image:
+    """Scale a small picture up by an integer factor (nearest neighbour) so 64 px images are visible."""
+    image = to_pil(picture)
+    factor = max(1, math.ceil(min_side / max(1, min(image.size))))
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def rounded(value, digits: int = 3):
+    """Round every float in a (nested) structure: stored outputs then agree across CPUs."""
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if not math.isfinite(value) else round(value, digits)
+    if isinstance(value, np.integer):
+        return int(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return rounded(value.item(), digits)
+    return value
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: int = 3) -> str:
+    """A markdown table of dict rows (floats rounded), for printing results and metrics.md."""
+    if not rows:
+        return ""
+    columns = columns or list(rows[0])
+
+    def cell(value):
+        value = rounded(value, digits)
+        return f"{value:.{digits}f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def show(*pictures, min_side: int = 128) -> None:
+    """Display pictures (PIL images, arrays, matplotlib figures) in a notebook; small ones are enlarged."""
+    from IPython.display import display
+
+    for picture in pictures:
+        display(enlarge(picture, min_side))
+
+
+def show_table(markdown: str) -> None:
+    """Display a markdown table (rendered in JupyterLab, plain text elsewhere)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown))
+
+
+def image_row(images, labels=None, columns: int | None = None, scale: int = 2) -> Image.Image:
+    """Images side by side (wrapped after `columns`), labelled: diffusion_lab.viz.image_grid."""
+    from diffusion_lab.viz import image_grid
+
+    images = list(images)
+    return image_grid(images, columns=columns or len(images), labels=labels, scale=scale)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output folders (headless runs)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def lab_out_dir(out_dir: str | os.PathLike | None, lab_name: str) -> Path:
+    """OUT_DIR of a lab: the parameter if given, else $DIFFUSION_LAB_OUT/<lab>, else <repo>/outputs/labs/<lab>."""
+    if out_dir:
+        path = Path(out_dir)
+    else:
+        path = Path(os.environ.get(OUT_ENV, REPO_ROOT / "outputs" / "labs")) / lab_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_outputs(out_dir: str | os.PathLike, figures: dict | None = None, metrics: dict | None = None) -> list[Path]:
+    """Write each figure as <name>.png and merge `metrics` into metrics.json (floats rounded to 4 digits)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, picture in (figures or {}).items():
+        path = out / f"{name}.png"
+        to_pil(picture).save(path)
+        written.append(path)
+    if metrics is not None:
+        path = out / "metrics.json"
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update(rounded(metrics, 4))
+        path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
+        written.append(path)
+    return written
+
+
+def reset_metrics(out_dir: str | os.PathLike) -> None:
+    """Start a fresh metrics.json (the first cell of a run that writes one)."""
+    path = Path(out_dir) / "metrics.json"
+    if path.exists():
+        path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Widgets
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ImageView:
+    """An ipywidgets.Image that shows pictures (PIL, arrays, figures) as PNG; keeps the last one for tests."""
+
+    def __init__(self, min_side: int = 192, description: str = ""):
+        import ipywidgets as widgets
+
+        self.min_side = min_side
+        self.image = widgets.Image(format="png")
+        self.caption = widgets.HTML(value=f"<i>{description}</i>" if description else "")
+        self.widget = widgets.VBox([self.image, self.caption])
+        self.picture: Image.Image | None = None
+        self.updates = 0
+
+    def show(self, picture, caption: str | None = None) -> None:
+        self.picture = enlarge(picture, self.min_side)
+        self.image.value = png_bytes(self.picture)
+        if caption is not None:
+            self.caption.value = caption
+        self.updates += 1
+
+
+class Progress:
+    """An IntProgress bar plus a status line; `step_callback` fits sampling.sample's callback signature."""
+
+    def __init__(self):
+        import ipywidgets as widgets
+
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="320px"))
+        self.status = widgets.HTML(value="")
+        self.widget = widgets.HBox([self.bar, self.status])
+        self._start = time.perf_counter()
+
+    def start(self, total: int, message: str = "running") -> None:
+        self.bar.max = max(1, int(total))
+        self.bar.value = 0
+        self.bar.bar_style = "info"
+        self.status.value = message + " ..."
+        self._start = time.perf_counter()
+
+    def advance(self, steps: int = 1) -> None:
+        self.bar.value = min(self.bar.max, self.bar.value + steps)
+
+    def step_callback(self, step_index, t=None, x_t=None, x0_hat=None) -> None:
+        self.advance()
+
+    def done(self, message: str = "done") -> None:
+        self.bar.value = self.bar.max
+        self.bar.bar_style = "success"
+        self.status.value = f"{message} ({time.perf_counter() - self._start:.1f} s)"
+
+    def fail(self, error: BaseException) -> None:
+        self.bar.bar_style = "danger"
+        self.status.value = f"<span style='color:#b00'>{type(error).__name__}: {error}</span>"
+
+
+def slider(description: str, value, low, high, step, integer: bool = False, **kwargs):
+    """A slider that only reports on release (continuous_update=False): no recomputation while dragging."""
+    import ipywidgets as widgets
+
+    cls = widgets.IntSlider if integer else widgets.FloatSlider
+    style = {"description_width": "initial"}
+    return cls(value=value, min=low, max=high, step=step, description=description, continuous_update=False,
+               style=style, **kwargs)
+
+
+def run_button(description: str = "Run", tooltip: str = "") -> Any:
+    import ipywidgets as widgets
+
+    return widgets.Button(description=description, button_style="primary", icon="play", tooltip=tooltip)
+
+
+class Panel:
+    """Base of the lab panels: `widget` (what a notebook displays), `run()` (what the Run button does),
+    a Progress line and an error line. Subclasses build controls and implement `compute()`."""
+
+    title = ""
+
+    def __init__(self):
+        import ipywidgets as widgets
+
+        self.progress = Progress()
+        self.button = run_button()
+        self.button.on_click(lambda _button: self.run())
+        self.log = widgets.Output()  # tqdm bars of library calls land here
+        self.error: BaseException | None = None
+        self.runs = 0
+        self.last_seconds = 0.0
+
+    def compute(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self) -> None:
+        """Run `compute()` with progress and errors shown in the panel (never raised into the event loop)."""
+        self.error = None
+        start = time.perf_counter()
+        self.button.disabled = True
+        try:
+            with self.log:
+                self.compute()
+            self.progress.done()
+        except Exception as error:  # shown in the panel: a lecturer's typo must not kill the widget
+            self.error = error
+            self.progress.fail(error)
+        finally:
+            self.button.disabled = False
+            self.runs += 1
+            self.last_seconds = time.perf_counter() - start
+
+    def _ipython_display_(self):  # display(panel) shows its widget
+        from IPython.display import display
+
+        display(self.widget)

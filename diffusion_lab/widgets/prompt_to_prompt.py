@@ -1,0 +1,286 @@
+"""Lab 4 panels and experiments: cross-attention maps per word, and Prompt-to-Prompt's word swap, refine, reweight
+and local blend, on a generated image and on an inverted real image.
+
+    image, figure = word_maps(pipe, "a large red circle on a gray background", seed=0)
+    rows, figure = run_examples(pipe, examples(source_prompt), seed=0)               # generated
+    rows, figure = run_examples(pipe, examples(caption), real_image=image, inversion_method="null_text")  # real
+    PromptToPromptPanel(pipe, image, caption)                                         # every knob + Run
+
+All computation is diffusion_lab.editing's (run_edit / PromptEdit, which drive the attention controllers) and
+diffusion_lab.attention.figures' (the pictures of the maps); scores come from the shapes analyzer.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .common import ImageView, Panel, cached_inversion, markdown_table, slider
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention maps
+# ----------------------------------------------------------------------------------------------------------
+
+
+def word_maps(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+              resolution: int | None = None, progress: bool = False):
+    """Generate `prompt` with an AttentionStore and draw each word's cross-attention map averaged over all steps
+    (and the layers of one map size) over the image: the lecture's figure. Returns (uint8 image, PIL figure)."""
+    from diffusion_lab.attention import AttentionStore
+    from diffusion_lab.attention.figures import word_attention_figure
+    from diffusion_lab.generation import text_to_image
+
+    store = AttentionStore(num_prompts=1, store_self_attention=False)
+    result = text_to_image(pipe, [prompt], num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
+                           controller=store, progress=progress)
+    figure = word_attention_figure(store, pipe.tokenizer, prompt, resolution, image=result.images[0], size=96)
+    return result.images[0], figure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Edits: the lecture's kind of examples in the shapes world
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _swap(prompt: str, old: str, new: str) -> str:
+    words = prompt.split()
+    if old not in words:
+        raise ValueError(f"{old!r} is not a word of {prompt!r}")
+    return " ".join(new if w == old else w for w in words)
+
+
+def examples(source_prompt: str, shape_swap: tuple[str, str] = ("circle", "square"),
+             colour_swap: tuple[str, str] = ("red", "blue"), refine_word: tuple[str, str] = ("circle", "large"),
+             reweight: tuple[str, float] = ("red", 0.2)) -> list[dict]:
+    """Edits of one source prompt, each a dict of diffusion_lab.editing.PromptEdit fields plus a title:
+    word swap of the shape and of the colour, refine (a word added before `refine_word[0]`, the source lacking it),
+    reweight of a word, and a word swap with local blend. Entries whose words are not in the prompt are left out."""
+    words = source_prompt.split()
+    result = []
+    old, new = shape_swap
+    if old in words:
+        result.append({"title": f"{old} -> {new}", "source_prompt": source_prompt,
+                       "target_prompts": [_swap(source_prompt, old, new)], "edit": "replace"})
+    old, new = colour_swap
+    if old in words:
+        result.append({"title": f"{old} -> {new}", "source_prompt": source_prompt,
+                       "target_prompts": [_swap(source_prompt, old, new)], "edit": "replace"})
+    anchor, added = refine_word
+    if anchor in words and added in words:  # refine: the source without the word, the target with it
+        shorter = " ".join(w for w in words if w != added)
+        shorter = shorter.replace("an ", "a ", 1) if shorter.startswith("an ") else shorter
+        result.append({"title": f"refine: +{added}", "source_prompt": shorter, "target_prompts": [source_prompt],
+                       "edit": "refine"})
+    word, scale = reweight
+    if word in words:
+        result.append({"title": f"reweight {word} x{scale:g}", "source_prompt": source_prompt,
+                       "target_prompts": [source_prompt], "edit": "reweight", "reweight": {word: float(scale)}})
+    old, new = shape_swap
+    if old in words:
+        result.append({"title": f"{old} -> {new} + local blend", "source_prompt": source_prompt,
+                       "target_prompts": [_swap(source_prompt, old, new)], "edit": "replace",
+                       "blend_words": [old, new]})
+    return result
+
+
+def score_edit(source_image, edited_image, target_prompt: str) -> dict:
+    """Analyzer scores of one edit: does the edited image show what the target prompt names (shape, colour, size,
+    background of its first object), was the layout kept (the main object within 0.12 of the source's), and the
+    PSNR to the source image (dB)."""
+    from diffusion_lab.metrics import psnr
+    from diffusion_lab.shapes import analyze, parse_caption
+
+    def main_object(analysis):
+        return max(analysis.objects, key=lambda o: o.mask.sum()) if analysis.objects else None
+
+    try:
+        description = parse_caption(target_prompt)
+    except ValueError:  # not a shapes-world caption (e.g. a Stable Diffusion prompt): nothing to check
+        description = None
+    source, edited = analyze(np.asarray(source_image)), analyze(np.asarray(edited_image))
+    found, before = main_object(edited), main_object(source)
+    checks = []
+    if description is not None:
+        want = description.objects[0]
+        checks = [found is not None and getattr(found, a) == getattr(want, a)
+                  for a in ("shape", "colour", "size") if getattr(want, a) is not None]
+        if description.background is not None:
+            checks.append(edited.background == description.background)
+    kept = found is not None and before is not None and float(np.hypot(found.x - before.x, found.y - before.y)) < 0.12
+    return {"target_matched": float(np.mean(checks)) if checks else float("nan"), "layout_kept": float(kept),
+            "psnr_to_source": float(psnr(np.asarray(edited_image), np.asarray(source_image)))}
+
+
+def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+                 real_image=None, inversion_method: str = "null_text", inversion_guidance: float | None = None,
+                 inversion_options: dict | None = None, baseline: bool = True, progress: bool = False):
+    """Run each edit with P2P and (baseline) without it, from the same x_T: the seed's noise, or, with `real_image`,
+    an inversion of it with the edit's source prompt (`inversion_method` at `inversion_guidance`, default the
+    sampling guidance; cached, so edits that share a source prompt share an inversion).
+
+    Returns (rows of analyzer scores, PIL figure with a row per edit: [input,] source or reconstruction,
+    without P2P, with P2P)."""
+    from diffusion_lab.editing import PromptEdit, run_edit
+    from diffusion_lab.viz import image_grid
+
+    rows, pictures, labels = [], [], []
+    for spec in edits:
+        spec = dict(spec)
+        title = spec.pop("title", spec["target_prompts"][0])
+        edit = PromptEdit.from_dict(spec)
+        edit.check(pipe.tokenizer)
+        if real_image is None:
+            kwargs = dict(seed=seed, num_steps=num_steps, guidance_scale=guidance_scale, progress=progress)
+        else:
+            inversion = cached_inversion(
+                pipe, real_image, edit.source_prompt, inversion_method, num_steps,
+                guidance_scale if inversion_guidance is None else inversion_guidance, progress=progress,
+                **(inversion_options or {}),
+            )
+            kwargs = dict(inversion=inversion, guidance_scale=guidance_scale, progress=progress)
+        with_p2p = run_edit(pipe, edit, **kwargs)
+        row_pictures = ([np.asarray(real_image.convert("RGB"))] if real_image is not None else []) + [with_p2p.source_image]
+        row_labels = (["input"] if real_image is not None else []) + ["source" if real_image is None else "reconstr."]
+        if baseline:
+            plain = run_edit(pipe, PromptEdit.from_dict({**spec, "attention_control": False}), **kwargs)
+            row_pictures.append(plain.edited_images[0])
+            row_labels.append("no P2P")
+        row_pictures.append(with_p2p.edited_images[0])
+        row_labels.append(title[:22])
+        pictures.extend(row_pictures)
+        labels.extend(row_labels)
+        score = score_edit(with_p2p.source_image, with_p2p.edited_images[0], edit.target_prompts[0])
+        row = {"edit": title, **{f"P2P {k}": v for k, v in score.items()}}
+        if baseline:
+            plain_score = score_edit(plain.source_image, plain.edited_images[0], edit.target_prompts[0])
+            row.update({f"no-P2P {k}": v for k, v in plain_score.items()})
+        rows.append(row)
+    columns = len(pictures) // max(1, len(edits))
+    return rows, image_grid(pictures, columns=columns, labels=labels, scale=2)
+
+
+def reweight_strip(pipe, prompt: str, word: str, scales: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0), seed: int = 0,
+                   num_steps: int = 50, guidance_scale: float = 5.0, inversion=None, progress: bool = False):
+    """The same image with one word's attention scaled by each factor (P2P's reweighting), left to right."""
+    from diffusion_lab.editing import PromptEdit, run_edit
+    from diffusion_lab.viz import image_grid
+
+    pictures, labels = [], []
+    for scale in scales:
+        edit = PromptEdit(prompt, [prompt], edit="reweight", reweight={word: float(scale)})
+        kwargs = dict(seed=seed, num_steps=num_steps) if inversion is None else dict(inversion=inversion)
+        result = run_edit(pipe, edit, guidance_scale=guidance_scale, progress=progress, **kwargs)
+        pictures.append(result.edited_images[0])
+        labels.append(f"{word} x{scale:g}")
+    return image_grid(pictures, labels=labels, scale=2)
+
+
+def rows_markdown(rows: list[dict]) -> str:
+    return markdown_table(rows, digits=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Panel
+# ----------------------------------------------------------------------------------------------------------
+
+
+class PromptToPromptPanel(Panel):
+    """Every knob of a Prompt-to-Prompt edit, on a generated image (a seed) or on a real image (inverted once, then
+    cached: a second edit of the same image only samples). Shows [input,] source, the edit, optionally the edit
+    without P2P, and the target's word maps."""
+
+    def __init__(self, pipe, image, image_prompt: str, source_prompt: str | None = None, target_prompt: str = "",
+                 seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0, inversion_method: str = "negative_prompt",
+                 inner_steps: int = 10):
+        import ipywidgets as widgets
+
+        super().__init__()
+        self.pipe, self.image, self.image_prompt = pipe, image, image_prompt
+        source_prompt = source_prompt or image_prompt
+        wide = widgets.Layout(width="560px")
+        self.source_kind = widgets.ToggleButtons(options=["generated", "real image"], value="generated",
+                                                 description="source")
+        self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="160px"))
+        self.source_prompt = widgets.Text(value=source_prompt, description="source prompt", layout=wide)
+        self.target_prompt = widgets.Text(value=target_prompt or source_prompt, description="target prompt", layout=wide)
+        self.edit = widgets.Dropdown(options=["replace", "refine", "reweight"], value="replace", description="edit")
+        self.reweight_word = widgets.Text(value="", description="reweight word", placeholder="e.g. red",
+                                          layout=widgets.Layout(width="260px"))
+        self.reweight_scale = slider("scale", 2.0, 0.0, 5.0, 0.1)
+        self.cross_steps = slider("cross-attn steps", 0.8, 0.0, 1.0, 0.05)
+        self.self_steps = slider("self-attn steps", 0.4, 0.0, 1.0, 0.05)
+        self.blend_words = widgets.Text(value="", description="local blend words", placeholder="e.g. circle square",
+                                        layout=widgets.Layout(width="360px"))
+        self.compare = widgets.Checkbox(value=True, description="also without P2P")
+        self.method = widgets.Dropdown(options=["negative_prompt", "null_text", "ddim", "fixed_point"],
+                                       value=inversion_method, description="inversion")
+        self.steps = slider("steps S", int(num_steps), 10, 100, 5, integer=True)
+        self.guidance = slider("guidance w", float(guidance_scale), 1.0, 10.0, 0.5)
+        self.inner_steps = int(inner_steps)
+        self.button.description = "Run edit"
+        self.images = ImageView(min_side=128, description="")
+        self.maps = ImageView(min_side=96, description="target's word maps (all steps)")
+        self.numbers = widgets.HTML()
+        self.last_result = None
+        self.widget = widgets.VBox([
+            widgets.HTML("<b>Prompt-to-Prompt</b>"),
+            widgets.HBox([self.source_kind, self.seed, self.method]),
+            self.source_prompt, self.target_prompt,
+            widgets.HBox([self.edit, self.reweight_word, self.reweight_scale]),
+            widgets.HBox([self.cross_steps, self.self_steps]),
+            widgets.HBox([self.blend_words, self.compare]),
+            widgets.HBox([self.steps, self.guidance]),
+            widgets.HBox([self.button, self.progress.widget]),
+            self.images.widget, self.numbers, self.maps.widget, self.log,
+        ])
+
+    def edit_dict(self) -> dict:
+        """The PromptEdit the controls describe."""
+        reweight = None
+        if self.reweight_word.value.strip():
+            reweight = {self.reweight_word.value.strip(): float(self.reweight_scale.value)}
+        blend = self.blend_words.value.replace(",", " ").split() or None
+        return {"source_prompt": self.source_prompt.value.strip(), "target_prompts": [self.target_prompt.value.strip()],
+                "edit": self.edit.value, "cross_replace_steps": float(self.cross_steps.value),
+                "self_replace_steps": float(self.self_steps.value), "reweight": reweight, "blend_words": blend}
+
+    def compute(self) -> None:
+        from diffusion_lab.attention.figures import word_attention_figure
+        from diffusion_lab.editing import PromptEdit, run_edit
+        from diffusion_lab.viz import image_grid
+
+        spec = self.edit_dict()
+        edit = PromptEdit.from_dict(spec)
+        edit.check(self.pipe.tokenizer)  # clear errors before any UNet call
+        real = self.source_kind.value == "real image"
+        runs = 1 + int(self.compare.value) + int(real)
+        self.progress.start(runs, "inverting (cached after the first run) and editing" if real else "editing")
+        guidance = float(self.guidance.value)
+        if real:
+            options = {"inner_steps": self.inner_steps} if self.method.value == "null_text" else {}
+            inversion = cached_inversion(self.pipe, self.image, edit.source_prompt, self.method.value,
+                                         int(self.steps.value), 1.0 if self.method.value == "ddim" else guidance, **options)
+            self.progress.advance()
+            kwargs = dict(inversion=inversion, guidance_scale=guidance)
+        else:
+            kwargs = dict(seed=int(self.seed.value), num_steps=int(self.steps.value), guidance_scale=guidance)
+        result = run_edit(self.pipe, edit, progress=False, **kwargs)
+        self.progress.advance()
+        pictures = ([np.asarray(self.image.convert("RGB"))] if real else []) + [result.source_image]
+        labels = (["input"] if real else []) + ["reconstruction" if real else "source"]
+        if self.compare.value:
+            plain = run_edit(self.pipe, PromptEdit.from_dict({**spec, "attention_control": False}), progress=False, **kwargs)
+            self.progress.advance()
+            pictures.append(plain.edited_images[0])
+            labels.append("without P2P")
+        pictures.append(result.edited_images[0])
+        labels.append("P2P edit")
+        self.images.show(image_grid(pictures, labels=labels, scale=2))
+        self.maps.show(word_attention_figure(result.controller, self.pipe.tokenizer, edit.target_prompts[0],
+                                             prompt_index=1, image=result.edited_images[0], size=64))
+        score = score_edit(result.source_image, result.edited_images[0], edit.target_prompts[0])
+        self.numbers.value = (f"analyzer: target attributes matched {score['target_matched']:.2f}, layout kept "
+                              f"{score['layout_kept']:.0f}; PSNR to the source {score['psnr_to_source']:.1f} dB")
+        self.last_result = result

@@ -1,0 +1,276 @@
+"""Benchmark inversion fidelity: how well does sampling from an inversion give the image back?
+
+    python pipelines/bench_inversion.py [--model shapes-tiny] [--scenes 50] [--steps 10 20 50 100 200]
+        [--guidance 1 3 7.5] [--methods ddim null_text negative_prompt fixed_point]
+        [--cells 'null_text:50:*' 'ddim:*:*'] [--exclude 'null_text:200:*'] [--out outputs/bench_inversion] [--quick]
+
+For each held-out rendered scene (renders of random scenes with seeds from --seed on, never model samples), the
+render is VAE-encoded once; every (method, steps S, guidance w) cell inverts all scenes with the scene's own
+caption and reconstructs them by sampling at w (eta = 0). Reported against the original render, in pixel space:
+PSNR (dB), SSIM (Wang et al. 2004, 11x11 Gaussian window), MSE per dimension in [0, 1] (as DDIM's Table 2), the
+latent RMSE (reconstructed z_0 vs encoded z_0), and seconds per image (inversion; reconstruction). The VAE round
+trip decode(encode(x)) is the ceiling no latent inversion can beat.
+
+Writes results.md (the table, also printed), results.json (every number), psnr.png (PSNR against S, one panel per
+guidance, the VAE ceiling dashed) and examples.png (a few scenes: render, VAE, each method at the largest S and w).
+Expensive cells (null-text at S = 200 on a CPU) can be left out with --exclude or chosen with --cells: patterns
+METHOD:S:W where any part may be '*'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion_lab.inversion import METHODS, invert, synchronize
+from diffusion_lab.latents import decode_latents, encode_images, image_size
+from diffusion_lab.metrics import mse, psnr, ssim
+from diffusion_lab.models import load_pipeline
+from diffusion_lab.sampling import sample
+from diffusion_lab.schedules import NoiseSchedule
+from diffusion_lab.shapes import caption, random_scene, render
+
+HELD_OUT_SEED = 1_000_000  # scene seeds random_scene(HELD_OUT_SEED + i); training draws from default_rng(seed 0)
+NUM_EXAMPLES = 4
+
+
+def cell_name(method: str, steps: int, guidance: float) -> str:
+    return f"{method}:{steps}:{guidance:g}"
+
+
+def selected(name: str, include: list[str] | None, exclude: list[str]) -> bool:
+    """Whether the cell METHOD:S:W matches an --cells pattern (all if none given) and no --exclude pattern."""
+    def matches(pattern: str) -> bool:
+        parts, values = pattern.split(":"), name.split(":")
+        if len(parts) != 3:
+            raise SystemExit(f"cell patterns look like METHOD:S:W with '*' wildcards, got {pattern!r}")
+        return all(fnmatch.fnmatch(v, p) or (p != "*" and _same_number(v, p)) for v, p in zip(values, parts))
+
+    return (not include or any(matches(p) for p in include)) and not any(matches(p) for p in exclude)
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def summarize(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    return {"mean": float(finite.mean()) if len(finite) else float("inf"), "std": float(finite.std()) if len(finite) else 0.0}
+
+
+def score(reconstructions: np.ndarray, originals: np.ndarray) -> dict:
+    """PSNR / SSIM / MSE of uint8 (B, H, W, 3) reconstructions against the renders."""
+    return {
+        "psnr": summarize(np.atleast_1d(psnr(reconstructions, originals))),
+        "ssim": summarize(np.atleast_1d(ssim(reconstructions, originals))),
+        "mse": summarize(np.atleast_1d(mse(reconstructions, originals))),
+    }
+
+
+def run_cell(pipe, method, steps, guidance, latents, prompts, batch_size, options) -> tuple[np.ndarray, dict]:
+    """Invert and reconstruct all scenes for one cell, in batches; returns (uint8 reconstructions, timings...)."""
+    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
+    outputs, latent_errors, invert_seconds, reconstruct_seconds = [], [], 0.0, 0.0
+    for start in range(0, len(prompts), batch_size):
+        z_0 = latents[start : start + batch_size]
+        inversion = invert(pipe, None, prompts[start : start + batch_size], method, steps, guidance, latents=z_0,
+                           progress=False, **options)
+        invert_seconds += inversion.seconds
+        begin = time.perf_counter()
+        with torch.no_grad():
+            denoiser = inversion.denoiser(pipe.unet)
+            reconstructed = sample(denoiser, inversion.z_T, schedule, inversion.timesteps, progress=False).sample
+        synchronize(reconstructed.device)
+        reconstruct_seconds += time.perf_counter() - begin
+        latent_errors.append(((reconstructed - z_0) ** 2).flatten(1).mean(dim=1).sqrt().cpu())
+        outputs.append(decode_latents(pipe, reconstructed, "uint8"))
+    count = len(prompts)
+    timing = {
+        "invert_seconds_per_image": invert_seconds / count,
+        "reconstruct_seconds_per_image": reconstruct_seconds / count,
+        "latent_rmse": float(torch.cat(latent_errors).mean()),
+    }
+    return np.concatenate(outputs), timing
+
+
+def markdown_table(results: list[dict], ceiling: dict, header: str) -> str:
+    lines = [
+        header,
+        "",
+        f"VAE round trip (ceiling): PSNR {ceiling['psnr']['mean']:.2f} dB, SSIM {ceiling['ssim']['mean']:.4f}, "
+        f"MSE {ceiling['mse']['mean']:.5f}",
+        "",
+        "| method | S | w | PSNR (dB) | gap to VAE (dB) | SSIM | MSE [0,1] | latent RMSE | s/image invert | s/image reconstruct |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        gap = ceiling["psnr"]["mean"] - r["psnr"]["mean"]
+        lines.append(
+            f"| {r['method']} | {r['steps']} | {r['guidance']:g} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} | "
+            f"{gap:.2f} | {r['ssim']['mean']:.4f} | {r['mse']['mean']:.5f} | {r['latent_rmse']:.4f} | "
+            f"{r['invert_seconds_per_image']:.3f} | {r['reconstruct_seconds_per_image']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def checks(results: list[dict], ceiling: dict) -> list[str]:
+    """The claims of the issue, verified on the numbers (PASS / FAIL / n/a), never assumed."""
+    by_cell = {(r["method"], r["steps"], r["guidance"]): r["psnr"]["mean"] for r in results}
+    lines = []
+    ddim_1 = sorted((s, p) for (m, s, w), p in by_cell.items() if m == "ddim" and w == 1.0)
+    if len(ddim_1) >= 2:
+        increasing = all(b[1] >= a[1] - 0.05 for a, b in zip(ddim_1, ddim_1[1:]))
+        trend = ", ".join(f"S={s}: {p:.2f}" for s, p in ddim_1)
+        lines.append(f"[{'PASS' if increasing else 'FAIL'}] DDIM at w=1 improves with S (like DDIM's Table 2): {trend}")
+    else:
+        lines.append("[n/a] DDIM at w=1 improves with S: needs two or more S")
+    pairs = [(s, by_cell[("ddim", s, 1.0)], by_cell[("ddim", s, 7.5)]) for (m, s, w) in by_cell
+             if m == "ddim" and w == 7.5 and ("ddim", s, 1.0) in by_cell]
+    if pairs:
+        breaks = all(p1 - p75 > 3.0 for _, p1, p75 in pairs)
+        detail = ", ".join(f"S={s}: {p1:.2f} -> {p75:.2f}" for s, p1, p75 in sorted(pairs))
+        lines.append(f"[{'PASS' if breaks else 'FAIL'}] DDIM breaks at w=7.5 (> 3 dB below w=1): {detail}")
+    else:
+        lines.append("[n/a] DDIM at w=7.5 breaks: needs ddim at w=1 and w=7.5 for the same S")
+    null_text = sorted((s, p) for (m, s, w), p in by_cell.items() if m == "null_text" and w == 7.5)
+    if null_text:
+        gaps = [(s, ceiling["psnr"]["mean"] - p) for s, p in null_text]
+        within = all(g <= 1.0 for _, g in gaps)
+        detail = ", ".join(f"S={s}: {g:.2f} dB" for s, g in gaps)
+        lines.append(f"[{'PASS' if within else 'FAIL'}] null-text at w=7.5 within 1 dB of the VAE ceiling: {detail}")
+    else:
+        lines.append("[n/a] null-text at w=7.5 within 1 dB of the VAE ceiling: no null_text cell at w=7.5")
+    return lines
+
+
+def plot(results: list[dict], ceiling: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    guidances = sorted({r["guidance"] for r in results})
+    figure, axes = plt.subplots(1, len(guidances), figsize=(4.2 * len(guidances), 3.6), squeeze=False, sharey=True)
+    for axis, guidance in zip(axes[0], guidances):
+        for method in METHODS:
+            rows = sorted((r["steps"], r["psnr"]["mean"]) for r in results if r["method"] == method and r["guidance"] == guidance)
+            if rows:
+                axis.plot(*zip(*rows), marker="o", label=method)
+        axis.axhline(ceiling["psnr"]["mean"], color="black", linestyle="--", label="VAE ceiling")
+        axis.set_xscale("log")
+        axis.set_xticks(sorted({r["steps"] for r in results}), [str(s) for s in sorted({r["steps"] for r in results})])
+        axis.minorticks_off()
+        axis.set_title(f"guidance w = {guidance:g}")
+        axis.set_xlabel("steps S")
+    axes[0][0].set_ylabel("reconstruction PSNR (dB)")
+    axes[0][-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def example_grid(originals: np.ndarray, vae: np.ndarray, examples: dict[str, tuple[str, np.ndarray]], path: Path) -> None:
+    """Rows: scenes; columns: render, VAE round trip, then each method's reconstruction (label, images)."""
+    from PIL import Image, ImageDraw
+
+    columns = [("render", "", originals), ("VAE", "", vae)] + [(m, label, images) for m, (label, images) in examples.items()]
+    rows = min(NUM_EXAMPLES, len(originals))
+    size = originals.shape[1]
+    label_height = 26
+    canvas = Image.new("RGB", (size * len(columns), rows * size + label_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, (name, detail, images) in enumerate(columns):
+        short = {"negative_prompt": "neg-prompt", "fixed_point": "fixed-pt", "null_text": "null-text"}.get(name, name)
+        draw.text((column * size + 2, 1), short, fill="black")
+        draw.text((column * size + 2, 13), detail, fill="black")
+        for row in range(rows):
+            canvas.paste(Image.fromarray(images[row]), (column * size, label_height + row * size))
+    canvas.save(path)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes-tiny", help="'shapes-tiny', a diffusers folder, or a hub id")
+    parser.add_argument("--scenes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out scene seed")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 200])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--cells", nargs="*", default=None, help="only these METHOD:S:W patterns ('*' wildcards)")
+    parser.add_argument("--exclude", nargs="*", default=[], help="leave out these METHOD:S:W patterns")
+    parser.add_argument("--batch-size", type=int, default=50, help="scenes inverted together")
+    parser.add_argument("--inner-steps", type=int, default=None, help="null-text Adam steps per timestep (10)")
+    parser.add_argument("--fixed-point-iterations", type=int, default=None, help="fixed-point iterations (5)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    parser.add_argument("--out", default="outputs/bench_inversion")
+    parser.add_argument("--quick", action="store_true", help="tiny run: 2 scenes, S in {2, 4}, w in {1, 7.5}")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.scenes, args.steps, args.guidance = 2, [2, 4], [1.0, 7.5]
+        args.inner_steps = args.inner_steps or 2
+        args.fixed_point_iterations = args.fixed_point_iterations or 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    pipe = load_pipeline(args.model, device=args.device, dtype="float32")
+    scenes = [random_scene(args.seed + i) for i in range(args.scenes)]
+    originals = np.stack([render(scene, size=image_size(pipe)).image for scene in scenes])  # (N, H, W, 3) uint8
+    prompts = [caption(scene) for scene in scenes]
+    latents = torch.cat([encode_images(pipe, originals[i : i + args.batch_size]) for i in range(0, len(originals), args.batch_size)])
+    vae = np.concatenate([decode_latents(pipe, latents[i : i + args.batch_size]) for i in range(0, len(latents), args.batch_size)])
+    ceiling = score(vae, originals)
+    options = {}
+    if args.inner_steps is not None:
+        options["null_text"] = {"inner_steps": args.inner_steps}
+    if args.fixed_point_iterations is not None:
+        options["fixed_point"] = {"fixed_point_iterations": args.fixed_point_iterations}
+
+    cells = [(m, s, w) for m in args.methods for s in sorted(args.steps) for w in args.guidance
+             if selected(cell_name(m, s, w), args.cells, args.exclude)]
+    print(f"{len(cells)} cells x {args.scenes} scenes on {args.model} ({pipe.device}); VAE ceiling "
+          f"PSNR {ceiling['psnr']['mean']:.2f} dB", flush=True)
+    results, examples = [], {}
+    largest_guidance = max(args.guidance)
+    for method, steps, guidance in cells:
+        reconstructions, timing = run_cell(pipe, method, steps, guidance, latents, prompts, args.batch_size,
+                                           options.get(method, {}))
+        row = {"method": method, "steps": steps, "guidance": guidance, **score(reconstructions, originals), **timing}
+        results.append(row)
+        print(f"  {cell_name(method, steps, guidance):>22}  PSNR {row['psnr']['mean']:6.2f} dB  SSIM "
+              f"{row['ssim']['mean']:.4f}  {row['invert_seconds_per_image']:.3f} s/image", flush=True)
+        if guidance == largest_guidance:  # cells come in increasing S: keep each method's largest S
+            examples[method] = (f"S={steps} w={guidance:g}", reconstructions[:NUM_EXAMPLES])
+
+    header = (f"Inversion fidelity of {args.model} on {args.scenes} held-out renders (seeds {args.seed}..."
+              f"{args.seed + args.scenes - 1}), eta = 0, reconstruction sampled at the inversion's guidance")
+    table = markdown_table(results, ceiling, header)
+    verdicts = checks(results, ceiling)
+    text = table + "\n\n" + "\n".join(verdicts) + "\n"
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({"model": args.model, "scenes": args.scenes, "seed": args.seed,
+                                                  "ceiling": ceiling, "cells": results}, indent=2))
+    if results:
+        plot(results, ceiling, out / "psnr.png")
+    if examples:
+        example_grid(originals, vae, examples, out / "examples.png")
+    print(text)
+    print(f"written to {out.resolve()}")
+    return text
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DIFFUSION_LAB_NO_PROGRESS", "1")
+    main()

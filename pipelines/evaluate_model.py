@@ -1,0 +1,198 @@
+"""Measure a text-to-image model of the shapes world (default: the built-in shapes-tiny).
+
+    python pipelines/evaluate_model.py [--model shapes-tiny] [--one-object 200] [--two-object 100]
+
+What it measures (every number comes from the analyzer on generated images, not from the loss):
+1. one-object captions with every attribute named: accuracy of shape, colour, size, background;
+2. two-object captions: object count and shape-colour pairing (both objects found with the right
+   shape AND colour, in either order);
+3. VAE round trip on held-out renders: PSNR and the analyzer's accuracy on the reconstructions,
+   overall and for small objects;
+4. attention where it belongs: for one-object captions, the cross-attention map of the shape word
+   and of the colour word, averaged over steps and over the 16x16 and 8x8 layers, and the share of
+   its mass inside the object's (dilated) mask, divided by the mask's share of the image (what a
+   uniform map would hold). 1.0 = no better than uniform; the target is >= 2.0;
+5. speed: median wall time of a 50-step DDIM sample with guidance at batch 1 (--speed-runs).
+The last line reads `min_attribute_accuracy=<value>`, the lowest one-object attribute accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from diffusion_lab.attention import AttentionStore
+from diffusion_lab.attention.tokens import word_token_indices
+from diffusion_lab.generation import initial_noise, text_to_image
+from diffusion_lab.models import load_pipeline
+from diffusion_lab.shapes import analyze, caption, match_objects, random_scene, render
+from diffusion_lab.training import images_to_tensor, make_dataset, vae_psnr
+from diffusion_lab.viz import image_grid
+
+ATTRIBUTES = ("shape", "colour", "size", "background")
+
+
+def one_object_study(pipe, count: int, steps: int, guidance: float, seed: int, batch: int, out: Path) -> dict:
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, num_objects=1) for _ in range(count)]
+    correct = {a: 0 for a in ATTRIBUTES}
+    per_shape: dict[str, list[int]] = {}
+    mass = {"shape": [], "colour": []}
+    examples = []
+    for start in range(0, count, batch):
+        chunk = scenes[start : start + batch]
+        prompts = [caption(s) for s in chunk]
+        store = AttentionStore(num_prompts=len(prompts), store_self_attention=False)
+        x_T = initial_noise(pipe, len(prompts), seed=seed + start)
+        result = text_to_image(pipe, prompts, num_steps=steps, guidance_scale=guidance, x_T=x_T, controller=store, progress=False)
+        for i, (image, scene, prompt) in enumerate(zip(result.images, chunk, prompts)):
+            analysis = analyze(image)
+            want = scene.objects[0]
+            correct["background"] += analysis.background == scene.background
+            found = analysis.objects[0] if analysis.objects else None
+            for attribute in ("shape", "colour", "size"):
+                correct[attribute] += found is not None and getattr(found, attribute) == getattr(want, attribute)
+            per_shape.setdefault(want.shape, []).append(int(found is not None and found.shape == want.shape))
+            if found is not None:
+                object_mask = ndimage.binary_dilation(found.mask, iterations=2)
+                for role, word in (("shape", want.shape), ("colour", want.colour)):
+                    mass[role].append(attention_mass_ratio(store, pipe.tokenizer, prompt, word, i, object_mask))
+            if len(examples) < 16:
+                examples.append(image)
+    image_grid(examples, columns=8, scale=2).save(out / "one_object_samples.png")
+    result = {a: correct[a] / count for a in ATTRIBUTES}
+    result["per_shape"] = {k: float(np.mean(v)) for k, v in sorted(per_shape.items())}
+    result["attention_mass_ratio"] = {k: float(np.mean(v)) if v else float("nan") for k, v in mass.items()}
+    return result
+
+
+def attention_mass_ratio(store, tokenizer, prompt: str, word: str, prompt_index: int, object_mask: np.ndarray) -> float:
+    """(mass of the word's map inside the mask) / (mask's share of the image); maps averaged over 16x16 and 8x8."""
+    columns = word_token_indices(tokenizer, prompt, word)
+    maps = []
+    for resolution in store.available_resolutions(is_cross=True):
+        averaged = store.average_cross_attention(resolution, prompt_index=prompt_index)[..., columns].sum(-1)  # (h, w)
+        maps.append(torch.nn.functional.interpolate(averaged[None, None], size=object_mask.shape, mode="bilinear", align_corners=False)[0, 0])
+    heat = torch.stack(maps).mean(0).clamp_min(0).numpy()
+    heat = heat / max(heat.sum(), 1e-12)
+    inside = float(heat[object_mask].sum())
+    share = float(object_mask.mean())
+    return inside / max(share, 1e-6)
+
+
+def two_object_study(pipe, count: int, steps: int, guidance: float, seed: int, batch: int, out: Path) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    scenes = [random_scene(rng, num_objects=2) for _ in range(count)]
+    counts = pairing = colours = shapes = 0
+    examples = []
+    for start in range(0, count, batch):
+        chunk = scenes[start : start + batch]
+        prompts = [caption(s) for s in chunk]
+        x_T = initial_noise(pipe, len(prompts), seed=seed + 7 + start)
+        result = text_to_image(pipe, prompts, num_steps=steps, guidance_scale=guidance, x_T=x_T, progress=False)
+        for image, scene in zip(result.images, chunk):
+            analysis = analyze(image)
+            counts += len(analysis.objects) == 2
+            found = {(o.shape, o.colour) for o in analysis.objects}
+            want = {(o.shape, o.colour) for o in scene.objects}
+            pairing += want <= found
+            colours += {c for _, c in want} <= {c for _, c in found}
+            shapes += {s for s, _ in want} <= {s for s, _ in found}
+            if len(examples) < 16:
+                examples.append(image)
+    image_grid(examples, columns=8, scale=2).save(out / "two_object_samples.png")
+    return {"object_count": counts / count, "pairing": pairing / count, "both_colours": colours / count, "both_shapes": shapes / count}
+
+
+@torch.no_grad()
+def vae_study(pipe, count: int, seed: int) -> dict:
+    images, scenes = make_dataset(count, seed=seed + 50_000)
+    x = images_to_tensor(images).to(pipe.vae.device)
+    psnr = vae_psnr(pipe.vae, x)
+    reconstructions = []
+    for i in range(0, len(x), 64):
+        y = pipe.vae.decode(pipe.vae.encode(x[i : i + 64]).latent_dist.mean).sample
+        reconstructions.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    reconstructions = np.concatenate(reconstructions)
+    right = {"all": [], "small": [], "large": []}
+    for image, scene in zip(reconstructions, scenes):
+        analysis = analyze(image)
+        for true, found in zip(scene.objects, match_objects(analysis, scene.objects)):
+            ok = found is not None and (found.shape, found.colour, found.size) == (true.shape, true.colour, true.size)
+            right["all"].append(ok)
+            right[true.size].append(ok)
+    return {"psnr_db": psnr, **{f"analyzer_accuracy_{k}": float(np.mean(v)) for k, v in right.items()}}
+
+
+def speed_study(pipe, runs: int, steps: int, guidance: float) -> dict:
+    prompt = ["a large red circle on a gray background"]
+    text_to_image(pipe, prompt, num_steps=5, guidance_scale=guidance, progress=False)  # warm up
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        text_to_image(pipe, prompt, num_steps=steps, guidance_scale=guidance, seed=i, progress=False)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "runs": runs, "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes-tiny")
+    parser.add_argument("--one-object", type=int, default=200)
+    parser.add_argument("--two-object", type=int, default=100)
+    parser.add_argument("--vae-images", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--speed-runs", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=777)
+    parser.add_argument("--out", default="outputs/evaluate_model")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.model)
+    results = {"model": args.model, "steps": args.steps, "guidance": args.guidance}
+    results["one_object"] = one_object_study(pipe, args.one_object, args.steps, args.guidance, args.seed, args.batch, out)
+    if args.two_object:
+        results["two_object"] = two_object_study(pipe, args.two_object, args.steps, args.guidance, args.seed, args.batch, out)
+    if args.vae_images:
+        results["vae"] = vae_study(pipe, args.vae_images, args.seed)
+    if args.speed_runs:
+        results["speed"] = speed_study(pipe, args.speed_runs, 50, args.guidance)
+    one = results["one_object"]
+    lines = [
+        f"Model {args.model}: {args.one_object} one-object / {args.two_object} two-object captions, {args.steps} DDIM steps, guidance {args.guidance}",
+        "",
+        "| one-object attribute | accuracy |", "|---|---|",
+        *[f"| {a} | {one[a]:.3f} |" for a in ATTRIBUTES],
+        "",
+        "| shape | accuracy |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in one["per_shape"].items()],
+        "",
+        f"attention mass inside the object / uniform: shape word {one['attention_mass_ratio']['shape']:.2f}, colour word {one['attention_mass_ratio']['colour']:.2f} (target >= 2)",
+    ]
+    if "two_object" in results:
+        two = results["two_object"]
+        lines.append(f"two objects: count {two['object_count']:.3f}, pairing {two['pairing']:.3f}, both colours {two['both_colours']:.3f}, both shapes {two['both_shapes']:.3f}")
+    if "vae" in results:
+        vae = results["vae"]
+        lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, analyzer accuracy {vae['analyzer_accuracy_all']:.3f} (small {vae['analyzer_accuracy_small']:.3f}, large {vae['analyzer_accuracy_large']:.3f})")
+    if "speed" in results:
+        lines.append(f"speed: 50-step DDIM sample with guidance, batch 1: median {results['speed']['median_s']:.3f} s over {results['speed']['runs']} runs ({results['speed']['threads']} threads)")
+    minimum = min(one[a] for a in ATTRIBUTES)
+    lines.append(f"min_attribute_accuracy={minimum:.3f}")
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text + "\n")
+    (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
