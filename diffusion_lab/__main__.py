@@ -2,6 +2,7 @@
 
     python -m diffusion_lab demo [--out outputs/demo]   headless tour: shapes world, samplers, built-in model
     python -m diffusion_lab lab                          JupyterLab on labs/
+    python -m diffusion_lab batch MANIFEST --out DIR     batch editing through papermill (docs/batch.md)
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     lab = sub.add_parser("lab", help="open JupyterLab on labs/")
     lab.add_argument("--port", type=int, default=None)
+    from .batch.runner import add_arguments as add_batch_arguments
+
+    add_batch_arguments(sub.add_parser("batch", help="edit many images from a CSV/YAML manifest (papermill, Dask)"))
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -39,6 +43,10 @@ def main(argv=None) -> int:
         if args.port:
             command += ["--port", str(args.port)]
         return subprocess.call(command, env={**os.environ})
+    if args.command == "batch":
+        from .batch.runner import run_from_args
+
+        return run_from_args(args)
     return 1
 
 

@@ -122,3 +122,21 @@ def run_demo(out_dir: str = "outputs/demo", seed: int = 0) -> Path:
     for path in sorted(out.iterdir()):
         print(f"  wrote {path}")
     return out
+
+
+def run_labs_demo(out_dir: str = "outputs/labs", extra_args=()) -> Path:
+    """Run the four labs headlessly with papermill (pipelines/run_labs.py) into `out_dir`: one folder per lab with
+    the executed notebook, its figures and metrics.json; the runner prints where they are.
+
+    extra_args go to the runner (e.g. ["--quick"], ["--labs", "02", "--full-table"], ["-p", "SEED", "3"]).
+    Needs the repository checkout (labs/ and pipelines/ are not part of the installed package)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    runner = repo / "pipelines" / "run_labs.py"
+    if not runner.exists():
+        raise FileNotFoundError(f"{runner} is missing: the labs demo runs from a checkout of the repository")
+    command = [sys.executable, str(runner), "--out", str(out_dir), *extra_args]
+    subprocess.run(command, check=True, cwd=repo)
+    return Path(out_dir)

@@ -48,13 +48,11 @@ from .attention import (
     AttentionStore,
     LocalBlend,
     prompt_word_tokens,
-    register_attention_control,
     word_token_indices,
 )
 from .denoisers import TextConditionedDenoiser
-from .generation import ControlledDenoiser, initial_noise
+from .generation import initial_noise, sample_with_controller
 from .latents import decode_latents
-from .sampling import sample
 from .schedules import NoiseSchedule
 from .text import PromptError, check_prompt, encode_prompts
 
@@ -365,20 +363,6 @@ def run_edit(
 
 
 @torch.no_grad()
-def sample_with_controller(pipe, denoiser, x_T: Tensor, timesteps, controller, progress: bool = True) -> Tensor:
-    """DDIM sampling (eta = 0) of the batch x_T (P, C, h, w) with `controller` registered on the UNet: told the
-    step before every UNet call, and given the latents after every step (local blend). Returns z_0 (P, C, h, w)."""
-    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
-    controller.reset()
-    controlled = ControlledDenoiser(denoiser, controller, len(timesteps), x_T.shape[0])
-    with register_attention_control(pipe.unet, controller):
-        result = sample(
-            controlled, x_T.to(pipe.unet.device).float(), schedule, timesteps, progress=progress,
-            on_step_end=lambda step_index, t_prev, x: controller.blend_latents(x, step_index),
-        )
-    return result.sample
-
-
 def edit_generated(
     pipe,
     source_prompt: str,

@@ -47,6 +47,22 @@ class ControlledDenoiser:
         return self.denoiser(x_t, t, step_index)
 
 
+def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None):
+    """Sample the batch x_T (P, C, h, w) with `controller` registered on the UNet: told the step before every
+    UNet call (`set_step`), and given the latents after every step (`blend_latents`, LocalBlend). Returns z_0."""
+    from .attention import register_attention_control
+
+    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
+    controller.reset()
+    controlled = ControlledDenoiser(denoiser, controller, len(timesteps), x_T.shape[0])
+    with register_attention_control(pipe.unet, controller):
+        result = sample(
+            controlled, x_T.to(pipe.unet.device).float(), schedule, timesteps, eta=eta, generator=generator,
+            progress=progress, callback=callback, on_step_end=lambda step_index, t_prev, x: controller.blend_latents(x, step_index),
+        )
+    return result.sample
+
+
 @torch.no_grad()
 def text_to_image(
     pipe,
@@ -63,8 +79,6 @@ def text_to_image(
 ) -> GenerationResult:
     """Generate one image per prompt. `x_T` (B, C, h, w) overrides the seed; a (1, C, h, w) x_T is shared by all
     prompts (what Prompt-to-Prompt does: same seed, different prompts)."""
-    from .attention import register_attention_control
-
     prompts = list(prompts)
     device = pipe.unet.device
     x_T = initial_noise(pipe, 1 if controller is not None else len(prompts), seed) if x_T is None else x_T
@@ -76,14 +90,7 @@ def text_to_image(
     denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, prompts), uncond, guidance_scale=guidance_scale)
     generator = torch.Generator().manual_seed(seed + 1)
     if controller is None:
-        result = sample(denoiser, x_T.to(device).float(), schedule, timesteps, eta=eta, generator=generator, progress=progress, callback=callback)
+        latents = sample(denoiser, x_T.to(device).float(), schedule, timesteps, eta=eta, generator=generator, progress=progress, callback=callback).sample
     else:
-        controller.reset()
-        controlled = ControlledDenoiser(denoiser, controller, len(timesteps), len(prompts))
-        with register_attention_control(pipe.unet, controller):
-            result = sample(
-                controlled, x_T.to(device).float(), schedule, timesteps, eta=eta, generator=generator, progress=progress,
-                callback=callback, on_step_end=lambda i, t_prev, x: controller.blend_latents(x, i),
-            )
-    latents = result.sample
+        latents = sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta=eta, generator=generator, progress=progress, callback=callback)
     return GenerationResult(decode_latents(pipe, latents), latents, x_T)

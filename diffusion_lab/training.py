@@ -36,17 +36,21 @@ from .shapes import analyze, caption, random_scene, render
 
 
 # ---------------------------------------------------------------------------------------------- data
+def training_scenes(num_scenes: int, seed: int, object_weights=(0.5, 0.4, 0.1)) -> list:
+    """`num_scenes` random scenes with 1, 2 or 3 objects in the proportions `object_weights`, from `seed`."""
+    rng = np.random.default_rng(seed)
+    probabilities = np.asarray(object_weights) / sum(object_weights)
+    return [random_scene(rng, num_objects=int(rng.choice(len(object_weights), p=probabilities)) + 1) for _ in range(num_scenes)]
+
+
 def make_dataset(num_scenes: int, seed: int, size: int = 64, object_weights=(0.5, 0.4, 0.1), progress: bool = False):
     """Render `num_scenes` random scenes: returns (images uint8 (N, H, W, 3), scenes)."""
     from .progress import progress_bar
 
-    rng = np.random.default_rng(seed)
-    scenes, images = [], np.empty((num_scenes, size, size, 3), np.uint8)
+    scenes = training_scenes(num_scenes, seed, object_weights)
+    images = np.empty((num_scenes, size, size, 3), np.uint8)
     for i in progress_bar(range(num_scenes), progress, desc="render"):
-        count = int(rng.choice(len(object_weights), p=np.asarray(object_weights) / sum(object_weights))) + 1
-        scene = random_scene(rng, num_objects=count)
-        scenes.append(scene)
-        images[i] = render(scene, size).image
+        images[i] = render(scenes[i], size).image
     return images, scenes
 
 
@@ -257,13 +261,14 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         return
 
     cache = run_dir / f"latents_{settings.num_scenes}_{settings.seed}.safetensors"
-    images, scenes = make_dataset(settings.num_scenes, seed=settings.seed, progress=settings.progress)
     if cache.exists():
+        scenes = training_scenes(settings.num_scenes, seed=settings.seed)
         latents = load_file(str(cache))["latents"]
     else:
+        images, scenes = make_dataset(settings.num_scenes, seed=settings.seed, progress=settings.progress)
         latents = encode_dataset(vae, images, device, progress=settings.progress)
         _atomic_save_file({"latents": latents}, cache)
-    del images
+        del images
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device)
     num_train_timesteps = len(alphas_cumprod)
     rng = np.random.default_rng(settings.seed + 1 + start)

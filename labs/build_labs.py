@@ -65,7 +65,8 @@ STEPS = int(STEPS or defaults["num_steps"])
 GUIDANCE = float(GUIDANCE or defaults["guidance_scale"])
 OUT = common.lab_out_dir(OUT_DIR, LAB)
 common.reset_metrics(OUT)
-pipe = common.get_pipeline(MODEL)
+common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop: faster than 2 when shared)
+pipe = common.get_pipeline(MODEL, device=DEVICE)
 """
 
 FINISH = """
@@ -111,6 +112,8 @@ EDIT_KIND, EDIT_VALUE = "shape", "square"    # the edit asked for in the new pro
 FORWARD_T = [0, 100, 250, 500, 750, 999]     # noise levels shown of the forward process
 STRENGTHS = [0.2, 0.4, 0.6, 0.8, 1.0]       # fractions of the S steps re-run after noising
 NUM_SEEDS = 3               # noise draws per strength
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/01_naive_noising
 ''', tags=("parameters",)),
         code(SETUP_COMMON.replace("OUT = ", 'LAB = "01_naive_noising"\nOUT = ') + '''
@@ -251,10 +254,12 @@ SAMPLE_STEPS = [10, 50]     # S of the side-by-side samples
 NUM_PROMPTS = 4             # prompts of the side-by-side samples
 FULL_TABLE = False          # True: DDIM Table 1 with S up to 1000 and TABLE_SAMPLES_FULL samples (long)
 TABLE_STEPS = [10, 20, 50, 100]   # S of the default table (FULL_TABLE adds 1000)
-TABLE_SAMPLES = 16          # samples per cell of the default table (FULL_TABLE: TABLE_SAMPLES_FULL)
+TABLE_SAMPLES = 10          # samples per cell of the default table (FULL_TABLE: TABLE_SAMPLES_FULL)
 TABLE_SAMPLES_FULL = 256
 TABLE_GUIDANCE = 1.0        # 1: one UNet call per step (no unconditional branch)
 REFERENCE_RENDERS = 256     # renders the Frechet distance compares with
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/02_generalized_posterior
 ''', tags=("parameters",)),
         code(SETUP_COMMON.replace("OUT = ", 'LAB = "02_generalized_posterior"\nOUT = ') + '''
@@ -264,7 +269,7 @@ from diffusion_lab.widgets import posterior as lab
 if FULL_TABLE:
     TABLE_STEPS, TABLE_SAMPLES = [10, 20, 50, 100, 1000], TABLE_SAMPLES_FULL
 if QUICK:
-    SAMPLE_STEPS, NUM_PROMPTS, TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10], 2, [10, 20], 8, 64
+    SAMPLE_STEPS, TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10], [10, 20], 8, 64
 schedule = lab.schedule_of(pipe)
 prompts = [caption(random_scene(SEED + i, num_objects=1)) for i in range(NUM_PROMPTS)]
 '''),
@@ -351,8 +356,10 @@ common.save_outputs(OUT, {"table1": table_plot, "table1_samples": table_samples}
 '''),
         md(r"""
 **Questions.** (1) In the paper, DDIM ($\eta = 0$) with $S = 10$ beats DDPM ($\eta = 1$) at $S = 100$. Does the
-shapes world agree? (2) Why is sigma-hat catastrophic at small $S$ but the best at $S = 1000$? Look at the
-$\sigma_t$ plot. (3) What does the *renders* row tell you about comparing FDs of 16 samples?
+shapes world agree, within the noise of a small table? (2) On CIFAR10 sigma-hat is catastrophic at small $S$ and
+the best at $S = 1000$. How much larger than $\sigma_t(\eta = 1)$ is $\hat\sigma_t$ in the plot above, for this
+model's schedule (scaled linear, $\beta_t \le 0.012$, in latent space) compared with the paper's (linear,
+$\beta_t \le 0.02$, in pixel space)? (3) What does the *renders* row tell you about comparing FDs of a few samples?
 """),
         code(FINISH),
     ])
@@ -389,11 +396,13 @@ MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1
 SEED = 0                    # first scene seed of the test images
 STEPS = None                # S of the method comparison (None: the model's default, 50)
 GUIDANCE = None             # None: 7.5, the guidance null-text and negative-prompt inversion were made for
-NUM_IMAGES = 4              # test images (rendered scenes), inverted as one batch
-STEPS_SWEEP = [10, 20, 50, 100]         # S of the reconstruction-error table (at w = 1)
+NUM_IMAGES = 3              # test images (rendered scenes), inverted as one batch
+STEPS_SWEEP = [10, 20, 50, 100]         # S of the reconstruction-error table, without guidance
 GUIDANCE_SWEEP = [1.0, 2.0, 3.5, 5.0, 7.5]
 SWEEP_STEPS = 20            # S of the guidance sweep
 NULL_TEXT_INNER_STEPS = 10  # Adam steps per timestep of null-text inversion (the paper's N)
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/03_ddim_inversion
 ''', tags=("parameters",)),
         code(SETUP_COMMON.replace("OUT = ", 'LAB = "03_ddim_inversion"\nOUT = ').replace(
@@ -406,7 +415,7 @@ scenes = [common.source_scene(pipe, SEED + i) for i in range(NUM_IMAGES)]
 images, prompts = [s[0] for s in scenes], [s[1] for s in scenes]
 targets = [lab.swap_shape(p) for p in prompts]  # edit prompts: the shape word swapped
 '''),
-        code(CHECK + 'print("\\n".join(f"{p}  ->  {t}" for p, t in zip(prompts, targets)))'),
+        code('print("\\n".join(f"{p}  ->  {t}" for p, t in zip(prompts, targets)))'),
         md(r"""
 ## 1. Encode and decode: the VAE first
 
@@ -427,7 +436,7 @@ no VAE). More steps, smaller steps, smaller error.
 """),
         code('''
 steps_rows, steps_images = lab.steps_sweep(pipe, images, prompts, STEPS_SWEEP, 1.0, vae["images"])
-show_table(lab.rows_markdown(steps_rows))
+show_table(lab.rows_markdown(steps_rows, digits=5))
 common.save_outputs(OUT, metrics={"steps_sweep": steps_rows})
 '''),
         md(r"""
@@ -510,6 +519,8 @@ REWEIGHT_WORD, REWEIGHT_SCALES = "red", [0.0, 0.5, 1.0, 2.0, 4.0]
 REAL_SCENE_SEED = 3         # the real image: a rendered scene with the source prompt's object
 REAL_INVERSION = "null_text"  # or "negative_prompt" (faster), "ddim", "fixed_point"
 NULL_TEXT_INNER_STEPS = 10
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/04_prompt_to_prompt
 ''', tags=("parameters",)),
         code(SETUP_COMMON.replace("OUT = ", 'LAB = "04_prompt_to_prompt"\nOUT = ') + '''

@@ -331,6 +331,11 @@ def save_pictures(extras_by_mode: dict, pipe, out: Path) -> None:
 
 
 def load_model(name: str):
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()  # batch logs: no loading bars
+    transformers.utils.logging.disable_progress_bar()
     if name == "untrained":
         from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
 

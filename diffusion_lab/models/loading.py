@@ -77,7 +77,16 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
     local = Path(path).is_dir()
     if not local and (Path(name).is_absolute() or name.startswith(".") or os.sep in name and name.count("/") != 1):
         raise ModelNotFoundError(f"no model folder at {name!r}; give an existing diffusers folder or a hub id like 'owner/name'")
-    kwargs = dict(torch_dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False, low_cpu_mem_usage=False)
+    from diffusers.utils import logging as diffusers_logging
+
+    from ..progress import progress_disabled_by_env
+
+    if progress_disabled_by_env():
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **kwargs)
     except (OSError, EnvironmentError, ValueError) as error:

@@ -22,13 +22,13 @@ from .common import ImageView, Panel, cached_inversion, markdown_table, slider
 
 # DDIM paper (Song et al. 2021), Table 2: reconstruction MSE per dimension on CIFAR10 ([0, 1] pixels), eta = 0.
 DDIM_TABLE2 = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009, 200: 0.0004, 500: 0.0001, 1000: 0.0001}
-# (method for invert, guidance the inversion is made for or None = the sampling guidance, label)
+# (method for invert, guidance the inversion is made for or None = the sampling guidance, label, short label)
 METHODS = {
-    "ddim_pivot": ("ddim", 1.0, "DDIM inverted at w=1"),
-    "ddim": ("ddim", None, "DDIM inverted at w"),
-    "null_text": ("null_text", None, "null-text"),
-    "negative_prompt": ("negative_prompt", None, "negative-prompt"),
-    "fixed_point": ("fixed_point", None, "fixed-point"),
+    "ddim_pivot": ("ddim", 1.0, "DDIM inverted at w=1", "DDIM pivot"),
+    "ddim": ("ddim", None, "DDIM inverted at w", "DDIM at w"),
+    "null_text": ("null_text", None, "null-text", "null-text"),
+    "negative_prompt": ("negative_prompt", None, "negative-prompt", "neg-prompt"),
+    "fixed_point": ("fixed_point", None, "fixed-point", "fixed-point"),
 }
 
 
@@ -67,7 +67,7 @@ def invert_and_reconstruct(pipe, images, prompts, key: str, num_steps: int, guid
     Returns dict(reconstruction uint8 (B, H, W, 3), edit (or None), inversion, seconds of the inversion)."""
     from diffusion_lab.inversion import reconstruct
 
-    method, inversion_guidance, _ = METHODS[key]
+    method, inversion_guidance = METHODS[key][:2]
     inversion_guidance = guidance_scale if inversion_guidance is None else inversion_guidance
     options = {"inner_steps": inner_steps} if (method == "null_text" and inner_steps) else {}
     start = time.perf_counter()
@@ -152,10 +152,10 @@ def method_comparison(pipe, images, prompts, guidance_scale: float = 7.5, num_st
         rows.append({"method": METHODS[key][2], **_errors(result["reconstruction"], inputs, vae["images"]),
                      "seconds": result["seconds"]})
         pictures.append(list(result["reconstruction"]))
-        labels.append(METHODS[key][2][:12])
+        labels.append(METHODS[key][3])
         if result["edit"] is not None:
             edits.append(list(result["edit"]))
-            edit_labels.append("edit: " + METHODS[key][2][:6])
+            edit_labels.append("edit " + METHODS[key][3])
     columns = pictures + edits
     column_labels = labels + edit_labels
     grid = [columns[c][r] for r in range(len(inputs)) for c in range(len(columns))]

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .common import Panel, ImageView, image_key, markdown_table, slider
+from .common import ImageView, Panel, markdown_table, slider
 
 # ----------------------------------------------------------------------------------------------------------
 # Experiments (pure functions: pictures and numbers)
@@ -53,7 +53,7 @@ def noised_views(pipe, image, t: int, seed: int = 0):
     x_0 = pil_to_tensor(image)  # (1, 3, H, W) in [-1, 1]
     x_t = forward_marginal_sample(x_0, alpha_bar_t, generator=torch.Generator().manual_seed(seed))
     z_0 = encode_images(pipe, image)  # (1, C, h, w)
-    z_t = forward_marginal_sample(z_0, alpha_bar_t, generator=torch.Generator().manual_seed(seed))
+    z_t = forward_marginal_sample(z_0, alpha_bar_t, generator=torch.Generator(z_0.device).manual_seed(seed))
     return to_uint8(x_t.clamp(-1, 1))[0], decode_latents(pipe, z_t)[0]
 
 
@@ -120,7 +120,7 @@ def strength_sweep(
     reference = np.asarray(image.convert("RGB"))
     rows, edits, round_trips = [], [], []
     for strength in strengths:
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(pipe.unet.device).manual_seed(seed)  # noise is drawn where the latents are
         images = naive_noising_edit(
             pipe, [image] * (2 * num_seeds), [target_prompt] * num_seeds + [source_prompt] * num_seeds,
             strength=float(strength), num_steps=num_steps, guidance_scale=guidance_scale, generator=generator,
@@ -129,8 +129,8 @@ def strength_sweep(
         edited, back = images[:num_seeds], images[num_seeds:]
         row = {
             "strength": float(strength),
-            "psnr_edit_to_input": float(np.mean(psnr(edited, np.broadcast_to(reference, edited.shape)))),
-            "psnr_round_trip_to_input": float(np.mean(psnr(back, np.broadcast_to(reference, back.shape)))),
+            "psnr_edit_to_input": float(np.mean(psnr(edited, np.repeat(reference[None], len(edited), 0)))),
+            "psnr_round_trip_to_input": float(np.mean(psnr(back, np.repeat(reference[None], len(back), 0)))),
         }
         if source_scene is not None and target_scene is not None:
             scores = _edit_scores(edited, source_scene, target_scene)
@@ -256,12 +256,12 @@ class NaiveEditPanel(Panel):
         strength, steps = float(self.strength.value), int(self.steps.value)
         self.progress.start(2, f"noising to strength {strength:g} and denoising")
         noised = noise_image_to_strength(self.pipe, self.image, strength, steps,
-                                         generator=torch.Generator().manual_seed(int(self.seed.value)))
+                                         generator=torch.Generator(self.pipe.unet.device).manual_seed(int(self.seed.value)))
         self.noised.show(noised.preview[0], f"t = {noised.t} (alpha_bar_t = {noised.alpha_bar_t:.3f})")
         self.progress.advance()
         edited = naive_noising_edit(
             self.pipe, self.image, self.prompt.value, strength=strength, num_steps=steps,
-            guidance_scale=float(self.guidance.value), generator=torch.Generator().manual_seed(int(self.seed.value)),
+            guidance_scale=float(self.guidance.value), generator=torch.Generator(self.pipe.unet.device).manual_seed(int(self.seed.value)),
             output_type="uint8", progress=False,
         )[0]
         value = float(psnr(edited, np.asarray(self.image.convert("RGB"))))

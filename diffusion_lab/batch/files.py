@@ -1,0 +1,156 @@
+"""Files of a batch run: atomic writes, paths that cannot leave the output folder, leftovers of killed runs.
+
+Every file a batch run writes appears under its final name only when complete: it is written to a hidden
+temporary file in the SAME folder (so on the same file system) and moved into place with os.replace, which is
+atomic on POSIX and Windows. A run killed at any moment therefore leaves complete files plus, at worst, hidden
+`.NAME.*.tmp` files (and `.NAME.partial.ipynb` notebooks), which the next run removes (`sweep_leftovers`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+PARTIAL_NOTEBOOK_SUFFIX = ".partial.ipynb"
+_TMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+class UnsafePathError(ValueError):
+    """A path that would leave the batch output folder."""
+
+
+def inside(root: str | os.PathLike, *parts: str) -> Path:
+    """root/parts..., resolved (symbolic links followed), or UnsafePathError when it is not inside root."""
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafePathError(f"{'/'.join(parts)!r} resolves to {str(target)!r}, outside the output folder {str(base)!r}")
+    return target
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    """Write `data` to a hidden temporary file next to `path`, then os.replace it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+def atomic_write_png(path: str | os.PathLike, picture) -> Path:
+    """A PIL image or uint8 array (H, W, 3) as PNG."""
+    from PIL import Image
+
+    if not isinstance(picture, Image.Image):
+        from ..viz import to_uint8_image
+
+        picture = Image.fromarray(to_uint8_image(picture))
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_json(path: str | os.PathLike, default=None):
+    """The JSON in `path`, or `default` when it is missing or unreadable (never unpickles anything)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def sweep_leftovers(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of killed runs (hidden `.NAME.xxxxxxxx.tmp`, `.NAME.partial.ipynb`) under
+    out_dir. Call it only while holding the run lock (no other run writes there)."""
+    removed = []
+    root = Path(out_dir)
+    if not root.is_dir():
+        return removed
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and (_TMP_PATTERN.match(name) or name.endswith(PARTIAL_NOTEBOOK_SUFFIX)):
+                path = Path(folder) / name
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+class OutputLockedError(RuntimeError):
+    """Another batch run holds the output folder."""
+
+
+class RunLock:
+    """An exclusive lock on an output folder (fcntl.flock on OUT/.batch.lock), released when the process ends,
+    however it ends. Where fcntl is missing (Windows) the lock is advisory only (a pid file)."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.path = Path(out_dir) / ".batch.lock"
+        self._handle = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise OutputLockedError(
+                    f"another batch run (pid {owner}) is writing to {self.path.parent}; wait for it to finish, "
+                    "or choose another --out"
+                ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor releases flock
+            self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

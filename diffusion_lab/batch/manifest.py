@@ -1,0 +1,560 @@
+"""Batch manifests (CSV or YAML): read them, resolve every row to plain data, and check it BEFORE any work starts.
+
+A row describes one Prompt-to-Prompt edit (diffusion_lab.editing.PromptEdit) of one image:
+
+    id                  a name for the row and its output folder rows/<id>/ (default row-0001, row-0002, ...);
+                        letters, digits, '.', '_' and '-' (other characters become '_'); no folders, no leading '.'
+    image               a path to an image file (relative paths: from the manifest's folder), inverted then edited
+    scene_seed          or a shapes-world scene drawn from this seed (rendered at the model's size; the "real" image
+                        of the labs); scene_objects: its number of objects (default 1)
+    scene               or a scene given explicitly: {background: gray, objects: [{shape, colour, size, x, y}]}
+                        (none of the three: the source image is GENERATED from `seed` with the source prompt)
+    source_prompt       the prompt of the source image (for a scene, its caption when left out)
+    target_prompts      one or more edited prompts (CSV: separated by '|'; YAML: a list)
+    edit                replace (word swap: prompts of equal token counts), refine (phrase added), reweight
+                        (needs reweight), local_blend (a word swap that keeps the source outside the region of
+                        blend_words); any edit may also set blend_words
+    cross_replace_steps, self_replace_steps, reweight, blend_words, blend_threshold, self_replace_max_resolution,
+    attention_control   the PromptEdit settings (see diffusion_lab.editing.PromptEdit). CSV cells hold YAML/JSON
+                        for the structured ones ("[0.0, 0.8]", "{red: 2.0}"); reweight also reads "red:2; blue:0.5",
+                        blend_words "circle|square"
+    inversion           for an image or a scene: null_text (default), negative_prompt, ddim or fixed_point
+    inversion_options   e.g. {inner_steps: 5} (inner_steps, learning_rate, early_stop_epsilon,
+                        fixed_point_iterations, fixed_point_tolerance, anderson_memory)
+    seed                the seed of a generated source image (default 0)
+    num_steps, guidance_scale   DDIM steps and guidance w (default: the model's, 50 and 5.0 for shapes-tiny)
+    notes               free text, shown in the report, not part of the row's identity
+
+A YAML manifest is a list of rows, or a mapping {defaults: {...}, rows: [...]} whose defaults apply to every row
+(a default `inversion` applies only to rows with an image or a scene). A CSV manifest has one column per field;
+empty cells are unset.
+
+`validate_manifest` returns the valid rows (`Row`, plain JSON-ready data) and one `InvalidRow` per bad row, with
+messages such as "row 4 (line 5, id 'bad-word'): the target prompt 1 'a large red banana ...': word(s) 'banana'
+are not in this model's vocabulary; use only: ...". Nothing is loaded but the tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EDIT_CHOICES = ("replace", "refine", "reweight", "local_blend")
+_LOCAL_BLEND_ALIASES = {"local_blend", "local blend", "local-blend", "localblend", "blend"}
+INVERSION_OPTIONS = {
+    "inner_steps": int,
+    "learning_rate": float,
+    "early_stop_epsilon": float,
+    "fixed_point_iterations": int,
+    "fixed_point_tolerance": float,
+    "anderson_memory": int,
+}
+_EDIT_SETTINGS = (
+    "cross_replace_steps", "self_replace_steps", "reweight", "blend_words", "blend_threshold",
+    "self_replace_max_resolution", "attention_control",
+)
+FIELDS = (
+    "id", "image", "scene_seed", "scene_objects", "scene", "source_prompt", "target_prompts", "edit",
+    *_EDIT_SETTINGS, "inversion", "inversion_options", "seed", "num_steps", "guidance_scale", "notes",
+)
+ALIASES = {"target_prompt": "target_prompts", "targets": "target_prompts", "prompt": "source_prompt",
+           "image_path": "image", "path": "image", "inversion_method": "inversion", "steps": "num_steps",
+           "guidance": "guidance_scale"}
+MAX_ID_LENGTH = 80
+_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be read (missing, not CSV/YAML, wrong structure, unknown columns)."""
+
+
+class RowError(ValueError):
+    """One problem of one row."""
+
+
+@dataclass
+class RawRow:
+    """A row as read from the file: `number` counts data rows from 1; `line` is the CSV line (None for YAML)."""
+
+    number: int
+    values: Any
+    line: int | None = None
+
+    def where(self, row_id: str | None = None) -> str:
+        parts = [f"line {self.line}"] if self.line is not None else []
+        if row_id:
+            parts.append(f"id {row_id!r}")
+        return f"row {self.number}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+@dataclass
+class Row:
+    """A valid row: `spec` is plain JSON data (what a chunk file carries to the notebook), fully resolved:
+
+    {"id", "image": {"kind": "generated"} | {"kind": "file", "path", "sha256"} | {"kind": "scene", "scene",
+     "scene_seed"}, "edit": PromptEdit.to_dict(), "edit_kind", "inversion": None | {"method", "options"},
+     "seed", "num_steps", "guidance_scale", "notes"}
+    """
+
+    number: int
+    id: str
+    spec: dict
+    line: int | None = None
+
+    def identity(self) -> dict:
+        """What the row's key hashes: everything that changes its outputs (not its id, notes or the image's
+        path: the image's content hash stands for the image)."""
+        identity = {k: v for k, v in self.spec.items() if k not in ("id", "notes")}
+        image = dict(identity["image"])
+        image.pop("path", None)
+        identity["image"] = image
+        return identity
+
+
+@dataclass
+class InvalidRow:
+    number: int
+    id: str | None
+    errors: list[str] = field(default_factory=list)
+    line: int | None = None
+    values: dict | None = None
+
+    @property
+    def message(self) -> str:
+        where = RawRow(self.number, None, self.line).where(self.id)
+        return f"{where}: " + "; ".join(self.errors)
+
+
+@dataclass
+class Manifest:
+    path: Path
+    rows: list[RawRow]
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a .csv, .yaml/.yml (or .json) manifest into raw rows; ManifestError for a file that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"no manifest file at {str(path)!r}")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"could not read the manifest {str(path)!r}: {error}") from None
+    if suffix == ".csv":
+        rows = _read_csv(text, path)
+        defaults = {}
+    elif suffix in (".yaml", ".yml", ".json"):
+        rows, defaults = _read_yaml(text, path)
+    else:
+        raise ManifestError(f"a manifest is a .csv or .yaml/.yml file, got {path.name!r}")
+    if not rows:
+        raise ManifestError(f"the manifest {str(path)!r} has no rows")
+    return Manifest(path.resolve(), rows, defaults)
+
+
+def _canonical_name(name: str) -> str:
+    name = str(name).strip().lower().replace(" ", "_").replace("-", "_")
+    return ALIASES.get(name, name)
+
+
+def _read_csv(text: str, path: Path) -> list[RawRow]:
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    if not reader.fieldnames:
+        raise ManifestError(f"the CSV manifest {str(path)!r} has no header line")
+    columns = [_canonical_name(name) for name in reader.fieldnames]
+    unknown = [name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS]
+    if unknown:
+        raise ManifestError(f"unknown column(s) {unknown} in {path.name}; the columns are: {', '.join(FIELDS)}")
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise ManifestError(f"column(s) {duplicated} appear more than once in {path.name}")
+    rows = []
+    for number, record in enumerate(reader, start=1):
+        values = {}
+        for name, value in record.items():
+            if name is None:  # more cells than columns
+                values["__extra__"] = value
+                continue
+            if value is not None and value.strip() != "":
+                values[_canonical_name(name)] = value.strip()
+        rows.append(RawRow(number, values, line=reader.line_num))
+    return rows
+
+
+def _read_yaml(text: str, path: Path) -> tuple[list[RawRow], dict]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)  # safe_load: plain data only, never Python objects
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{path.name} is not valid YAML: {error}") from None
+    defaults = {}
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - {"defaults", "rows"})
+        if unknown or "rows" not in data:
+            raise ManifestError(
+                f"a YAML manifest is a list of rows or a mapping with 'rows' (and optional 'defaults'); "
+                f"{path.name} has the keys {sorted(data)}"
+            )
+        defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise ManifestError(f"'defaults' in {path.name} must be a mapping of row fields, got {type(defaults).__name__}")
+        defaults = {_canonical_name(k): v for k, v in defaults.items()}
+        bad = sorted(set(defaults) - set(FIELDS) | ({"id"} & set(defaults)))
+        if bad:
+            raise ManifestError(f"unknown or per-row field(s) {bad} in 'defaults' of {path.name}")
+        data = data["rows"]
+    if data is None:
+        return [], defaults
+    if not isinstance(data, list):
+        raise ManifestError(f"a YAML manifest is a list of rows, got {type(data).__name__} in {path.name}")
+    return [RawRow(number, values) for number, values in enumerate(data, start=1)], defaults
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Values (CSV gives strings, YAML gives typed values)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_text(name: str, value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError(f"{name} must be text, got {value!r}")
+    return str(value)
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise RowError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise RowError(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise RowError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise RowError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RowError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise RowError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise RowError(f"{name} must be true or false, got {value!r}")
+
+
+def _structured(name: str, value):
+    """A CSV cell holding YAML/JSON (a number, a list, a mapping); typed YAML values pass through."""
+    if not isinstance(value, str):
+        return value
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise RowError(f"{name} could not be read: {value!r} (write a number, [start, end] or {{word: value}})") from None
+
+
+def _as_text_list(name: str, value, separators: str = "|") -> list[str]:
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            value = _structured(name, stripped)
+        else:
+            parts = re.split("[" + re.escape(separators) + "]", stripped)
+            return [part.strip() for part in parts if part.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value]
+    raise RowError(f"{name} must be text or a list of texts, got {value!r}")
+
+
+def _as_reweight(value) -> dict:
+    if isinstance(value, str) and not value.strip().startswith("{"):
+        scales = {}
+        for part in re.split(r"[;,]", value):
+            if not part.strip():
+                continue
+            word, sep, scale = part.replace("=", ":").partition(":")
+            if not sep:
+                raise RowError(f"reweight must be word:scale pairs such as 'red:2.0; blue:0.5', got {value!r}")
+            scales[word.strip()] = _as_float(f"reweight[{word.strip()!r}]", scale.strip())
+        return scales
+    value = _structured("reweight", value)
+    if not isinstance(value, dict) or not value:
+        raise RowError(f"reweight must map words to scales, e.g. {{red: 2.0}}, got {value!r}")
+    return {str(word): _as_float(f"reweight[{word!r}]", scale) for word, scale in value.items()}
+
+
+def _as_mapping(name: str, value) -> dict:
+    value = _structured(name, value)
+    if not isinstance(value, dict):
+        raise RowError(f"{name} must be a mapping such as {{inner_steps: 5}}, got {value!r}")
+    return value
+
+
+def sanitize_id(raw) -> str:
+    """A row id as a safe folder name: no folders, no leading '.', other characters replaced by '_'."""
+    text = _as_text("id", raw).strip()
+    if not text:
+        raise RowError("id is empty")
+    if "/" in text or "\\" in text or text.startswith(".") or "\0" in text:
+        raise RowError(f"id {text!r} must be a plain name (no '/', '\\' or leading '.'): it names the row's output folder")
+    safe = _ID_CHARACTERS.sub("_", text)[:MAX_ID_LENGTH]
+    if safe.lower() in ("con", "prn", "aux", "nul"):
+        safe = f"row_{safe}"
+    return safe
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def validate_manifest(
+    manifest: Manifest,
+    tokenizer,
+    default_num_steps: int = 50,
+    default_guidance_scale: float = 7.5,
+) -> tuple[list[Row], list[InvalidRow]]:
+    """Resolve and check every row; returns (valid rows, invalid rows), in manifest order."""
+    valid: list[Row] = []
+    invalid: list[InvalidRow] = []
+    seen: dict[str, int] = {}
+    for raw in manifest.rows:
+        row_id, errors, spec = None, [], None
+        values = raw.values
+        if not isinstance(values, dict):
+            invalid.append(InvalidRow(raw.number, None, [f"a row is a mapping of fields, got {values!r}"], raw.line))
+            continue
+        values = {_canonical_name(k): v for k, v in values.items() if v is not None}
+        try:
+            row_id = sanitize_id(values["id"]) if "id" in values else f"row-{raw.number:04d}"
+        except RowError as error:
+            errors.append(str(error))
+            row_id = None
+        if row_id is not None and row_id.lower() in seen:
+            errors.append(f"id {row_id!r} is used by row {seen[row_id.lower()]} already (ids name output folders)")
+        elif row_id is not None:
+            seen[row_id.lower()] = raw.number
+        if not errors:
+            try:
+                spec = _resolve(values, manifest, tokenizer, default_num_steps, default_guidance_scale)
+            except RowError as error:
+                errors.append(str(error))
+        plain_values = {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool, list, dict))}
+        if errors:
+            invalid.append(InvalidRow(raw.number, row_id, errors, raw.line, plain_values))
+        else:
+            spec = {"id": row_id, **spec}
+            valid.append(Row(raw.number, row_id, spec, raw.line))
+    return valid, invalid
+
+
+def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, default_guidance_scale) -> dict:
+    if "__extra__" in values:
+        raise RowError(f"more cells than columns: {values['__extra__']!r} (quote cells that contain commas)")
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise RowError(f"unknown field(s) {unknown}; the fields are: {', '.join(FIELDS)}")
+    defaults = manifest.defaults
+    merged = {**defaults, **values}
+
+    image = _resolve_image(values, merged, manifest.base_dir)
+    real = image["kind"] != "generated"
+
+    source_prompt = merged.get("source_prompt")
+    if source_prompt is None and image["kind"] == "scene":
+        from ..shapes import Scene, caption
+
+        source_prompt = caption(Scene.from_dict(image["scene"]))
+    if source_prompt is None:
+        raise RowError("source_prompt is missing: the text that describes the source image")
+    source_prompt = _as_text("source_prompt", source_prompt).strip()
+    if "target_prompts" not in merged:
+        raise RowError("target_prompts is missing: one or more edited prompts (CSV: separated by '|')")
+    targets = _as_text_list("target_prompts", merged["target_prompts"])
+    if not targets:
+        raise RowError("target_prompts is empty: give at least one edited prompt")
+
+    kind = _as_text("edit", merged.get("edit", "replace")).strip().lower()
+    if kind in _LOCAL_BLEND_ALIASES:
+        kind = "local_blend"
+    if kind not in EDIT_CHOICES:
+        raise RowError(f"unknown edit {kind!r}; choose one of {', '.join(EDIT_CHOICES)}")
+    edit = {"source_prompt": source_prompt, "target_prompts": targets,
+            "edit": "replace" if kind == "local_blend" else kind}
+    for name in _EDIT_SETTINGS:
+        if name not in merged:
+            continue
+        value = merged[name]
+        if name == "reweight":
+            value = _as_reweight(value)
+        elif name == "blend_words":
+            value = _as_text_list(name, value, separators="|, \t")
+        elif name == "blend_threshold":
+            value = _as_float(name, value)
+        elif name == "self_replace_max_resolution":
+            value = _as_int(name, value)
+        elif name == "attention_control":
+            value = _as_bool(name, value)
+        else:
+            value = _structured(name, value)
+            if isinstance(value, bool) or not isinstance(value, (int, float, list, dict)):
+                raise RowError(f"{name} must be a fraction, [start, end] or {{word: fraction}}, got {value!r}")
+        edit[name] = value
+    if kind == "local_blend" and not edit.get("blend_words"):
+        raise RowError("edit local_blend needs blend_words: the words whose region may change, e.g. circle|square")
+    _check_edit(edit, kind, tokenizer)
+    from ..editing import PromptEdit
+
+    edit_dict = PromptEdit.from_dict(edit).to_dict()
+
+    inversion = None
+    if real:
+        method = _as_text("inversion", merged.get("inversion", "null_text")).strip().lower()
+        from ..inversion import METHODS
+
+        if method not in METHODS:
+            raise RowError(f"unknown inversion {method!r}; choose one of {', '.join(METHODS)}")
+        options = _as_mapping("inversion_options", merged["inversion_options"]) if "inversion_options" in merged else {}
+        checked = {}
+        for name, value in options.items():
+            if name not in INVERSION_OPTIONS:
+                raise RowError(f"unknown inversion option {name!r}; the options are {', '.join(INVERSION_OPTIONS)}")
+            checked[name] = (_as_int if INVERSION_OPTIONS[name] is int else _as_float)(f"inversion_options.{name}", value)
+        inversion = {"method": method, "options": dict(sorted(checked.items()))}
+    else:
+        for name in ("inversion", "inversion_options"):
+            if name in values and str(values[name]).strip().lower() not in ("", "none"):
+                raise RowError(
+                    f"{name} is set but the row has no image to invert (give image or scene_seed); without one, "
+                    "the source image is generated from seed"
+                )
+
+    seed = _as_int("seed", merged.get("seed", 0))
+    num_steps = _as_int("num_steps", merged.get("num_steps", default_num_steps))
+    if num_steps < 1:
+        raise RowError(f"num_steps must be at least 1, got {num_steps}")
+    guidance = _as_float("guidance_scale", merged.get("guidance_scale", default_guidance_scale))
+    if guidance < 1.0:
+        raise RowError(f"guidance_scale must be at least 1, got {guidance}")
+    notes = _as_text("notes", merged["notes"]) if "notes" in merged else None
+    return {"image": image, "edit": edit_dict, "edit_kind": kind, "inversion": inversion, "seed": seed,
+            "num_steps": num_steps, "guidance_scale": guidance, "notes": notes}
+
+
+def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
+    given = [name for name in ("image", "scene_seed", "scene") if name in values]
+    if len(given) > 1:
+        raise RowError(f"give one of image, scene_seed or scene, not {' and '.join(given)}")
+    if not given:
+        given = [name for name in ("image", "scene_seed", "scene") if name in merged][:1]
+    if not given:
+        if "scene_objects" in values:
+            raise RowError("scene_objects is set without scene_seed")
+        return {"kind": "generated"}
+    name = given[0]
+    if name == "image":
+        text = _as_text("image", merged["image"]).strip()
+        path = Path(os.path.expanduser(text))
+        if not path.is_absolute():
+            path = base_dir / path
+        path = path.resolve()
+        if not path.exists():
+            raise RowError(f"image file {text!r} not found (looked at {str(path)!r})")
+        if path.is_dir():
+            raise RowError(f"image {text!r} is a folder, not an image file")
+        from ..images import load_image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # conversions are reported when the row runs
+                load_image(path)
+        except (OSError, ValueError) as error:
+            raise RowError(f"image {text!r} is unreadable: {error}") from None
+        return {"kind": "file", "path": str(path), "sha256": file_sha256(path)}
+    from ..shapes import Scene, random_scene
+
+    if name == "scene_seed":
+        seed = _as_int("scene_seed", merged["scene_seed"])
+        objects = _as_int("scene_objects", merged.get("scene_objects", 1))
+        try:
+            scene = random_scene(seed, num_objects=objects)
+        except ValueError as error:
+            raise RowError(f"scene_seed {seed} with scene_objects {objects}: {error}") from None
+        return {"kind": "scene", "scene": scene.to_dict(), "scene_seed": seed}
+    data = _structured("scene", merged["scene"])
+    try:
+        scene = Scene.from_dict(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError) as error:
+        raise RowError(f"scene: {error}") from None
+    if scene is None:
+        raise RowError(f"scene must be a mapping {{background, objects: [...]}}, got {data!r}")
+    return {"kind": "scene", "scene": scene.to_dict(), "scene_seed": None}
+
+
+def _check_edit(edit: dict, kind: str, tokenizer) -> None:
+    from ..editing import EditError, PromptEdit
+
+    try:
+        PromptEdit.from_dict(edit).check(tokenizer)
+    except EditError as error:
+        message = str(error)
+        if kind == "local_blend" and "AttentionRefine" in message:
+            message += " For a local blend of prompts of different lengths: edit refine with blend_words."
+        raise RowError(message) from None
+    except (ValueError, TypeError) as error:
+        raise RowError(f"the edit settings are not valid: {error}") from None
+
+
+def row_key(row: Row | dict, model_fingerprint: str) -> str:
+    """sha256 of the canonical JSON of the row's identity and the model's fingerprint: the key under which a
+    finished row is recognised on a rerun."""
+    identity = row.identity() if isinstance(row, Row) else row
+    canonical = json.dumps({"format": 1, "row": identity, "model": model_fingerprint}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

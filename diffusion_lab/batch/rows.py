@@ -1,0 +1,279 @@
+"""What the batch notebook (edit_chunk.ipynb) runs inside its kernel: one chunk of manifest rows, one model load.
+
+    summary = process_chunk(CHUNK_FILE, OUT_DIR, MODEL)
+
+The chunk file is plain JSON written by the runner: {"name", "run", "model", "rows": [Row.spec + "key"],
+"threads", "notebook"}. For each row, in order:
+
+  * skipped when rows/<id>/status.json already says "ok" with the row's key (done by an earlier run);
+  * otherwise run with diffusion_lab.editing (run_edit; for an image or a scene, inversion.invert first),
+    its outputs written atomically into rows/<id>/:
+        input.png (image and scene rows)   source.png (source, or the reconstruction of the input)
+        edit-1.png, edit-2.png, ...        attention.png (edit_attention_figure)   comparison.png (result.figure)
+        metrics.json                       status.json (written LAST: the row is done when it exists with "ok")
+  * an exception is recorded in status.json ("failed", the error and its traceback) and the next row runs.
+
+Everything here is plain data in and files out: nothing is unpickled, weights are loaded only by
+models.load_pipeline (safetensors), and every path is checked to stay inside OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from .files import atomic_write_json, atomic_write_png, inside, read_json
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+ROWS_DIR = "rows"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def row_dir(out_dir, row_id: str) -> Path:
+    return inside(out_dir, ROWS_DIR, row_id)
+
+
+def row_status(out_dir, row_id: str) -> dict | None:
+    return read_json(row_dir(out_dir, row_id) / STATUS_FILE)
+
+
+def is_done(out_dir, row_id: str, key: str, status: dict | None = None) -> bool:
+    """True when the row's status says ok for this key and every file it lists is still there."""
+    status = row_status(out_dir, row_id) if status is None else status
+    if not status or status.get("status") != "ok" or status.get("key") != key:
+        return False
+    folder = row_dir(out_dir, row_id)
+    return all((folder / name).is_file() for name in status.get("files", []))
+
+
+class DriverGone(RuntimeError):
+    """The process that started this kernel has died (the batch run was killed): stop before the next row."""
+
+
+def process_chunk(chunk_file, out_dir, model: str | None = None, verbose: bool = True) -> dict:
+    """Run every row of a chunk file (see the module docstring); returns the chunk's summary (also written to
+    chunks/<name>.result.json): per-row status and the time spent importing, loading the model and editing."""
+    started = time.perf_counter()
+    parent = os.getppid()
+    os.environ["DIFFUSION_LAB_NO_PROGRESS"] = "1"  # no progress bars in the executed notebook (the log)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    out = Path(out_dir).resolve()
+    chunk = json.loads(Path(chunk_file).read_text(encoding="utf-8"))
+    model = model or chunk.get("model") or "shapes-tiny"
+    context = {"run": chunk.get("run"), "chunk": chunk.get("name"), "notebook": chunk.get("notebook")}
+    summary = {"name": chunk.get("name"), "run": chunk.get("run"), "model": model, "pid": os.getpid(), "rows": {},
+               "import_seconds": 0.0, "load_seconds": 0.0, "row_seconds": 0.0, "error": None}
+    try:
+        kernel_started = _process_start_time()
+        summary["kernel_age_seconds"] = None if kernel_started is None else max(0.0, time.time() - kernel_started)
+    except Exception:  # pragma: no cover - informational only
+        summary["kernel_age_seconds"] = None
+
+    tick = time.perf_counter()
+    import torch  # noqa: F401  (the heavy imports, timed on their own)
+
+    from ..editing import run_edit  # noqa: F401
+    from ..models import load_pipeline
+
+    summary["import_seconds"] = time.perf_counter() - tick
+    if chunk.get("threads"):
+        torch.set_num_threads(int(chunk["threads"]))
+
+    pending = [row for row in chunk["rows"] if not is_done(out, row["id"], row["key"])]
+    for row in chunk["rows"]:
+        if row not in pending:
+            summary["rows"][row["id"]] = "skipped"
+    pipe, load_error = None, None
+    if pending:
+        tick = time.perf_counter()
+        try:
+            pipe = load_pipeline(model)
+        except Exception as error:  # every row of the chunk fails with it, recorded
+            load_error = error
+        summary["load_seconds"] = time.perf_counter() - tick
+    for row in pending:
+        if os.getppid() != parent:
+            raise DriverGone("the batch run that started this kernel is gone; stopping before the next row")
+        if load_error is not None:
+            status = failed_status(row, load_error, context, message=f"could not load the model {model!r}: {load_error}")
+            atomic_write_json(row_dir(out, row["id"]) / STATUS_FILE, status)
+        else:
+            status = run_row(pipe, row, out, model, context, parent)
+        summary["rows"][row["id"]] = status["status"]
+        summary["row_seconds"] += status.get("seconds", 0.0)
+        if verbose:
+            line = f"{row['id']}: {status['status']} in {status.get('seconds', 0.0):.1f} s"
+            print(line + (f"  ({status['error']})" if status.get("error") else ""), flush=True)
+    summary["seconds"] = time.perf_counter() - started
+    if chunk.get("result_file"):
+        atomic_write_json(inside(out, chunk["result_file"]), summary)
+    return summary
+
+
+def _process_start_time() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return None
+
+
+def failed_status(row: dict, error: BaseException | str, context: dict, message: str | None = None,
+                  seconds: float = 0.0) -> dict:
+    if isinstance(error, BaseException):
+        error_type = type(error).__name__
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        text = message or f"{error_type}: {error}"
+    else:
+        error_type, trace, text = "Error", "", message or str(error)
+    return {"id": row["id"], "key": row["key"], "status": "failed", "error": text, "error_type": error_type,
+            "traceback": trace, "seconds": seconds, "finished": now(), "files": [], "warnings": [], **context}
+
+
+def run_row(pipe, row: dict, out_dir, model: str, context: dict, parent_pid: int | None = None) -> dict:
+    """Run one row and write its files; returns (and writes) its status. Never raises for a failing row."""
+    folder = row_dir(out_dir, row["id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    status_path = folder / STATUS_FILE
+    previous = read_json(status_path) or {}
+    if status_path.exists():
+        status_path.unlink()  # the row is not done while its files are being replaced
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pictures, metrics = edit_row(pipe, row, model)
+        messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+        seconds = time.perf_counter() - started
+        metrics["seconds"] = {**metrics.get("seconds", {}), "total": seconds}
+        if parent_pid is not None and os.getppid() != parent_pid:
+            raise DriverGone("the batch run that started this kernel is gone; this row's results are discarded")
+        for name, picture in pictures.items():
+            atomic_write_png(folder / name, picture)
+        atomic_write_json(folder / METRICS_FILE, metrics)
+        files = [*pictures, METRICS_FILE]
+        for stale in set(previous.get("files", [])) - set(files):
+            try:
+                inside(folder, stale).unlink()
+            except (OSError, ValueError):
+                pass
+        status = {"id": row["id"], "key": row["key"], "status": "ok", "error": None, "seconds": seconds,
+                  "finished": now(), "files": files, "warnings": messages, **context}
+    except DriverGone:
+        raise
+    except Exception as error:  # recorded; the next row runs
+        status = failed_status(row, error, context, seconds=time.perf_counter() - started)
+    atomic_write_json(status_path, status)
+    return status
+
+
+def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
+    """The edit of one row with diffusion_lab.editing: ({file name: picture}, metrics)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..attention.figures import edit_attention_figure
+    from ..editing import PromptEdit, run_edit
+    from ..images import load_image
+    from ..inversion import invert
+    from ..latents import image_size
+
+    edit = PromptEdit.from_dict(row["edit"])
+    image = row["image"]
+    guidance = float(row["guidance_scale"])
+    input_image, masks, timing = None, None, {}
+    size = image_size(pipe)
+    if image["kind"] == "file":
+        input_image = load_image(image["path"], size)
+    elif image["kind"] == "scene":
+        from ..shapes import Scene, render
+
+        rendered = render(Scene.from_dict(image["scene"]), size)
+        input_image, masks = Image.fromarray(rendered.image), rendered.masks
+    if input_image is None:
+        tick = time.perf_counter()
+        result = run_edit(pipe, edit, seed=int(row["seed"]), num_steps=int(row["num_steps"]), guidance_scale=guidance,
+                          progress=False)
+        timing["edit"] = time.perf_counter() - tick
+    else:
+        method = row["inversion"]["method"]
+        tick = time.perf_counter()
+        inversion = invert(
+            pipe, input_image, edit.source_prompt, method=method, num_steps=int(row["num_steps"]),
+            guidance_scale=1.0 if method == "ddim" else guidance, progress=False, **row["inversion"]["options"],
+        )
+        timing["inversion"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        result = run_edit(pipe, edit, inversion=inversion, guidance_scale=guidance, progress=False)
+        timing["edit"] = time.perf_counter() - tick
+
+    pictures = {}
+    if input_image is not None:
+        pictures["input.png"] = input_image
+    pictures["source.png"] = result.source_image
+    for index, edited in enumerate(result.edited_images, start=1):
+        pictures[f"edit-{index}.png"] = edited
+    pictures["attention.png"] = edit_attention_figure(result, pipe.tokenizer)
+    pictures["comparison.png"] = result.figure(input_image=None if input_image is None else np.array(input_image))
+    metrics = edit_metrics(result, input_image, masks)
+    metrics.update({"id": row["id"], "key": row["key"], "model": model, "edit": row["edit"],
+                    "edit_kind": row.get("edit_kind"), "inversion": row.get("inversion"), "seed": row.get("seed"),
+                    "num_steps": row["num_steps"], "guidance_scale": guidance, "seconds": timing})
+    return pictures, metrics
+
+
+def edit_metrics(result, input_image=None, masks=None) -> dict:
+    """Per target: PSNR / SSIM to the source (how much changed), the background PSNR to the input for a scene
+    (outside its objects: what should not change), and the shapes analyzer's scores for a shapes caption
+    (target_matched, layout_kept). For an input image: the reconstruction's PSNR / SSIM."""
+    import numpy as np
+
+    from ..metrics import background_psnr, psnr, ssim
+
+    def number(value) -> float:
+        return round(float(value), 4)
+
+    metrics: dict = {"targets": []}
+    if input_image is not None:
+        reference = np.array(input_image)  # a writable copy (torch warns about read-only arrays)
+        metrics["reconstruction"] = {"psnr": number(psnr(result.source_image, reference)),
+                                     "ssim": number(ssim(result.source_image, reference))}
+    for prompt, edited in zip(result.target_prompts, result.edited_images):
+        entry = {"prompt": prompt, "psnr_to_source": number(psnr(edited, result.source_image)),
+                 "ssim_to_source": number(ssim(edited, result.source_image))}
+        if masks is not None:
+            entry["background_psnr_to_input"] = number(background_psnr(edited, np.array(input_image), masks))
+        entry.update(_analyzer_scores(result.source_image, edited, prompt))
+        metrics["targets"].append(entry)
+    return metrics
+
+
+def _analyzer_scores(source, edited, prompt: str) -> dict:
+    from ..shapes import parse_caption
+
+    try:
+        parse_caption(prompt)
+    except ValueError:  # not a shapes-world caption: nothing the analyzer can check
+        return {}
+    from ..widgets.prompt_to_prompt import score_edit
+
+    score = score_edit(source, edited, prompt)
+    return {name: round(float(score[name]), 4) for name in ("target_matched", "layout_kept")}
+
+
+def chunk_table(summary: dict) -> str:
+    """A few lines for the executed notebook: where the time went and what happened to each row."""
+    lines = [f"chunk {summary.get('name')}: imports {summary['import_seconds']:.1f} s, model load "
+             f"{summary['load_seconds']:.1f} s, rows {summary['row_seconds']:.1f} s"]
+    lines += [f"  {row_id}: {state}" for row_id, state in summary["rows"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,560 @@
+"""`diffusion-lab batch MANIFEST --out DIR`: many Prompt-to-Prompt edits, run headlessly by papermill.
+
+    manifest (CSV / YAML) --validate every row (manifest.py)--> rows, each keyed by sha256(row JSON + model)
+      --skip rows already done (rows/<id>/status.json "ok" with that key)--> chunks of --chunk-size rows
+      --papermill: edit_chunk.ipynb, ONE kernel and ONE model load per chunk (rows.py)--> rows/<id>/...
+      --> report.md / report.html (contact sheet + metrics table), summary.json; exit code 1 if any row failed
+
+Executors: chunks run one after another (--workers 1), in N parallel local processes (--workers N), or on a Dask
+cluster (--executor dask: a LocalCluster of --workers processes, or the scheduler at --scheduler ADDRESS, e.g.
+one started by dask-jobqueue on SLURM or dask-kubernetes). Only plain data travels: a task gets a dict of row
+dicts and paths and returns a dict; the notebook reads its rows from a JSON chunk file. Workers must see OUT_DIR
+and the input images at the same paths (a shared file system), and have diffusion-lab installed.
+
+Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
+says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
+0 every row that ran is done; 1 at least one row failed (see the report); 2 the manifest or the command is invalid
+(nothing ran; with --skip-invalid invalid rows are reported and skipped instead); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .files import (
+    PARTIAL_NOTEBOOK_SUFFIX,
+    OutputLockedError,
+    UnsafePathError,
+    RunLock,
+    atomic_write_json,
+    inside,
+    read_json,
+    sweep_leftovers,
+)
+from .manifest import InvalidRow, ManifestError, Row, read_manifest, row_key, validate_manifest
+from .rows import STATUS_FILE, failed_status, is_done, now, row_dir
+
+NOTEBOOK = Path(__file__).with_name("edit_chunk.ipynb")
+DEFAULT_CHUNK_SIZE = 8
+DEFAULT_KERNEL = "python3"
+EXECUTORS = ("local", "dask")
+POLL_SECONDS = 0.5
+_WEIGHT_SUFFIXES = {".json", ".safetensors", ".txt", ".model"}
+
+
+class BatchError(RuntimeError):
+    """The batch cannot start (bad manifest, invalid rows without --skip-invalid, missing kernel or model)."""
+
+
+@dataclass
+class BatchResult:
+    """What a run did. exit_code: 0 all done, 1 a row failed, 2 invalid manifest/rows (nothing ran)."""
+
+    exit_code: int
+    out_dir: Path
+    run_id: str | None = None
+    counts: dict = field(default_factory=dict)
+    chunks: list = field(default_factory=list)  # per chunk: wall_seconds, import/load/row seconds, rows
+    invalid: list = field(default_factory=list)  # InvalidRow
+    reports: dict = field(default_factory=dict)
+    executed: list = field(default_factory=list)  # ids of the rows run by this run
+    skipped: list = field(default_factory=list)  # ids of the rows done by an earlier run
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model: tokenizer for validation, fingerprint for the row keys
+# ---------------------------------------------------------------------------------------------------------
+
+
+def model_location(model: str) -> Path | None:
+    """The local folder of a model name: the built-in shapes-tiny, an existing folder, or a hub id's cached
+    snapshot; None when there is none (a hub id never downloaded)."""
+    from ..models.loading import BUILTIN_MODELS
+
+    if model in BUILTIN_MODELS:
+        return Path(BUILTIN_MODELS[model])
+    path = Path(os.path.expanduser(model))
+    if path.is_dir():
+        return path.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:
+        return None
+
+
+def model_fingerprint(model: str, cache_file: Path | None = None) -> str:
+    """sha256 over the model folder's config and weight files (names and contents): a row's key changes when
+    the weights change (shapes-tiny is retrained, a checkpoint is updated). File hashes are cached in
+    `cache_file` by (path, size, mtime). A hub id without a local snapshot is fingerprinted by its name."""
+    folder = model_location(model)
+    if folder is None:
+        return "name:" + model
+    cache = read_json(cache_file, {}) if cache_file else {}
+    fresh, digest = {}, hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES):
+        if path.name == "training_info.json" or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        stat = path.stat()
+        entry_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        file_hash = cache.get(entry_key)
+        if file_hash is None:
+            from .manifest import file_sha256
+
+            file_hash = file_sha256(path)
+        fresh[entry_key] = file_hash
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + file_hash.encode() + b"\n")
+    if cache_file and fresh != cache:
+        atomic_write_json(cache_file, fresh)
+    return "sha256:" + digest.hexdigest()
+
+
+def load_tokenizer(model: str):
+    """The model's tokenizer alone (what validation needs), without loading any weights."""
+    from transformers import AutoTokenizer
+
+    from ..models import ModelNotFoundError
+
+    folder = model_location(model)
+    try:
+        if folder is not None:
+            return AutoTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+        return AutoTokenizer.from_pretrained(model, subfolder="tokenizer",
+                                             local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"could not read the tokenizer of the model {model!r} (a built-in name, a diffusers folder or a hub id): {error}"
+        ) from None
+
+
+def model_defaults(model: str) -> dict:
+    from ..widgets.common import model_defaults as defaults
+
+    return defaults(model)
+
+
+def check_kernel(kernel_name: str) -> str | None:
+    """Raise BatchError when there is no kernel of that name; return a warning when it runs another Python than
+    this one (it would not see this environment's diffusion-lab)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise BatchError(
+            f"no Jupyter kernel named {kernel_name!r}; install this Python's with "
+            f"`{sys.executable} -m ipykernel install --sys-prefix --name {kernel_name}` or pass --kernel NAME"
+        ) from None
+    program = spec.argv[0] if spec.argv else ""
+    generic = {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
+    if program in generic:  # jupyter_client runs sys.executable for these
+        return None
+    try:
+        same = Path(program).resolve() == Path(sys.executable).resolve()
+    except OSError:
+        same = False
+    if not same:
+        return (f"the Jupyter kernel {kernel_name!r} runs {program}, not this Python ({sys.executable}); the chunks "
+                "will fail if diffusion-lab is not installed there (pass --kernel NAME)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One chunk (the unit of work of every executor): plain dict in, plain dict out
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_chunk(payload: dict) -> dict:
+    """Write the chunk file, execute edit_chunk.ipynb on it with papermill, keep the executed notebook as the
+    chunk's log (notebooks/<name>.ipynb). Returns timings and the chunk's error (None when the notebook ran
+    to its end; row failures are in the rows' status files, not here)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out = Path(payload["out_dir"])
+    name = payload["name"]
+    chunk_file = inside(out, "chunks", f"{name}.json")
+    result_file = f"chunks/{name}.result.json"
+    notebook = f"notebooks/{name}.ipynb"
+    atomic_write_json(chunk_file, {
+        "name": name, "run": payload["run"], "model": payload["model"], "threads": payload.get("threads"),
+        "notebook": notebook, "result_file": result_file, "rows": payload["rows"],
+    })
+    partial = inside(out, "notebooks", f".{name}{PARTIAL_NOTEBOOK_SUFFIX}")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    error = None
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(payload.get("notebook_template") or NOTEBOOK), str(partial),
+            parameters={"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]},
+            kernel_name=payload.get("kernel_name") or DEFAULT_KERNEL, progress_bar=False, log_output=False,
+            cwd=str(out), execution_timeout=payload.get("timeout"),
+        )
+    except PapermillExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # the kernel did not start, died, or timed out
+        error = f"{type(exc).__name__}: {exc}"
+    wall = time.perf_counter() - started
+    if partial.exists():
+        os.replace(partial, inside(out, notebook))
+    summary = read_json(inside(out, result_file), {}) or {}
+    return {"name": name, "rows": [row["id"] for row in payload["rows"]], "wall_seconds": wall, "error": error,
+            "notebook": notebook, "import_seconds": summary.get("import_seconds", 0.0),
+            "load_seconds": summary.get("load_seconds", 0.0), "row_seconds": summary.get("row_seconds", 0.0),
+            "states": summary.get("rows", {})}
+
+
+class _SequentialExecutor:
+    """Runs submitted calls one after another in a daemon thread (--workers 1): no extra process, and an
+    interrupted driver exits at once (its kernel notices and stops)."""
+
+    def __init__(self):
+        self._jobs: list = []
+        self._thread = threading.Thread(target=self._work, daemon=True, name="diffusion-lab-batch")
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, function, *args) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._jobs.append((future, function, args))
+        self._event.set()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                job = self._jobs.pop(0) if self._jobs else None
+                if job is None and self._closed:
+                    return
+            if job is None:
+                self._event.wait(0.2)
+                self._event.clear()
+                continue
+            future, function, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                future.set_exception(error)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        with self._lock:
+            if cancel:
+                for future, _, _ in self._jobs:
+                    future.cancel()
+                self._jobs.clear()
+            self._closed = True
+        self._event.set()
+
+
+class _Executor:
+    """submit(payload) -> a future with .done() / .result(); close(). local: threads or processes; dask: a Client."""
+
+    def __init__(self, kind: str, workers: int, scheduler: str | None, log):
+        self.kind, self.client, self.cluster, self.pool = kind, None, None, None
+        if kind == "local":
+            if workers == 1:
+                self.pool = _SequentialExecutor()
+            else:
+                import multiprocessing
+
+                self.pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            return
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise BatchError("--executor dask needs dask and distributed: pip install 'diffusion-lab[dask]'") from None
+        if scheduler:
+            if scheduler.endswith(".json") and Path(scheduler).is_file():
+                self.client = Client(scheduler_file=scheduler)
+            else:
+                self.client = Client(scheduler)
+            log(f"dask: connected to {self.client.scheduler.address}")
+        else:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None)
+            self.client = Client(self.cluster)
+            log(f"dask: LocalCluster of {workers} worker process(es) at {self.cluster.scheduler_address}")
+
+    def submit(self, payload: dict):
+        if self.client is not None:
+            return self.client.submit(run_chunk, payload, key=f"diffusion-lab-{payload['run']}-{payload['name']}",
+                                      pure=False)
+        return self.pool.submit(run_chunk, payload)
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            if isinstance(self.pool, _SequentialExecutor):
+                self.pool.shutdown(cancel=cancel)
+            else:
+                self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from ..progress import progress_bar
+
+    return progress_bar(None, enabled=enabled, total=total, initial=initial, desc="rows", unit="row",
+                        dynamic_ncols=True, file=sys.stderr)
+
+
+def _chunks(rows: list, size: int) -> list[list]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+def run_batch(
+    manifest,
+    out_dir,
+    model: str = "shapes-tiny",
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int = 1,
+    executor: str = "local",
+    scheduler: str | None = None,
+    skip_invalid: bool = False,
+    progress: bool = True,
+    kernel_name: str = DEFAULT_KERNEL,
+    chunk_timeout: float | None = None,
+    threads: int | None = None,
+    validate_only: bool = False,
+    log=None,
+) -> BatchResult:
+    """Validate MANIFEST, then run its unfinished rows into OUT_DIR (see the module docstring); the result's
+    exit_code is what the command returns. Raises BatchError / ManifestError when nothing can start."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    if chunk_size < 1 or workers < 1:
+        raise BatchError("--chunk-size and --workers must be at least 1")
+    if executor not in EXECUTORS:
+        raise BatchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if scheduler and executor != "dask":
+        raise BatchError("--scheduler needs --executor dask")
+    out = Path(out_dir).expanduser().resolve()
+
+    parsed = read_manifest(manifest)
+    model = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
+    tokenizer = load_tokenizer(model)
+    defaults = model_defaults(model)
+    valid, invalid = validate_manifest(parsed, tokenizer, defaults["num_steps"], defaults["guidance_scale"])
+    for bad in invalid:
+        log(f"invalid {bad.message}")
+    if invalid and (not skip_invalid or validate_only):
+        where = "" if validate_only else "; nothing was run (fix them, or pass --skip-invalid to run the others)"
+        log(f"{len(invalid)} of {len(parsed.rows)} rows are invalid{where}")
+        return BatchResult(2, out, invalid=invalid, seconds=time.perf_counter() - started)
+    if validate_only:
+        log(f"all {len(valid)} rows are valid")
+        return BatchResult(0, out, invalid=invalid, seconds=time.perf_counter() - started)
+    if executor == "local" or not scheduler:
+        warning = check_kernel(kernel_name)
+        if warning:
+            log(f"warning: {warning}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        sweep_leftovers(out)
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        fingerprint = model_fingerprint(model, out / ".cache" / "model-files.json")
+        keys = {row.id: row_key(row, fingerprint) for row in valid}
+        for row in valid:
+            row_dir(out, row.id)  # every output folder is checked to stay inside OUT_DIR before any work
+        done = [row for row in valid if is_done(out, row.id, keys[row.id])]
+        done_ids = {row.id for row in done}
+        pending = [row for row in valid if row.id not in done_ids]
+        atomic_write_json(out / "manifest.json", {
+            "manifest": str(parsed.path), "model": model, "model_fingerprint": fingerprint, "run": run_id,
+            "rows": [{**row.spec, "key": keys[row.id], "number": row.number} for row in valid],
+            "invalid": [{"number": bad.number, "id": bad.id, "errors": bad.errors} for bad in invalid],
+        })
+        if threads is None and (executor == "local" or not scheduler):
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        payloads = [
+            {"name": f"{run_id}-chunk-{index:03d}", "run": run_id, "out_dir": str(out), "model": model,
+             "rows": [{**row.spec, "key": keys[row.id]} for row in rows], "threads": threads,
+             "kernel_name": kernel_name, "timeout": chunk_timeout}
+            for index, rows in enumerate(_chunks(pending, chunk_size), start=1)
+        ]
+        log(f"{len(valid)} rows: {len(done)} done earlier, {len(pending)} to run in {len(payloads)} chunk(s) "
+            f"of up to {chunk_size}" + (f"; {len(invalid)} invalid, skipped" if invalid else ""))
+        chunk_results, interrupted = [], False
+        if payloads:
+            try:
+                chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
+                                         len(valid), len(done), log)
+            except KeyboardInterrupt:
+                interrupted = True
+                log("interrupted: finished rows are kept; rerun the same command to continue")
+        _record_unfinished(out, pending, keys, run_id, chunk_results, interrupted)
+        entries = _entries(out, parsed, valid, invalid, keys)
+        counts = {state: sum(e["state"] == state for e in entries) for state in ("ok", "failed", "invalid", "not run")}
+        from .report import write_report
+
+        info = {"manifest": str(parsed.path), "model": model, "model fingerprint": fingerprint[:23],
+                "run": run_id, "finished": now(), "chunk size": chunk_size,
+                "executor": executor + (f" ({scheduler})" if scheduler else f" ({workers} worker(s))")}
+        reports = write_report(out, entries, info)
+    failed = counts["failed"] + counts["not run"]
+    exit_code = 130 if interrupted else (1 if failed else 0)
+    log(f"rows: {counts['ok']} ok ({len(done)} done earlier), {counts['failed']} failed"
+        + (f", {counts['not run']} not run" if counts["not run"] else "")
+        + (f", {counts['invalid']} invalid (skipped)" if counts["invalid"] else "")
+        + f"\nreport: {reports['html']}")
+    return BatchResult(exit_code, out, run_id, counts, chunk_results, invalid, reports,
+                       executed=[row.id for row in pending], skipped=[row.id for row in done],
+                       seconds=time.perf_counter() - started)
+
+
+def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log) -> list:
+    """Submit every chunk; until all are back, poll the rows' status files to advance the progress bar."""
+    executor = _Executor(executor_kind, workers, scheduler, log)
+    bar = _progress(total, initial, progress)
+    futures = {}
+    results, waiting = [], set()
+    failures = 0
+    cancel = True
+    try:
+        for payload in payloads:
+            futures[executor.submit(payload)] = payload
+            waiting.update(row["id"] for row in payload["rows"])
+        remaining = set(futures)
+        while remaining:
+            time.sleep(POLL_SECONDS)
+            for row_id in list(waiting):
+                status = read_json(row_dir(out, row_id) / STATUS_FILE)
+                if status and status.get("run") == run_id and status.get("key") == keys[row_id]:
+                    waiting.discard(row_id)
+                    failures += status.get("status") != "ok"
+                    bar.update(1)
+                    if failures:
+                        bar.set_postfix(failed=failures)
+            for future in [f for f in remaining if f.done()]:
+                remaining.discard(future)
+                payload = futures[future]
+                try:
+                    result = future.result()
+                except Exception as error:  # the task itself failed (a lost worker, an import error)
+                    result = {"name": payload["name"], "rows": [r["id"] for r in payload["rows"]],
+                              "error": f"{type(error).__name__}: {error}", "wall_seconds": 0.0}
+                if result.get("error"):
+                    log(f"chunk {result['name']}: {result['error']}")
+                results.append(result)
+        cancel = False
+    finally:
+        bar.close()
+        executor.close(cancel=cancel)
+    return sorted(results, key=lambda result: result["name"])
+
+
+def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool) -> None:
+    """A row of this run without a status of this run (its kernel died, timed out, or never started) is failed,
+    with the chunk's error, so the report and the exit code say so; a rerun retries it."""
+    errors = {row_id: (result.get("error"), result.get("notebook")) for result in chunk_results
+              for row_id in result.get("rows", [])}
+    for row in pending:
+        status = read_json(row_dir(out, row.id) / STATUS_FILE)
+        if status and status.get("run") == run_id and status.get("key") == keys[row.id]:
+            continue
+        if interrupted and row.id not in errors:
+            continue  # never started: "not run" in the report
+        error, notebook = errors.get(row.id, ("the run was interrupted", None))
+        message = f"its chunk ended before this row finished: {error or 'no status was written'}"
+        context = {"run": run_id, "chunk": None, "notebook": notebook}
+        atomic_write_json(row_dir(out, row.id) / STATUS_FILE, failed_status({"id": row.id, "key": keys[row.id]},
+                                                                            message, context))
+
+
+def _entries(out, parsed, valid: list[Row], invalid: list[InvalidRow], keys) -> list[dict]:
+    entries = []
+    for row in valid:
+        status = read_json(row_dir(out, row.id) / STATUS_FILE)
+        if not status or status.get("key") != keys[row.id]:
+            state = "not run"
+            status = None
+        else:
+            state = "ok" if is_done(out, row.id, keys[row.id], status) else "failed"
+        entries.append({"number": row.number, "id": row.id, "state": state, "spec": row.spec, "status": status,
+                        "key": keys[row.id]})
+    for bad in invalid:
+        entries.append({"number": bad.number, "id": bad.id, "state": "invalid", "errors": bad.errors,
+                        "values": bad.values})
+    return sorted(entries, key=lambda entry: entry["number"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("manifest", help="CSV or YAML manifest: one edit per row (see docs/batch.md)")
+    parser.add_argument("--out", required=True, help="output folder (rows/, notebooks/, report.html, ...)")
+    parser.add_argument("--model", default="shapes-tiny",
+                        help="built-in model name, diffusers folder or hub id (default: shapes-tiny)")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"rows per papermill run (one kernel, one model load); default {DEFAULT_CHUNK_SIZE}")
+    parser.add_argument("--workers", type=int, default=1, help="chunks in parallel (local processes or Dask workers)")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="local processes, or a Dask cluster (default: local)")
+    parser.add_argument("--scheduler", default=None,
+                        help="Dask scheduler address (tcp://host:8786) or scheduler file (.json); "
+                             "none: a LocalCluster of --workers processes")
+    parser.add_argument("--skip-invalid", action="store_true", help="run the valid rows and report the invalid ones")
+    parser.add_argument("--validate-only", action="store_true", help="check the manifest and stop")
+    parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--chunk-timeout", type=float, default=None, help="seconds a chunk may run (default: no limit)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per kernel (default: CPU cores / workers locally, the worker's own on Dask)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from ..models import ModelNotFoundError
+
+    try:
+        result = run_batch(
+            args.manifest, args.out, args.model, chunk_size=args.chunk_size, workers=args.workers,
+            executor=args.executor, scheduler=args.scheduler, skip_invalid=args.skip_invalid,
+            progress=not args.no_progress, kernel_name=args.kernel, chunk_timeout=args.chunk_timeout,
+            threads=args.threads, validate_only=args.validate_only,
+        )
+    except (BatchError, ManifestError, ModelNotFoundError, OutputLockedError, UnsafePathError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return result.exit_code
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="diffusion-lab batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_from_args(add_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Batch editing (diffusion_lab.batch): manifest validation, safe and atomic files, the report, and whole runs
+through papermill on the UNTRAINED shapes-tiny architecture (saved to a temporary folder) with 4-step edits:
+a run killed midway and resumed, and the Dask LocalCluster path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_lab.batch import files, read_manifest, run_batch, validate_manifest
+from diffusion_lab.batch.manifest import ManifestError, Row, row_key, sanitize_id
+from diffusion_lab.batch.report import write_report
+from diffusion_lab.batch.runner import load_tokenizer, model_fingerprint
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = "a large red circle on a gray background"
+SQUARE = "a large red square on a gray background"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The shapes-tiny architecture with random weights, saved like a checkpoint (the shipped weights change
+    while training runs; these do not)."""
+    from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
+
+    folder = tmp_path_factory.mktemp("model") / "shapes-tiny-untrained"
+    build_untrained_pipeline(seed=0).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return load_tokenizer(str(model_dir))
+
+
+@pytest.fixture
+def png(tmp_path):
+    from diffusion_lab.shapes import random_scene, render_image
+
+    path = tmp_path / "input.png"
+    render_image(random_scene(5, num_objects=1, objects=[{"shape": "circle", "colour": "red", "size": "large"}],
+                              background="gray")).save(path)
+    return path
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def all_files_complete(folder: Path) -> list[Path]:
+    """Every visible file parses (JSON, notebooks) or decodes (PNG): nothing half-written under its final name."""
+    checked = []
+    for path in folder.rglob("*"):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.suffix in (".json", ".ipynb"):
+            json.loads(path.read_text())
+        elif path.suffix == ".png":
+            with Image.open(path) as image:
+                image.load()
+        checked.append(path)
+    return checked
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if p.suffix == ".tmp" or p.name.endswith(".partial.ipynb")]
+
+
+# -- manifests ------------------------------------------------------------------------------------------------
+
+
+MIXED_CSV = """id,image,scene_seed,source_prompt,target_prompts,edit,blend_words,inversion,num_steps
+good-generated,,,{source},{square},replace,,,4
+good-image,{png},,{source},{square},replace,,negative_prompt,4
+missing-file,nowhere.png,,{source},{square},replace,,,4
+unreadable,{text},,{source},{square},replace,,,4
+bad-edit,,,{source},{square},swap,,,4
+bad-word,,,{source},a large red banana on a gray background,replace,,,4
+token-count,,,{source},a large red square on a gray background and a blue star,replace,,,4
+good-scene,,4,,a large cyan star on a gray background,local_blend,cross|star,negative_prompt,4
+../escape,,,{source},{square},replace,,,4
+good-generated,,,{source},{square},refine,,,4
+inversion-without-image,,,{source},{square},replace,,ddim,4
+"""
+
+
+def mixed_manifest(tmp_path, png) -> Path:
+    text_file = write(tmp_path / "notes.png", "not an image")
+    return write(tmp_path / "mixed.csv", MIXED_CSV.format(source=SOURCE, square=SQUARE, png=png, text=text_file.name))
+
+
+def test_mixed_manifest_gives_one_clear_message_per_bad_row(tmp_path, png, tokenizer):
+    valid, invalid = validate_manifest(read_manifest(mixed_manifest(tmp_path, png)), tokenizer, 50, 5.0)
+    assert [row.id for row in valid] == ["good-generated", "good-image", "good-scene"]
+    messages = {bad.number: bad.message for bad in invalid}
+    assert "not found" in messages[3] and "nowhere.png" in messages[3] and "line 4" in messages[3]
+    assert "unreadable" in messages[4] and "notes.png" in messages[4]
+    assert "unknown edit 'swap'" in messages[5] and "local_blend" in messages[5]
+    assert "'banana'" in messages[6] and "vocabulary" in messages[6] and "target prompt 1" in messages[6]
+    assert "token" in messages[7].lower() and "refine" in messages[7]
+    assert "plain name" in messages[9]
+    assert "used by row 1" in messages[10]
+    assert "no image to invert" in messages[11]
+    assert len(invalid) == 8
+    scene = valid[2].spec
+    assert scene["image"]["kind"] == "scene" and scene["edit"]["source_prompt"] == "a large cyan cross on a gray background"
+    assert scene["edit"]["blend_words"] == ["cross", "star"] and scene["edit"]["edit"] == "replace"
+    assert valid[1].spec["image"]["sha256"] and valid[1].spec["inversion"] == {"method": "negative_prompt", "options": {}}
+    assert valid[0].spec["guidance_scale"] == 5.0 and valid[0].spec["num_steps"] == 4 and valid[0].spec["inversion"] is None
+
+
+def test_invalid_rows_stop_the_run_before_any_work(tmp_path, png, model_dir):
+    out = tmp_path / "out"
+    result = run_batch(mixed_manifest(tmp_path, png), out, str(model_dir), progress=False, log=lambda m: None)
+    assert result.exit_code == 2 and len(result.invalid) == 8
+    assert not out.exists()
+
+
+def test_yaml_defaults_and_examples_validate(tmp_path, tokenizer):
+    manifest = write(tmp_path / "m.yaml", f"""
+defaults: {{num_steps: 7, inversion: ddim, guidance_scale: 3}}
+rows:
+  - {{source_prompt: {SOURCE}, target_prompts: {SQUARE}, seed: 2}}
+  - {{id: "my row #2", scene_seed: 1, target_prompts: [a small green circle on a navy background], edit: refine,
+      reweight: "green:2"}}
+""")
+    valid, invalid = validate_manifest(read_manifest(manifest), tokenizer, 50, 5.0)
+    assert not invalid, [bad.message for bad in invalid]
+    first, second = (row.spec for row in valid)
+    assert first["id"] == "row-0001" and first["num_steps"] == 7 and first["inversion"] is None  # default skipped
+    assert second["id"] == "my_row__2" and second["inversion"]["method"] == "ddim"
+    assert second["edit"]["reweight"] == {"green": 2.0} and second["guidance_scale"] == 3.0
+    for example in ("batch_manifest.yaml", "batch_manifest.csv"):
+        valid, invalid = validate_manifest(read_manifest(REPO / "examples" / example), tokenizer, 50, 5.0)
+        assert len(valid) == 5 and not invalid, [bad.message for bad in invalid]
+    with pytest.raises(ManifestError, match="unknown column"):
+        read_manifest(write(tmp_path / "bad.csv", "id,colour\nx,red\n"))
+
+
+def test_row_key_depends_on_content_and_model_not_on_id_or_path(tmp_path):
+    spec = {"id": "a", "image": {"kind": "file", "path": "/x/a.png", "sha256": "abc"}, "edit": {"edit": "replace"},
+            "notes": "n", "seed": 0}
+    moved = {**spec, "id": "b", "notes": None, "image": {**spec["image"], "path": "/y/b.png"}}
+    assert row_key(Row(1, "a", spec), "m1") == row_key(Row(2, "b", moved), "m1")
+    assert row_key(Row(1, "a", spec), "m1") != row_key(Row(1, "a", spec), "m2")
+    assert row_key(Row(1, "a", spec), "m1") != row_key(Row(1, "a", {**spec, "seed": 1}), "m1")
+
+
+def test_model_fingerprint_follows_the_weights(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"one")
+    cache = tmp_path / "cache.json"
+    first = model_fingerprint(str(folder), cache)
+    assert model_fingerprint(str(folder), cache) == first
+    weights.write_bytes(b"two")
+    assert model_fingerprint(str(folder), cache) != first
+    assert model_fingerprint("someone/never-downloaded-model").startswith("name:")
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+
+def test_paths_stay_inside_the_output_folder(tmp_path):
+    out = tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    assert files.inside(out, "rows", "ok") == (out / "rows" / "ok").resolve()
+    with pytest.raises(files.UnsafePathError):
+        files.inside(out, "rows", "../../elsewhere")
+    (out / "rows" / "link").symlink_to(tmp_path)
+    with pytest.raises(files.UnsafePathError):
+        files.inside(out, "rows", "link", "x.png")
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(ValueError):
+            sanitize_id(bad)
+    assert sanitize_id("a b:c") == "a_b_c"
+
+
+def test_atomic_writes_leave_complete_files_or_nothing(tmp_path):
+    target = files.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    assert json.loads(target.read_text()) == {"x": 1}
+    with pytest.raises(TypeError):
+        files.atomic_write_bytes(tmp_path / "a.json", object())  # fails while writing
+    assert json.loads(target.read_text()) == {"x": 1} and not leftovers(tmp_path)
+    (tmp_path / ".a.json.0123abcd.tmp").write_text("{half")
+    (tmp_path / ".chunk.partial.ipynb").write_text("{half")
+    assert len(files.sweep_leftovers(tmp_path)) == 2 and not leftovers(tmp_path)
+
+
+def test_report_names_every_row(tmp_path):
+    out = tmp_path / "out"
+    folder = out / "rows" / "done"
+    folder.mkdir(parents=True)
+    for name in ("source.png", "edit-1.png"):
+        Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(folder / name)
+    (folder / "metrics.json").write_text(json.dumps({"targets": [{"psnr_to_source": 21.5, "ssim_to_source": 0.8}]}))
+    status = {"status": "ok", "key": "k", "files": ["source.png", "edit-1.png", "metrics.json"], "seconds": 1.0}
+    entries = [
+        {"number": 1, "id": "done", "state": "ok", "spec": {"edit": {"source_prompt": "a | b", "target_prompts": ["c"]},
+                                                              "image": {"kind": "generated"}, "seed": 0}, "status": status},
+        {"number": 2, "id": "broken", "state": "failed", "spec": {}, "status": {"status": "failed", "error": "Boom"}},
+        {"number": 3, "id": "bad<id>", "state": "invalid", "errors": ["unknown edit 'swap'"], "values": {}},
+    ]
+    paths = write_report(out, entries, {"model": "m"})
+    markdown, page = paths["markdown"].read_text(), paths["html"].read_text()
+    for name in ("done", "broken", "unknown edit 'swap'", "Boom", "21.50"):
+        assert name in markdown and name in page
+    assert "bad&lt;id&gt;" in page and "a \\| b" in markdown
+    assert (out / "contact-sheet-01.png").is_file() and "contact-sheet-01.png" in markdown
+    assert json.loads(paths["summary"].read_text())["counts"] == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
+
+
+# -- whole runs (papermill) -----------------------------------------------------------------------------------
+
+
+def test_run_killed_midway_then_resumed_loses_no_row_and_repeats_none(tmp_path, model_dir):
+    manifest = write(tmp_path / "kill.yaml", f"""
+defaults: {{num_steps: 4, guidance_scale: 5}}
+rows:
+  - {{id: first, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], seed: 1}}
+  - {{id: slow, source_prompt: {SOURCE}, target_prompts: [a large blue circle on a gray background], seed: 2,
+      num_steps: 12}}
+  - {{id: last, source_prompt: {SOURCE}, target_prompts: [a large red star on a gray background], seed: 3}}
+""")
+    out = tmp_path / "out"
+    env = {**os.environ, "DIFFUSION_LAB_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "diffusion_lab", "batch", str(manifest), "--out", str(out),
+               "--model", str(model_dir), "--chunk-size", "3"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first_status = out / "rows" / "first" / "status.json"
+    deadline = time.monotonic() + 150
+    try:
+        while not first_status.exists():
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "the first row did not finish in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver; its kernel notices its parent is gone and stops
+        process.wait()
+    time.sleep(1.5)  # ipykernel polls its parent every second
+
+    all_files_complete(out)  # killed midway: complete files only
+    before = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rows/*/status.json")}
+    assert before["first"]["status"] == "ok" and len(before) < 3, "the run was not killed midway"
+
+    result = run_batch(manifest, out, str(model_dir), chunk_size=3, progress=False, log=lambda m: None)
+    assert result.exit_code == 0 and result.counts["ok"] == 3
+    assert sorted(result.skipped) == sorted(before) and sorted(result.executed) == sorted({"first", "slow", "last"} - set(before))
+    after = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rows/*/status.json")}
+    for row_id, status in before.items():  # done once, by the killed run
+        assert after[row_id]["run"] == status["run"] and after[row_id]["finished"] == status["finished"]
+    assert {after[row_id]["run"] for row_id in result.executed} == {result.run_id}
+    assert not leftovers(out) and all_files_complete(out)
+    report = (out / "report.md").read_text()
+    assert all(row_id in report for row_id in ("first", "slow", "last"))
+    rerun = run_batch(manifest, out, str(model_dir), progress=False, log=lambda m: None)
+    assert rerun.exit_code == 0 and not rerun.executed and rerun.chunks == []
+
+
+def test_dask_local_cluster_runs_valid_rows_records_failures_and_reports_every_row(tmp_path, model_dir, png):
+    pytest.importorskip("distributed")
+    manifest = write(tmp_path / "dask.csv", f"""id,image,source_prompt,target_prompts,edit,inversion,inversion_options,num_steps
+edit-image,{png},{SOURCE},{SQUARE},replace,negative_prompt,,4
+fails-at-run-time,{png},{SOURCE},{SQUARE},replace,null_text,{{learning_rate: -1.0}},4
+bad-word,,{SOURCE},a large red banana on a gray background,replace,,,4
+""")
+    out = tmp_path / "out"
+    result = run_batch(manifest, out, str(model_dir), executor="dask", workers=1, skip_invalid=True, progress=False,
+                       log=lambda m: None)
+    assert result.exit_code == 1  # a row failed
+    assert result.counts == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
+    done = out / "rows" / "edit-image"
+    for name in ("input.png", "source.png", "edit-1.png", "attention.png", "metrics.json", "status.json"):
+        assert (done / name).is_file(), name
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert {"psnr_to_source", "ssim_to_source"} <= set(metrics["targets"][0]) and "reconstruction" in metrics
+    failed = json.loads((out / "rows" / "fails-at-run-time" / "status.json").read_text())
+    assert failed["status"] == "failed" and "learning rate" in failed["error"].lower() and failed["traceback"]
+    assert len(list((out / "notebooks").glob("*.ipynb"))) == 1  # one chunk, one kernel, its executed notebook
+    for report in ("report.md", "report.html"):
+        text = (out / report).read_text()
+        for name in ("edit-image", "fails-at-run-time", "bad-word", "banana"):
+            assert name in text, (report, name)
+    assert (out / "contact-sheet-01.png").is_file()
+    assert not leftovers(out) and all_files_complete(out)
