@@ -1,6 +1,6 @@
 """Write the four lab notebooks (labs/0*.ipynb) from this reviewable source.
 
-    python labs/build_labs.py            # rewrite the notebooks WITHOUT outputs
+    python labs/build_labs.py [02 ...]   # rewrite the notebooks (or only some) WITHOUT outputs
     python pipelines/run_labs.py --in-place   # then execute them and store outputs for nbval
 
 Conventions of every lab (see the README of labs/ in the docstring of pipelines/run_labs.py):
@@ -108,7 +108,8 @@ GUIDANCE = None             # classifier-free guidance w (None: 5.0 for shapes-t
 OBJECT = {"shape": "circle", "colour": "red", "size": "large"}   # the object of the "real" image
 BACKGROUND = "gray"
 SCENE_SEED = 3              # where the object is placed
-EDIT_KIND, EDIT_VALUE = "shape", "square"    # the edit asked for in the new prompt
+EDIT_KIND = "shape"         # the edit asked for in the new prompt: shape, colour, size or background
+EDIT_VALUE = "square"
 FORWARD_T = [0, 100, 250, 500, 750, 999]     # noise levels shown of the forward process
 STRENGTHS = [0.2, 0.4, 0.6, 0.8, 1.0]       # fractions of the S steps re-run after noising
 NUM_SEEDS = 3               # noise draws per strength
@@ -239,8 +240,8 @@ $\eta = 0$ is **DDIM** (deterministic), $\eta = 1$ is DDPM's posterior. The larg
 $\hat\sigma_t = \sqrt{1 - \bar\alpha_t / \bar\alpha_{t-1}}$ (the lecture's "$\sigma_t = \sqrt{\beta_t}$") is the paper's
 *sigma-hat* row. Any subsequence $\tau_1 < \dots < \tau_S$ of the $T$ steps can be sampled: $S \ll T$ is fast.
 
-You will check numerically that the marginals are kept, look at samples for $\eta$ and $S$ side by side, and
-reproduce the DDIM paper's **Table 1** in the shapes world.
+You will check numerically that the marginals are kept, then reproduce the DDIM paper's **Table 1** in the
+shapes world, with its samples for every $\eta$ and $S$ side by side.
 """ + HOW_TO),
         code('''
 # Parameters (papermill can override every name in this cell)
@@ -248,16 +249,15 @@ INTERACTIVE = True          # show the panels; False: headless, figures + metric
 MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SEED = 0
 STEPS = None                # S of the interactive sampler (None: the model's default, 50)
-GUIDANCE = None             # w of the side-by-side samples (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
+GUIDANCE = None             # w of the interactive sampler (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
 MARGINAL_DRAWS = 2000       # Monte Carlo draws of the marginal check
-SAMPLE_STEPS = [10, 50]     # S of the side-by-side samples
-NUM_PROMPTS = 4             # prompts of the side-by-side samples
+NUM_PROMPTS = 4             # prompts of the interactive sampler
 FULL_TABLE = False          # True: DDIM Table 1 with S up to 1000 and TABLE_SAMPLES_FULL samples (long)
 TABLE_STEPS = [10, 20, 50, 100]   # S of the default table (FULL_TABLE adds 1000)
-TABLE_SAMPLES = 10          # samples per cell of the default table (FULL_TABLE: TABLE_SAMPLES_FULL)
+TABLE_SAMPLES = 6           # samples per cell of the default table (FULL_TABLE: TABLE_SAMPLES_FULL)
 TABLE_SAMPLES_FULL = 256
 TABLE_GUIDANCE = 1.0        # 1: one UNet call per step (no unconditional branch)
-REFERENCE_RENDERS = 256     # renders the Frechet distance compares with
+REFERENCE_RENDERS = 128     # renders the Frechet distance compares with (FULL_TABLE: 512)
 DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/02_generalized_posterior
@@ -267,9 +267,9 @@ from diffusion_lab.images import pil_to_tensor
 from diffusion_lab.shapes import caption, random_scene
 from diffusion_lab.widgets import posterior as lab
 if FULL_TABLE:
-    TABLE_STEPS, TABLE_SAMPLES = [10, 20, 50, 100, 1000], TABLE_SAMPLES_FULL
+    TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20, 50, 100, 1000], TABLE_SAMPLES_FULL, 512
 if QUICK:
-    SAMPLE_STEPS, TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10], [10, 20], 8, 64
+    TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20], 4, 64
 schedule = lab.schedule_of(pipe)
 prompts = [caption(random_scene(SEED + i, num_objects=1)) for i in range(NUM_PROMPTS)]
 '''),
@@ -302,24 +302,7 @@ show_table(common.markdown_table(marginals))
 common.save_outputs(OUT, metrics={"marginal_check": marginals})
 '''),
         md(r"""
-## 3. Samples for $\eta$ and $S$, side by side
-
-Same prompts, same $x_T$, same seed for the added noise; one row per setting. With few steps, the noise added
-by large $\eta$ (and much more by sigma-hat) is not removed again by the remaining steps.
-"""),
-        code(CHECK + 'print("\\n".join(prompts))'),
-        code('''
-side_by_side = lab.sample_settings(pipe, prompts, SAMPLE_STEPS, guidance_scale=GUIDANCE, seed=SEED)
-show(side_by_side)
-common.save_outputs(OUT, {"samples_eta_S": side_by_side})
-'''),
-        md("### Try it: $\\eta$, sigma-hat and $S$ (press *Run sampler*)"),
-        code(IGNORE + '''
-if INTERACTIVE:
-    display(lab.SamplerPanel(pipe, prompts, num_steps=20, guidance_scale=GUIDANCE, seed=SEED))
-'''),
-        md(r"""
-## 4. DDIM's Table 1 in the shapes world
+## 3. DDIM's Table 1 in the shapes world
 
 The paper compares samplers by FID: the Fréchet distance between Gaussians fitted to Inception features of
 samples and of real images,
@@ -330,16 +313,28 @@ its docstring), computed on samples and on renders; lower is better. Its scale i
 compare the *pattern* across the table with the paper's row under it. The analyzer's attribute accuracy
 (shape, colour, size, background against the caption) is a second, readable measure.
 
-Every cell samples the same captions from the same $x_T$ at guidance `TABLE_GUIDANCE`. The default run is small
-(`TABLE_SAMPLES` samples, $S \le 100$: a few minutes on a laptop CPU); `FULL_TABLE = True` adds $S = 1000$ and
-uses `TABLE_SAMPLES_FULL` samples (tens of minutes on a CPU, about a minute on a GPU). With few samples the FD
-has a floor (the *renders* row: the same number of renders against the reference).
+Every cell samples the same captions from the same $x_T$, with the same seed for the added noise, at guidance
+`TABLE_GUIDANCE`. The default run is small (`TABLE_SAMPLES` samples, $S \le 100$: two minutes on a laptop CPU);
+`FULL_TABLE = True` adds $S = 1000$ and uses `TABLE_SAMPLES_FULL` samples (about 5,900 UNet calls per sample
+batch: an hour on a CPU, minutes on a GPU with `DEVICE = "cuda"`). With few samples the FD has a floor (the
+*renders* row: the same number of renders against the reference).
 """),
         code(IGNORE + '''
 table = lab.table1(pipe, TABLE_STEPS, num_samples=TABLE_SAMPLES, guidance_scale=TABLE_GUIDANCE, seed=SEED,
                    reference_count=REFERENCE_RENDERS)
 print(f"{len(TABLE_STEPS) * len(lab.SETTINGS)} cells of {TABLE_SAMPLES} samples in {table['seconds']:.0f} s")
 '''),
+        md(r"""
+### Samples for $\eta$ and $S$, side by side
+
+The first samples of every cell: one row per sampler setting, one block per $S$. With few steps, the noise added
+by large $\eta$ (and more by sigma-hat) is not removed again by the remaining steps.
+"""),
+        code('''
+table_samples = lab.table1_samples_figure(table)
+show(table_samples)
+'''),
+        md("### The table: Fréchet distance per cell, the paper's CIFAR10 FID under each row"),
         code('''
 show_table(lab.table1_markdown(table))
 table_plot = lab.table1_figure(table)
@@ -348,11 +343,15 @@ show(table_plot)
         md("Analyzer accuracy (mean of shape, colour, size and background) per cell:"),
         code('''
 show_table(lab.accuracy_markdown(table))
-table_samples = lab.table1_samples_figure(table)
-show(table_samples)
 common.save_outputs(OUT, {"table1": table_plot, "table1_samples": table_samples},
                     {"table1": {"steps": table["steps"], "samples": table["num_samples"], "fd": table["fd"],
                                 "data_fd": table["data_fd"], "accuracy": table["accuracy"]}})
+'''),
+        md("### Try it: $\\eta$, sigma-hat and $S$ (press *Run sampler*)"),
+        code(IGNORE + '''
+if INTERACTIVE:
+    print("\\n".join(prompts))
+    display(lab.SamplerPanel(pipe, prompts, num_steps=20, guidance_scale=GUIDANCE, seed=SEED))
 '''),
         md(r"""
 **Questions.** (1) In the paper, DDIM ($\eta = 0$) with $S = 10$ beats DDPM ($\eta = 1$) at $S = 100$. Does the
@@ -515,9 +514,10 @@ GUIDANCE = None             # w (None: 5.0 for shapes-tiny, 7.5 for Stable Diffu
 SOURCE_PROMPT = "a large red circle on a gray background"
 SHAPE_SWAP = ("circle", "square")
 COLOUR_SWAP = ("red", "blue")
-REWEIGHT_WORD, REWEIGHT_SCALES = "red", [0.0, 0.5, 1.0, 2.0, 4.0]
+REWEIGHT_WORD = "red"
+REWEIGHT_SCALES = [0.0, 0.5, 1.0, 2.0, 4.0]
 REAL_SCENE_SEED = 3         # the real image: a rendered scene with the source prompt's object
-REAL_INVERSION = "null_text"  # or "negative_prompt" (faster), "ddim", "fixed_point"
+REAL_INVERSION = "negative_prompt"  # or "null_text" (slower, lab 3), "fixed_point", "ddim"
 NULL_TEXT_INNER_STEPS = 10
 DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
@@ -527,7 +527,7 @@ OUT_DIR = None              # None: outputs/labs/04_prompt_to_prompt
 from diffusion_lab.shapes import parse_caption
 from diffusion_lab.widgets import prompt_to_prompt as lab
 if QUICK:
-    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS, REAL_INVERSION = 20, [0.0, 2.0], 3, "negative_prompt"
+    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS = 20, [0.0, 2.0], 3
 edits = lab.examples(SOURCE_PROMPT, SHAPE_SWAP, COLOUR_SWAP, reweight=(REWEIGHT_WORD, 0.3))
 wanted = parse_caption(SOURCE_PROMPT)
 objects = [{k: getattr(o, k) for k in ("shape", "colour", "size") if getattr(o, k)} for o in wanted.objects]
@@ -580,7 +580,8 @@ common.save_outputs(OUT, {"reweight": strip})
         md(r"""
 ## 3. Edits of a real image
 
-Invert the image with its caption (null-text inversion by default, lab 3), then run the same edits from the
+Invert the image with its caption (negative-prompt inversion by default; null-text with
+`REAL_INVERSION = "null_text"`, lab 3), then run the same edits from the
 inversion: the first column is the input, the second its reconstruction.
 """),
         code('''
@@ -625,8 +626,15 @@ LAB_BUILDERS = {
 }
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the lab notebooks (without outputs) from this file.")
+    parser.add_argument("labs", nargs="*", help="prefixes of the labs to write (default: all), e.g. 02")
+    args = parser.parse_args(argv)
     for name, build in LAB_BUILDERS.items():
+        if args.labs and not any(name.startswith(prefix) for prefix in args.labs):
+            continue
         nb = build()
         nbformat.validate(nb)
         path = LABS / name

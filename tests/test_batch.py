@@ -2,6 +2,7 @@
 through papermill on the UNTRAINED shapes-tiny architecture (saved to a temporary folder) with 4-step edits:
 a run killed midway and resumed, and the Dask LocalCluster path."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -196,6 +197,13 @@ def test_atomic_writes_leave_complete_files_or_nothing(tmp_path):
     assert len(files.sweep_leftovers(tmp_path)) == 2 and not leftovers(tmp_path)
 
 
+def test_one_run_at_a_time_per_output_folder(tmp_path):
+    with files.RunLock(tmp_path):
+        with pytest.raises(files.OutputLockedError, match="another batch run"):
+            files.RunLock(tmp_path).acquire()
+    files.RunLock(tmp_path).acquire().release()  # released with the first run
+
+
 def test_report_names_every_row(tmp_path):
     out = tmp_path / "out"
     folder = out / "rows" / "done"
@@ -220,21 +228,27 @@ def test_report_names_every_row(tmp_path):
 
 
 # -- whole runs (papermill) -----------------------------------------------------------------------------------
+# One run, killed midway through its chunk, then resumed on a Dask LocalCluster: kernels are the slow part (torch
+# imports, model load), so both paths share one scenario to keep the suite fast.
 
 
-def test_run_killed_midway_then_resumed_loses_no_row_and_repeats_none(tmp_path, model_dir):
-    manifest = write(tmp_path / "kill.yaml", f"""
+def test_killed_run_resumes_on_dask_losing_no_row_and_repeating_none(tmp_path, model_dir, png):
+    executor = "dask" if importlib.util.find_spec("distributed") else "local"  # dask comes with the dev extra
+    manifest = write(tmp_path / "rows.yaml", f"""
 defaults: {{num_steps: 4, guidance_scale: 5}}
 rows:
   - {{id: first, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], seed: 1}}
-  - {{id: slow, source_prompt: {SOURCE}, target_prompts: [a large blue circle on a gray background], seed: 2,
-      num_steps: 12}}
-  - {{id: last, source_prompt: {SOURCE}, target_prompts: [a large red star on a gray background], seed: 3}}
+  - {{id: second, source_prompt: {SOURCE}, target_prompts: [a large blue circle on a gray background], seed: 2}}
+  - {{id: image-edit, image: {png.name}, source_prompt: {SOURCE}, target_prompts: [{SQUARE}],
+      inversion: negative_prompt}}
+  - {{id: fails-at-run-time, image: {png.name}, source_prompt: {SOURCE}, target_prompts: [{SQUARE}],
+      inversion: null_text, inversion_options: {{learning_rate: -1.0}}}}
+  - {{id: bad-word, source_prompt: {SOURCE}, target_prompts: [a large red banana on a gray background]}}
 """)
     out = tmp_path / "out"
     env = {**os.environ, "DIFFUSION_LAB_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "diffusion_lab", "batch", str(manifest), "--out", str(out),
-               "--model", str(model_dir), "--chunk-size", "3"]
+               "--model", str(model_dir), "--chunk-size", "4", "--skip-invalid"]
     process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first_status = out / "rows" / "first" / "status.json"
@@ -251,45 +265,30 @@ rows:
 
     all_files_complete(out)  # killed midway: complete files only
     before = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rows/*/status.json")}
-    assert before["first"]["status"] == "ok" and len(before) < 3, "the run was not killed midway"
+    assert before["first"]["status"] == "ok" and len(before) < 4, "the run was not killed midway"
 
-    result = run_batch(manifest, out, str(model_dir), chunk_size=3, progress=False, log=lambda m: None)
-    assert result.exit_code == 0 and result.counts["ok"] == 3
-    assert sorted(result.skipped) == sorted(before) and sorted(result.executed) == sorted({"first", "slow", "last"} - set(before))
+    result = run_batch(manifest, out, str(model_dir), chunk_size=4, executor=executor, workers=1, skip_invalid=True,
+                       progress=False, log=lambda m: None)
+    assert result.exit_code == 1  # a row failed (and one was invalid)
+    assert result.counts == {"ok": 3, "failed": 1, "invalid": 1, "not run": 0}
+    rows = {"first", "second", "image-edit", "fails-at-run-time"}
+    assert sorted(result.skipped) == sorted(before) and sorted(result.executed) == sorted(rows - set(before))
     after = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rows/*/status.json")}
     for row_id, status in before.items():  # done once, by the killed run
         assert after[row_id]["run"] == status["run"] and after[row_id]["finished"] == status["finished"]
     assert {after[row_id]["run"] for row_id in result.executed} == {result.run_id}
-    assert not leftovers(out) and all_files_complete(out)
-    report = (out / "report.md").read_text()
-    assert all(row_id in report for row_id in ("first", "slow", "last"))
-    rerun = run_batch(manifest, out, str(model_dir), progress=False, log=lambda m: None)
-    assert rerun.exit_code == 0 and not rerun.executed and rerun.chunks == []
+    assert len(result.chunks) == 1 and len(list((out / "notebooks").glob("*.ipynb"))) == 1  # one kernel, its log
 
-
-def test_dask_local_cluster_runs_valid_rows_records_failures_and_reports_every_row(tmp_path, model_dir, png):
-    pytest.importorskip("distributed")
-    manifest = write(tmp_path / "dask.csv", f"""id,image,source_prompt,target_prompts,edit,inversion,inversion_options,num_steps
-edit-image,{png},{SOURCE},{SQUARE},replace,negative_prompt,,4
-fails-at-run-time,{png},{SOURCE},{SQUARE},replace,null_text,{{learning_rate: -1.0}},4
-bad-word,,{SOURCE},a large red banana on a gray background,replace,,,4
-""")
-    out = tmp_path / "out"
-    result = run_batch(manifest, out, str(model_dir), executor="dask", workers=1, skip_invalid=True, progress=False,
-                       log=lambda m: None)
-    assert result.exit_code == 1  # a row failed
-    assert result.counts == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
-    done = out / "rows" / "edit-image"
+    done = out / "rows" / "image-edit"
     for name in ("input.png", "source.png", "edit-1.png", "attention.png", "metrics.json", "status.json"):
         assert (done / name).is_file(), name
     metrics = json.loads((done / "metrics.json").read_text())
     assert {"psnr_to_source", "ssim_to_source"} <= set(metrics["targets"][0]) and "reconstruction" in metrics
-    failed = json.loads((out / "rows" / "fails-at-run-time" / "status.json").read_text())
+    failed = after["fails-at-run-time"]
     assert failed["status"] == "failed" and "learning rate" in failed["error"].lower() and failed["traceback"]
-    assert len(list((out / "notebooks").glob("*.ipynb"))) == 1  # one chunk, one kernel, its executed notebook
     for report in ("report.md", "report.html"):
         text = (out / report).read_text()
-        for name in ("edit-image", "fails-at-run-time", "bad-word", "banana"):
+        for name in (*rows, "bad-word", "banana"):
             assert name in text, (report, name)
     assert (out / "contact-sheet-01.png").is_file()
     assert not leftovers(out) and all_files_complete(out)

@@ -483,8 +483,13 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     if guidance < 1.0:
         raise RowError(f"guidance_scale must be at least 1, got {guidance}")
     notes = _as_text("notes", merged["notes"]) if "notes" in merged else None
-    return {"image": image, "edit": edit_dict, "edit_kind": kind, "inversion": inversion, "seed": seed,
+    spec = {"image": image, "edit": edit_dict, "edit_kind": kind, "inversion": inversion, "seed": seed,
             "num_steps": num_steps, "guidance_scale": guidance, "notes": notes}
+    try:
+        json.dumps(spec, allow_nan=False)  # the row travels as JSON and is hashed as JSON
+    except (TypeError, ValueError) as error:
+        raise RowError(f"the row's values must be plain text and finite numbers: {error}") from None
+    return spec
 
 
 def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:

@@ -184,7 +184,8 @@ def html_report(title: str, info: dict, entries: list[dict], rows: list[dict], s
     columns = list(rows[0]) if rows else []
     parts += [f"<th>{esc(c)}</th>" for c in columns] + ["<th>images</th><th>files</th></tr>"]
     for entry, row in zip(entries, rows):
-        parts.append(f'<tr class="{esc(entry["state"])}">' + "".join(f"<td>{esc(row[c])}</td>" for c in columns))
+        parts.append(f'<tr class="{esc(entry["state"])}">'
+                     + "".join(f"<td>{html.escape(row[c], quote=False)}</td>" for c in columns))
         images, links = "", ""
         if entry["state"] in ("ok", "failed") and entry.get("id"):
             base = f"rows/{entry['id']}/"

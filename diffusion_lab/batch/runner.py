@@ -13,8 +13,8 @@ and the input images at the same paths (a shared file system), and have diffusio
 
 Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
 says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
-0 every row that ran is done; 1 at least one row failed (see the report); 2 the manifest or the command is invalid
-(nothing ran; with --skip-invalid invalid rows are reported and skipped instead); 130 interrupted.
+0 every row of the manifest is done; 1 at least one row failed, or was invalid and skipped (--skip-invalid): see the
+report; 2 the manifest or the command is invalid (nothing ran); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class BatchError(RuntimeError):
 
 @dataclass
 class BatchResult:
-    """What a run did. exit_code: 0 all done, 1 a row failed, 2 invalid manifest/rows (nothing ran)."""
+    """What a run did. exit_code: 0 all done, 1 a row failed or was skipped as invalid, 2 invalid manifest or
+    rows (nothing ran), 130 interrupted."""
 
     exit_code: int
     out_dir: Path
@@ -283,10 +284,13 @@ class _Executor:
         except ImportError:
             raise BatchError("--executor dask needs dask and distributed: pip install 'diffusion-lab[dask]'") from None
         if scheduler:
-            if scheduler.endswith(".json") and Path(scheduler).is_file():
-                self.client = Client(scheduler_file=scheduler)
-            else:
-                self.client = Client(scheduler)
+            try:
+                if scheduler.endswith(".json") and Path(scheduler).is_file():
+                    self.client = Client(scheduler_file=scheduler, timeout="60s")
+                else:
+                    self.client = Client(scheduler, timeout="60s")
+            except (OSError, TimeoutError, ValueError) as error:
+                raise BatchError(f"could not reach the Dask scheduler {scheduler!r}: {error}") from None
             log(f"dask: connected to {self.client.scheduler.address}")
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -419,8 +423,8 @@ def run_batch(
                 "run": run_id, "finished": now(), "chunk size": chunk_size,
                 "executor": executor + (f" ({scheduler})" if scheduler else f" ({workers} worker(s))")}
         reports = write_report(out, entries, info)
-    failed = counts["failed"] + counts["not run"]
-    exit_code = 130 if interrupted else (1 if failed else 0)
+    unfinished = counts["failed"] + counts["not run"] + counts["invalid"]  # invalid: skipped by --skip-invalid
+    exit_code = 130 if interrupted else (1 if unfinished else 0)
     log(f"rows: {counts['ok']} ok ({len(done)} done earlier), {counts['failed']} failed"
         + (f", {counts['not run']} not run" if counts["not run"] else "")
         + (f", {counts['invalid']} invalid (skipped)" if counts["invalid"] else "")
