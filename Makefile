@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/python -m diffusion_lab demo
 
 test: setup
-	DIFFUSION_LAB_NO_PROGRESS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	DIFFUSION_LAB_NO_PROGRESS=1 DIFFUSION_LAB_QUICK=1 TRANSFORMERS_VERBOSITY=error $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: setup
 	$(BIN)/python -m diffusion_lab lab

@@ -1,8 +1,9 @@
 """Command line: `python -m diffusion_lab {demo,lab,batch}` (the Makefile's targets call these).
 
-    python -m diffusion_lab demo [--out outputs/demo]   headless tour: shapes world, samplers, built-in model
+    python -m diffusion_lab demo [--out outputs/demo]   headless tour: shapes world, samplers, built-in model,
+                                                         then the four labs run by papermill (outputs/labs)
     python -m diffusion_lab lab                          JupyterLab on labs/
-    python -m diffusion_lab batch MANIFEST --out DIR     batch editing through papermill (docs/batch.md)
+    python -m diffusion_lab batch MANIFEST --out DIR     batch editing through papermill (README: Batch editing)
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="run the headless demo and print where its results are")
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--labs-out", default="outputs/labs", help="where the executed labs, figures and metrics go")
+    demo.add_argument("--quick-labs", action="store_true", help="smaller lab experiments (about 2 minutes for all four)")
+    demo.add_argument("--no-labs", action="store_true", help="skip running the labs")
     lab = sub.add_parser("lab", help="open JupyterLab on labs/")
     lab.add_argument("--port", type=int, default=None)
     from .batch.runner import add_arguments as add_batch_arguments
@@ -32,10 +36,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import run_demo, run_labs_demo
 
         out = run_demo(args.out, seed=args.seed)
+        if not args.no_labs:
+            run_labs_demo(args.labs_out, ["--quick"] if args.quick_labs else [])
         print(f"\nDemo results are in {out.resolve()}")
+        if not args.no_labs:
+            print(f"Executed labs, their figures and metrics.json are in {Path(args.labs_out).resolve()}")
         return 0
     if args.command == "lab":
         labs = _repo_root() / "labs"

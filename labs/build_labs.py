@@ -315,8 +315,9 @@ compare the *pattern* across the table with the paper's row under it. The analyz
 
 Every cell samples the same captions from the same $x_T$, with the same seed for the added noise, at guidance
 `TABLE_GUIDANCE`. The default run is small (`TABLE_SAMPLES` samples, $S \le 100$: two minutes on a laptop CPU);
-`FULL_TABLE = True` adds $S = 1000$ and uses `TABLE_SAMPLES_FULL` samples (about 5,900 UNet calls per sample
-batch: an hour on a CPU, minutes on a GPU with `DEVICE = "cuda"`). With few samples the FD has a floor (the
+`FULL_TABLE = True` adds $S = 1000$ (every timestep, $999, \dots, 0$) and uses `TABLE_SAMPLES_FULL` samples:
+about 5,900 sequential UNet calls per batch of samples, hours on a 2-core CPU, minutes on a GPU
+(`DEVICE = "cuda"`, or `python pipelines/run_labs.py --labs 02 --full-table -p DEVICE cuda`). With few samples the FD has a floor (the
 *renders* row: the same number of renders against the reference).
 """),
         code(IGNORE + '''
@@ -397,7 +398,7 @@ STEPS = None                # S of the method comparison (None: the model's defa
 GUIDANCE = None             # None: 7.5, the guidance null-text and negative-prompt inversion were made for
 NUM_IMAGES = 3              # test images (rendered scenes), inverted as one batch
 STEPS_SWEEP = [10, 20, 50, 100]         # S of the reconstruction-error table, without guidance
-GUIDANCE_SWEEP = [1.0, 2.0, 3.5, 5.0, 7.5]
+GUIDANCE_SWEEP = [1.0, 2.5, 5.0, 7.5]
 SWEEP_STEPS = 20            # S of the guidance sweep
 NULL_TEXT_INNER_STEPS = 10  # Adam steps per timestep of null-text inversion (the paper's N)
 DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
@@ -422,9 +423,10 @@ A latent model sees $z_0 = E(x_0)$; the best any latent inversion can do is $D(E
 """),
         code('''
 vae = lab.vae_ceiling(pipe, images)
-show(common.image_row(list(lab._uint8(images)) + list(vae["images"]), ["input"] * NUM_IMAGES + ["VAE"] * NUM_IMAGES))
+vae_row = common.image_row([*images, *vae["images"]], ["input"] * NUM_IMAGES + ["VAE"] * NUM_IMAGES, NUM_IMAGES)
+show(vae_row)
 print(f"VAE round trip: PSNR {vae['psnr']:.1f} dB")
-common.save_outputs(OUT, metrics={"vae": {"psnr": vae["psnr"], "mse": vae["mse"]}})
+common.save_outputs(OUT, {"vae_round_trip": vae_row}, {"vae": {"psnr": vae["psnr"], "mse": vae["mse"]}})
 '''),
         md(r"""
 ## 2. Reconstruction error against $S$ (no guidance)

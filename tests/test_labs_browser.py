@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-LAB = "labs/04_prompt_to_prompt.ipynb"
+LAB = "04_prompt_to_prompt.ipynb"
 NOTEBOOK_TIMEOUT_S = 420  # kernel start + a quick run of every cell on a loaded 2-core machine
 
 pytestmark = pytest.mark.browser
@@ -43,7 +44,7 @@ def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited with code {process.returncode}")
+            raise RuntimeError(f"JupyterLab exited with code {process.returncode} (its log is printed above)")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -71,19 +72,32 @@ def jupyterlab(tmp_path_factory):
         "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
     }
+    # render every cell (no virtual scrolling), so the test can find outputs anywhere in the notebook
+    settings = home / "settings" / "@jupyterlab"
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    # never write the executed notebook back (it is a copy anyway: the repository's stored outputs stay as they are)
+    (settings / "docmanager-extension").mkdir(parents=True)
+    (settings / "docmanager-extension" / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
+    (settings / "apputils-extension").mkdir(parents=True)
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    root = home / "labs"
+    shutil.copytree(REPO / "labs", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     command = [
         sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={REPO}", "--LabApp.expose_app_in_browser=True",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--allow-root",  # CI containers run as root
     ]
-    # render every cell (no virtual scrolling), so the test can find outputs anywhere in the notebook
-    settings = home / "settings" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     log = open(home / "jupyterlab.log", "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", process)
+        try:
+            _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", process)
+        except Exception:
+            log.flush()
+            print((home / "jupyterlab.log").read_text()[-4000:])
+            raise
         yield {"url": f"http://127.0.0.1:{port}", "token": token, "home": home}
     finally:
         process.terminate()
@@ -144,6 +158,9 @@ def test_lab04_run_button_puts_a_new_picture_in_the_page(jupyterlab):
             assert any(src and src not in before for src in after)
             errors = page.locator(".widget-html", has_text="Error")
             assert errors.count() == 0, errors.first.inner_text()
+            if os.environ.get("DIFFUSION_LAB_BROWSER_SCREENSHOT"):  # to look at what the test saw
+                button.scroll_into_view_if_needed()
+                page.screenshot(path=os.environ["DIFFUSION_LAB_BROWSER_SCREENSHOT"])
         except Exception:
             shot = jupyterlab["home"] / "failure.png"
             try:

@@ -114,6 +114,14 @@ def test_marginal_check_keeps_the_marginals_for_every_eta(pipe):
     assert big_skip[0]["std"] > big_skip[0]["target std"] * 1.03  # sigma-hat leaves the family
 
 
+def test_table1_reaches_every_timestep_at_s_equal_t(pipe):
+    from diffusion_lab.widgets.posterior import sampling_timesteps
+
+    schedule = schedule_of(pipe)  # leading spacing, steps_offset 1: S = 1000 would need t = 1000
+    assert sampling_timesteps(schedule, 1000).tolist() == list(range(999, -1, -1))
+    assert sampling_timesteps(schedule, 10).tolist() == schedule.timesteps(10).tolist()
+
+
 def test_caption_accuracy_of_renders_is_perfect():
     from diffusion_lab.shapes import random_scene, render
 

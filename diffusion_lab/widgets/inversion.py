@@ -69,6 +69,8 @@ def invert_and_reconstruct(pipe, images, prompts, key: str, num_steps: int, guid
 
     method, inversion_guidance = METHODS[key][:2]
     inversion_guidance = guidance_scale if inversion_guidance is None else inversion_guidance
+    if method == "negative_prompt":  # its latents are the w = 1 pivot whatever w is: one inversion serves every w
+        inversion_guidance = 7.5
     options = {"inner_steps": inner_steps} if (method == "null_text" and inner_steps) else {}
     start = time.perf_counter()
     inversion = cached_inversion(pipe, list(images), list(prompts), method, num_steps, inversion_guidance,

@@ -117,7 +117,7 @@ def strength_sweep(
     from diffusion_lab.metrics import psnr
     from diffusion_lab.naive_noising import naive_noising_edit
 
-    reference = np.asarray(image.convert("RGB"))
+    reference = np.array(image.convert("RGB"))
     rows, edits, round_trips = [], [], []
     for strength in strengths:
         generator = torch.Generator(pipe.unet.device).manual_seed(seed)  # noise is drawn where the latents are
@@ -264,5 +264,5 @@ class NaiveEditPanel(Panel):
             guidance_scale=float(self.guidance.value), generator=torch.Generator(self.pipe.unet.device).manual_seed(int(self.seed.value)),
             output_type="uint8", progress=False,
         )[0]
-        value = float(psnr(edited, np.asarray(self.image.convert("RGB"))))
+        value = float(psnr(edited, np.array(self.image.convert("RGB"))))
         self.result.show(edited, f"PSNR to the input: {value:.1f} dB")

@@ -119,6 +119,15 @@ def sigma_figure(schedule, num_steps: int = 10, etas: Sequence[float] = (0.2, 0.
 # ----------------------------------------------------------------------------------------------------------
 
 
+def sampling_timesteps(schedule, num_steps: int):
+    """The schedule's own S-step subsequence; for S = T (every step, Table 1's S = 1000) the "trailing" one,
+    T-1, ..., 0, because "leading" with steps_offset = 1 would need t = T (diffusers' DDIMScheduler has the same
+    limit)."""
+    if int(num_steps) >= schedule.num_train_timesteps:
+        return schedule.timesteps(schedule.num_train_timesteps, spacing="trailing")
+    return schedule.timesteps(int(num_steps))
+
+
 @torch.no_grad()
 def sample_images(pipe, prompts: Sequence[str], num_steps: int, eta: float = 0.0, variance: str = "eta",
                   guidance_scale: float = 1.0, seed: int = 0, x_T: torch.Tensor | None = None,
@@ -140,7 +149,7 @@ def sample_images(pipe, prompts: Sequence[str], num_steps: int, eta: float = 0.0
     uncond = encode_prompts(pipe, [""]).to(device) if guidance_scale != 1.0 else None
     denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, prompts).to(device), uncond, guidance_scale)
     generator = torch.Generator(device=device).manual_seed(seed + 1)
-    result = sample(denoiser, x_T.to(device), schedule, schedule.timesteps(int(num_steps)), eta=float(eta),
+    result = sample(denoiser, x_T.to(device), schedule, sampling_timesteps(schedule, num_steps), eta=float(eta),
                     variance=variance, generator=generator, callback=callback, progress=progress)
     return decode_latents(pipe, result.sample)
 

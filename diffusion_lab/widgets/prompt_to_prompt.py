@@ -110,7 +110,7 @@ def score_edit(source_image, edited_image, target_prompt: str) -> dict:
             checks.append(edited.background == description.background)
     kept = found is not None and before is not None and float(np.hypot(found.x - before.x, found.y - before.y)) < 0.12
     return {"target_matched": float(np.mean(checks)) if checks else float("nan"), "layout_kept": float(kept),
-            "psnr_to_source": float(psnr(np.asarray(edited_image), np.asarray(source_image)))}
+            "psnr_to_source": float(psnr(np.array(edited_image), np.array(source_image)))}
 
 
 def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
