@@ -32,7 +32,7 @@ from diffusion_lab.attention import AttentionStore
 from diffusion_lab.attention.tokens import word_token_indices
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
-from diffusion_lab.shapes import analyze, caption, match_objects, random_scene, render
+from diffusion_lab.shapes import analyze, caption, match_objects, random_scene
 from diffusion_lab.training import images_to_tensor, make_dataset, vae_psnr
 from diffusion_lab.viz import image_grid
 

@@ -24,13 +24,6 @@ STEPS = 3
 ATOL = 1e-4  # the controlled (explicit softmax) and fused attention paths differ by float rounding
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe():

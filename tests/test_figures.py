@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from diffusion_lab.attention import AttentionStore
@@ -19,13 +18,6 @@ from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
 
 STEPS = 3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

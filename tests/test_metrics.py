@@ -21,13 +21,6 @@ from diffusion_lab.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _image(seed=0, shape=(24, 24, 3)):
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)

@@ -2,9 +2,7 @@
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from diffusion_lab.models import ModelNotFoundError, load_pipeline
 from diffusion_lab.models.loading import BUILTIN_MODELS

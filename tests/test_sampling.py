@@ -13,14 +13,6 @@ from diffusion_lab.sampling import progress_bar, sample
 from diffusion_lab.schedules import NoiseSchedule
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention with a busy machine (5-50x faster here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 

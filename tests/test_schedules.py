@@ -8,14 +8,6 @@ from diffusers import DDIMScheduler
 from diffusion_lab.schedules import NoiseSchedule, make_betas, timestep_pairs, timestep_subsequence
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention with a busy machine (5-50x faster here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012)
 

@@ -10,13 +10,6 @@ from diffusers import StableDiffusionPipeline
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe():

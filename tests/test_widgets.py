@@ -19,13 +19,6 @@ from diffusion_lab.widgets.prompt_to_prompt import PromptToPromptPanel, examples
 PROMPT = "a large red circle on a gray background"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared machine
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe():
