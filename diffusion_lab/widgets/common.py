@@ -292,22 +292,20 @@ def lab_out_dir(out_dir: str | os.PathLike | None, lab_name: str) -> Path:
     return path
 
 
-def save_outputs(out_dir: str | os.PathLike, figures: dict | None = None, metrics: dict | None = None) -> list[Path]:
-    """Write each figure as <name>.png and merge `metrics` into metrics.json (floats rounded to 4 digits)."""
+def save_outputs(out_dir: str | os.PathLike, figures: dict | None = None, metrics: dict | None = None) -> None:
+    """Write each figure as <name>.png and merge `metrics` into metrics.json (floats rounded to 4 digits).
+
+    Returns nothing on purpose: as the last line of a notebook cell it must not print machine-specific paths
+    (nbval compares the stored outputs on other machines)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     for name, picture in (figures or {}).items():
-        path = out / f"{name}.png"
-        to_pil(picture).save(path)
-        written.append(path)
+        to_pil(picture).save(out / f"{name}.png")
     if metrics is not None:
         path = out / "metrics.json"
         merged = json.loads(path.read_text()) if path.exists() else {}
         merged.update(rounded(metrics, 4))
         path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
-        written.append(path)
-    return written
 
 
 def reset_metrics(out_dir: str | os.PathLike) -> None:
