@@ -87,6 +87,9 @@ class TrainingSettings:
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    # VAE decoder fine-tuning with the encoder frozen: sharper images, same latent space (the UNet stays valid)
+    decoder_steps: int = 0
+    decoder_lr: float = 5e-4
     # UNet + text encoder
     num_scenes: int = 30000
     unet_steps: int = 9000
@@ -171,6 +174,65 @@ def train_vae(pipe, settings: TrainingSettings) -> None:
             _log(run_dir, {"stage": "vae", "step": done, "held_out_psnr": round(psnr, 2)})
     vae.eval()
     _set_scaling_factor(pipe, settings)
+
+
+def finetune_vae_decoder(pipe, settings: TrainingSettings) -> None:
+    """Fine-tune the VAE decoder (and post_quant_conv) on deterministic latents, the encoder frozen.
+
+    The UNet is trained on z_0 = E(x).mean, so the decoder only ever sees means: training it on exactly
+    those (rather than on samples of the posterior) sharpens small objects without moving the latent
+    space, so a UNet already trained on this encoder stays valid. Resumable from
+    run_dir/vae_decoder.safetensors (a whole VAE state dict whose encoder equals vae.safetensors).
+    """
+    from .progress import progress_bar
+
+    run_dir = Path(settings.run_dir)
+    vae = pipe.vae.to(settings.device)
+    state_path, optim_path, meta_path = run_dir / "vae_decoder.safetensors", run_dir / "vae_decoder_optim.pt", run_dir / "vae_decoder_state.json"
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=settings.decoder_lr, weight_decay=0.0)
+    start = 0
+    if state_path.exists():
+        vae.load_state_dict(load_file(str(state_path)))
+        start = json.loads(meta_path.read_text())["step"]
+        if optim_path.exists():
+            optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
+    if start >= settings.decoder_steps:
+        vae.eval()
+        return
+    held_out = images_to_tensor(make_dataset(256, seed=settings.seed + 10_000)[0]).to(settings.device)
+    rng = np.random.default_rng(settings.seed + 30_000 + start)
+    vae.eval()  # the encoder stays in eval mode and frozen
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    bar = progress_bar(range(start, settings.decoder_steps), settings.progress, desc="vae decoder")
+    for step in bar:
+        lr = settings.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / settings.decoder_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, _ = make_dataset(settings.vae_batch_size, seed=int(rng.integers(2**31)))
+        x = images_to_tensor(images).to(settings.device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        reconstruction = vae.decode(z).sample
+        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.decoder_steps:
+            _log(run_dir, {"stage": "vae_decoder", "step": done, "loss": round(loss.item(), 5), "lr": lr})
+        if done % settings.checkpoint_every == 0 or done == settings.decoder_steps:
+            psnr = vae_psnr(vae, held_out)
+            _atomic_save_file(vae.state_dict(), state_path)
+            torch.save(optimizer.state_dict(), optim_path)
+            meta_path.write_text(json.dumps({"step": done, "held_out_psnr": psnr}))
+            _log(run_dir, {"stage": "vae_decoder", "step": done, "held_out_psnr": round(psnr, 2)})
+    for p in vae.parameters():
+        p.requires_grad_(True)
+    vae.eval()
 
 
 @torch.no_grad()
@@ -393,7 +455,9 @@ def export_from_run(settings: TrainingSettings) -> int:
     pipe = build_untrained_pipeline(seed=settings.seed)
     pipe.vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
     pipe.vae.eval()
-    _set_scaling_factor(pipe, settings)
+    _set_scaling_factor(pipe, settings)  # from the encoder, which decoder fine-tuning leaves alone
+    if (run_dir / "vae_decoder.safetensors").exists():
+        pipe.vae.load_state_dict(load_file(str(run_dir / "vae_decoder.safetensors")))
     modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
     ema = ExponentialMovingAverage(modules, settings.ema_decay)
     ema.shadow = load_file(str(run_dir / "unet_text_ema.safetensors"))

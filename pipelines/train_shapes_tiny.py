@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
-from diffusion_lab.training import TrainingSettings, export_from_run, train_unet, train_vae
+from diffusion_lab.training import TrainingSettings, export_from_run, finetune_vae_decoder, train_unet, train_vae
 
 
 def main(argv=None) -> None:
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
             parser.add_argument(flag, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
-    parser.add_argument("--stage", choices=["vae", "unet", "all", "export"], default="all",
+    parser.add_argument("--stage", choices=["vae", "decoder", "unet", "all", "export"], default="all",
                         help="'export' writes the latest checkpoint's EMA weights to --export-dir and exits")
     args = parser.parse_args(argv)
     settings = TrainingSettings(**{f.name: getattr(args, f.name) for f in fields(TrainingSettings) if f.name != "extra"})
@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     pipe = build_untrained_pipeline(seed=settings.seed)
     train_vae(pipe, settings)
     print(json.dumps({"vae_done_s": round(time.time() - start, 1), "scaling_factor": pipe.vae.config.scaling_factor}), flush=True)
+    if args.stage in ("decoder", "all") and settings.decoder_steps:
+        finetune_vae_decoder(pipe, settings)
     if args.stage in ("unet", "all"):
         train_unet(pipe, settings)
     print(json.dumps({"total_s": round(time.time() - start, 1)}), flush=True)

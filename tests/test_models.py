@@ -86,3 +86,31 @@ def test_training_smoke_run(tmp_path):
     assert steps[-1] == 4 and steps.count(1) == 1
     exported = load_pipeline(str(tmp_path / "export"), device="cpu")
     assert exported.unet.config.sample_size == 16
+
+
+def test_decoder_finetune_keeps_the_latent_space(tmp_path):
+    """Decoder fine-tuning moves only the decoder; export_from_run ships it with the original encoder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from diffusion_lab.training import TrainingSettings, export_from_run, finetune_vae_decoder, train_unet, train_vae
+
+    settings = TrainingSettings(
+        run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), vae_steps=2, vae_batch_size=2,
+        decoder_steps=2, num_scenes=8, unet_steps=1, batch_size=2, checkpoint_every=1, export_every=1,
+        eval_every=0, log_every=1, progress=False,
+    )
+    pipe = build_untrained_pipeline(seed=0)
+    train_vae(pipe, settings)
+    before = {k: v.clone() for k, v in pipe.vae.state_dict().items()}
+    finetune_vae_decoder(pipe, settings)
+    after = pipe.vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert all(p.requires_grad for p in pipe.vae.parameters())  # frozen only while fine-tuning
+    saved = load_file(str(tmp_path / "run" / "vae_decoder.safetensors"))
+    assert all(torch.equal(saved[k], after[k]) for k in after)
+    train_unet(pipe, settings)
+    export_from_run(settings)
+    exported = load_pipeline(str(tmp_path / "export"), device="cpu")
+    assert all(torch.equal(exported.vae.state_dict()[k], after[k]) for k in after)
