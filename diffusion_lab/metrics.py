@@ -38,7 +38,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 def _as_batch(image, channel_axis: int) -> tuple[Tensor, bool]:
     """Any supported layout -> float64 (B, C, H, W) on the CPU, and whether the input was a single image."""
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image.detach())
+    x = torch.from_numpy(np.array(image)) if not isinstance(image, Tensor) else image.detach()  # a copy: PIL arrays are read-only
     x = x.to(device="cpu", dtype=torch.float64)
     if channel_axis == 1:
         if x.ndim == 3:
@@ -160,7 +160,7 @@ def ssim(image, reference, data_range: DataRange = 255.0, channel_axis: int = -1
 
 def _mask_batch(mask, like: Tensor) -> Tensor:
     """A boolean mask (H, W) or (B, H, W) -> float64 (B, 1, H, W) broadcast to `like` (B, C, H, W)."""
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask.detach()).cpu()
+    m = (torch.from_numpy(np.array(mask)) if not isinstance(mask, Tensor) else mask.detach()).cpu()
     if m.dtype != torch.bool:
         raise ValueError(f"mask must be boolean (True where pixels count), got {m.dtype}")
     if m.ndim == 2:

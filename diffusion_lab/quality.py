@@ -30,8 +30,10 @@ FEATURE_NAMES = [f"share_{n}" for n in list(COLOURS) + list(BACKGROUNDS)] + [
 ]
 
 
-def shapes_features(image) -> np.ndarray:
-    """The 16 features of one uint8 (H, W, 3) image (see the module docstring)."""
+def shapes_features(image, analysis=None) -> np.ndarray:
+    """The 16 features of one uint8 (H, W, 3) image (see the module docstring).
+
+    `analysis`: the image's `analyze(image)` when the caller has it already (it is the costly part)."""
     pixels = np.asarray(image, np.float32)
     distances = np.sqrt(((pixels[..., None, :] - _PALETTE) ** 2).sum(-1))  # (H, W, 11)
     nearest = distances.argmin(-1)
@@ -42,13 +44,14 @@ def shapes_features(image) -> np.ndarray:
     edges = gradient > 10
     sharpness = float(gradient[edges].mean() / 100.0) if edges.any() else 0.0
     high_frequency = float((pixels - ndimage.median_filter(pixels, size=(3, 3, 1))).std() / 50.0)
-    analysis = analyze(image)
+    analysis = analyze(image) if analysis is None else analysis
     match = float(np.mean([o.match for o in analysis.objects])) if analysis.objects else 0.0
     return np.concatenate([shares, [off_palette, sharpness, high_frequency, len(analysis.objects) / 3.0, match]]).astype(np.float64)
 
 
-def feature_matrix(images) -> np.ndarray:
-    return np.stack([shapes_features(image) for image in images])  # (N, 16)
+def feature_matrix(images, analyses=None) -> np.ndarray:
+    analyses = [None] * len(images) if analyses is None else analyses
+    return np.stack([shapes_features(image, analysis) for image, analysis in zip(images, analyses)])  # (N, 16)
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

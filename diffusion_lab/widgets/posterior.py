@@ -173,14 +173,15 @@ def sample_settings(pipe, prompts: Sequence[str], steps: Sequence[int] = (10, 50
 # ----------------------------------------------------------------------------------------------------------
 
 
-def caption_accuracy(images, scenes) -> dict:
+def caption_accuracy(images, scenes, analyses=None) -> dict:
     """One-object captions: accuracy of the analyzer's largest object (shape, colour, size) and of the background
-    against the captioned scene (positions are not in the captions, so none is asked for)."""
+    against the captioned scene (positions are not in the captions, so none is asked for).
+    `analyses`: the images' `analyze` results when the caller has them already."""
     from diffusion_lab.shapes import analyze
 
     right = {"shape": 0, "colour": 0, "size": 0, "background": 0}
-    for image, scene in zip(images, scenes):
-        analysis = analyze(np.asarray(image))
+    analyses = [analyze(np.asarray(image)) for image in images] if analyses is None else analyses
+    for analysis, scene in zip(analyses, scenes):
         want = scene.objects[0]
         found = max(analysis.objects, key=lambda o: o.mask.sum()) if analysis.objects else None
         right["background"] += analysis.background == scene.background
@@ -204,7 +205,7 @@ def table1(pipe, steps: Sequence[int] = TABLE_STEPS, settings=SETTINGS, num_samp
     """
     from diffusion_lab.generation import initial_noise
     from diffusion_lab.quality import feature_matrix, frechet_distance
-    from diffusion_lab.shapes import caption, random_scene, render
+    from diffusion_lab.shapes import analyze, caption, random_scene, render
 
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, num_objects=1) for _ in range(num_samples)]
@@ -228,8 +229,9 @@ def table1(pipe, steps: Sequence[int] = TABLE_STEPS, settings=SETTINGS, num_samp
                 for i in range(0, num_samples, batch_size)
             ])
             samples[(num_steps, label)] = images
-            fd[label].append(frechet_distance(feature_matrix(images), reference))
-            accuracy[label].append(caption_accuracy(images, scenes))
+            analyses = [analyze(image) for image in images]  # once per image, for both numbers
+            fd[label].append(frechet_distance(feature_matrix(images, analyses), reference))
+            accuracy[label].append(caption_accuracy(images, scenes, analyses))
             if log is not None:
                 log(f"{label} S={num_steps}: FD {fd[label][-1]:.3f}")
     return {"fd": fd, "data_fd": data_fd, "data_accuracy": data_accuracy, "accuracy": accuracy, "samples": samples, "steps": list(steps),
