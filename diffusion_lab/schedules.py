@@ -239,7 +239,11 @@ def timestep_subsequence(
         raise ValueError(f"skip must be one of {SKIP_TYPES}, got {skip!r}")
     timesteps = torch.unique(torch.as_tensor(np.array(ascending, dtype=np.int64), dtype=torch.long))  # sorted ascending
     if timesteps.min() < 0 or timesteps.max() >= T:
-        raise ValueError(f"timesteps {timesteps.tolist()} fall outside [0, {T}) (steps_offset={steps_offset})")
+        outside = [t for t in timesteps.tolist() if not 0 <= t < T]
+        raise ValueError(
+            f"{num_steps} {spacing} steps with steps_offset={steps_offset} reach t={outside[:3]}{'...' if len(outside) > 3 else ''}, "
+            f"outside [0, {T}); use fewer steps, steps_offset=0 or 'trailing' spacing"
+        )
     return timesteps.flip(0)
 
 

@@ -114,3 +114,9 @@ def test_timestep_pairs_suffix_and_validation():
         timestep_subsequence(1000, 1001)
     with pytest.raises(ValueError):
         timestep_subsequence(1000, 10, spacing="middle")
+
+
+def test_subsequence_past_the_last_timestep_says_what_to_do():
+    # diffusers' leading spacing with steps_offset=1 puts S=T's last step at t=T, which has no alpha_bar.
+    with pytest.raises(ValueError, match=r"reach t=\[1000\].*trailing"):
+        timestep_subsequence(1000, 1000, spacing="leading", steps_offset=1)
