@@ -127,52 +127,11 @@ def _atomic_save_file(tensors: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ VAE
 def train_vae(pipe, settings: TrainingSettings) -> None:
-    """Train pipe.vae on fresh renders (resumable from run_dir/vae.safetensors), then set scaling_factor."""
-    from .progress import progress_bar
+    """Train pipe.vae on fresh renders (resumable from run_dir/vae.safetensors), then set scaling_factor.
 
-    run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    vae = pipe.vae.to(settings.device).train()
-    state_path, optim_path, meta_path = run_dir / "vae.safetensors", run_dir / "vae_optim.pt", run_dir / "vae_state.json"
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
-    start = 0
-    if state_path.exists():
-        vae.load_state_dict(load_file(str(state_path)))
-        meta = json.loads(meta_path.read_text())
-        start = meta["step"]
-        if optim_path.exists():
-            optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
-    if start >= settings.vae_steps:
-        vae.eval()
-        _set_scaling_factor(pipe, settings)
-        return
-    held_out = images_to_tensor(make_dataset(256, seed=settings.seed + 10_000)[0]).to(settings.device)
-    rng = np.random.default_rng(settings.seed + start)
-    bar = progress_bar(range(start, settings.vae_steps), settings.progress, desc="vae")
-    for step in bar:
-        lr = settings.vae_lr * 0.5 * (1 + math.cos(math.pi * step / settings.vae_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, _ = make_dataset(settings.vae_batch_size, seed=int(rng.integers(2**31)))
-        x = images_to_tensor(images).to(settings.device)
-        posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + settings.vae_kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        done = step + 1
-        if done % settings.log_every == 0 or done == settings.vae_steps:
-            _log(run_dir, {"stage": "vae", "step": done, "loss": round(loss.item(), 5), "lr": lr})
-        if done % settings.checkpoint_every == 0 or done == settings.vae_steps:
-            vae.eval()
-            psnr = vae_psnr(vae, held_out)
-            vae.train()
-            _atomic_save_file(vae.state_dict(), state_path)
-            torch.save(optimizer.state_dict(), optim_path)
-            meta_path.write_text(json.dumps({"step": done, "held_out_psnr": psnr}))
-            _log(run_dir, {"stage": "vae", "step": done, "held_out_psnr": round(psnr, 2)})
-    vae.eval()
+    Loss: MSE + 0.5 L1 on a sample z ~ q(z | x), plus vae_kl_weight * KL(q(z | x) || N(0, I))."""
+    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
+    _fit_vae(pipe.vae.to(settings.device), settings, decoder_only=False)
     _set_scaling_factor(pipe, settings)
 
 
@@ -184,52 +143,65 @@ def finetune_vae_decoder(pipe, settings: TrainingSettings) -> None:
     space, so a UNet already trained on this encoder stays valid. Resumable from
     run_dir/vae_decoder.safetensors (a whole VAE state dict whose encoder equals vae.safetensors).
     """
+    _fit_vae(pipe.vae.to(settings.device), settings, decoder_only=True)
+
+
+def _fit_vae(vae, settings: TrainingSettings, decoder_only: bool) -> None:
+    """The loop behind train_vae and finetune_vae_decoder: fresh renders each step, cosine lr, resumable
+    checkpoints with the held-out PSNR in <name>_state.json. Leaves the VAE in eval mode, all parameters trainable."""
     from .progress import progress_bar
 
     run_dir = Path(settings.run_dir)
-    vae = pipe.vae.to(settings.device)
-    state_path, optim_path, meta_path = run_dir / "vae_decoder.safetensors", run_dir / "vae_decoder_optim.pt", run_dir / "vae_decoder_state.json"
-    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    optimizer = torch.optim.AdamW(trainable, lr=settings.decoder_lr, weight_decay=0.0)
+    stage = "vae_decoder" if decoder_only else "vae"  # also the prefix of its checkpoint files
+    steps, base_lr = (settings.decoder_steps, settings.decoder_lr) if decoder_only else (settings.vae_steps, settings.vae_lr)
+    state_path, optim_path, meta_path = run_dir / f"{stage}.safetensors", run_dir / f"{stage}_optim.pt", run_dir / f"{stage}_state.json"
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if decoder_only else list(vae.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=0.0)
     start = 0
     if state_path.exists():
         vae.load_state_dict(load_file(str(state_path)))
         start = json.loads(meta_path.read_text())["step"]
         if optim_path.exists():
             optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
-    if start >= settings.decoder_steps:
+    if start >= steps:
         vae.eval()
         return
     held_out = images_to_tensor(make_dataset(256, seed=settings.seed + 10_000)[0]).to(settings.device)
-    rng = np.random.default_rng(settings.seed + 30_000 + start)
-    vae.eval()  # the encoder stays in eval mode and frozen
+    rng = np.random.default_rng(settings.seed + (30_000 if decoder_only else 0) + start)
     for p in vae.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(not decoder_only)
     for p in trainable:
         p.requires_grad_(True)
-    bar = progress_bar(range(start, settings.decoder_steps), settings.progress, desc="vae decoder")
-    for step in bar:
-        lr = settings.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / settings.decoder_steps))
+    vae.train(not decoder_only)  # fine-tuning: the frozen encoder stays in eval mode
+    for step in progress_bar(range(start, steps), settings.progress, desc=stage.replace("_", " ")):
+        lr = base_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, _ = make_dataset(settings.vae_batch_size, seed=int(rng.integers(2**31)))
         x = images_to_tensor(images).to(settings.device)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
-        reconstruction = vae.decode(z).sample
-        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+        if decoder_only:
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.mean
+            reconstruction = vae.decode(z).sample
+            loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+        else:
+            posterior = vae.encode(x).latent_dist
+            reconstruction = vae.decode(posterior.sample()).sample
+            loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + settings.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         done = step + 1
-        if done % settings.log_every == 0 or done == settings.decoder_steps:
-            _log(run_dir, {"stage": "vae_decoder", "step": done, "loss": round(loss.item(), 5), "lr": lr})
-        if done % settings.checkpoint_every == 0 or done == settings.decoder_steps:
+        if done % settings.log_every == 0 or done == steps:
+            _log(run_dir, {"stage": stage, "step": done, "loss": round(loss.item(), 5), "lr": lr})
+        if done % settings.checkpoint_every == 0 or done == steps:
+            vae.eval()
             psnr = vae_psnr(vae, held_out)
+            vae.train(not decoder_only)
             _atomic_save_file(vae.state_dict(), state_path)
             torch.save(optimizer.state_dict(), optim_path)
             meta_path.write_text(json.dumps({"step": done, "held_out_psnr": psnr}))
-            _log(run_dir, {"stage": "vae_decoder", "step": done, "held_out_psnr": round(psnr, 2)})
+            _log(run_dir, {"stage": stage, "step": done, "held_out_psnr": round(psnr, 2)})
     for p in vae.parameters():
         p.requires_grad_(True)
     vae.eval()
