@@ -64,15 +64,23 @@ def test_builtin_model_loads_offline(monkeypatch):
     assert json.loads(info.read_text())["unet_steps"] > 0
 
 
-def test_training_smoke_run(tmp_path):
-    """A few steps of both stages, a resume, and an atomic export that loads back."""
-    from diffusion_lab.training import TrainingSettings, train_unet, train_vae
+def tiny_training_settings(tmp_path, **changes):
+    """Settings for a training run of a few steps on a handful of scenes, in tmp_path."""
+    from diffusion_lab.training import TrainingSettings
 
-    settings = TrainingSettings(
+    settings = dict(
         run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), vae_steps=2, vae_batch_size=2,
         num_scenes=16, unet_steps=3, batch_size=4, checkpoint_every=2, export_every=3, eval_every=3,
         eval_samples=2, log_every=1, progress=False,
     )
+    return TrainingSettings(**{**settings, **changes})
+
+
+def test_training_smoke_run(tmp_path):
+    """A few steps of both stages, a resume, and an atomic export that loads back."""
+    from diffusion_lab.training import train_unet, train_vae
+
+    settings = tiny_training_settings(tmp_path)
     pipe = build_untrained_pipeline(seed=0)
     train_vae(pipe, settings)
     train_unet(pipe, settings)
@@ -93,13 +101,10 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from diffusion_lab.training import TrainingSettings, export_from_run, finetune_vae_decoder, train_unet, train_vae
+    from diffusion_lab.training import export_from_run, finetune_vae_decoder, train_unet, train_vae
 
-    settings = TrainingSettings(
-        run_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"), vae_steps=2, vae_batch_size=2,
-        decoder_steps=2, num_scenes=8, unet_steps=1, batch_size=2, checkpoint_every=1, export_every=1,
-        eval_every=0, log_every=1, progress=False,
-    )
+    settings = tiny_training_settings(tmp_path, decoder_steps=2, num_scenes=8, unet_steps=1, batch_size=2,
+                                      checkpoint_every=1, export_every=1, eval_every=0)
     pipe = build_untrained_pipeline(seed=0)
     train_vae(pipe, settings)
     before = {k: v.clone() for k, v in pipe.vae.state_dict().items()}
