@@ -44,7 +44,7 @@ def one_object_study(pipe, count: int, steps: int, guidance: float, seed: int, b
     scenes = [random_scene(rng, num_objects=1) for _ in range(count)]
     correct = {a: 0 for a in ATTRIBUTES}
     per_shape: dict[str, list[int]] = {}
-    mass = {"shape": [], "colour": []}
+    mass = {"shape": [], "colour": []}  # per word: list of {"all": ratio, "16x16": ratio, ...}
     examples = []
     for start in range(0, count, batch):
         chunk = scenes[start : start + batch]
@@ -69,22 +69,35 @@ def one_object_study(pipe, count: int, steps: int, guidance: float, seed: int, b
     image_grid(examples, columns=8, scale=2).save(out / "one_object_samples.png")
     result = {a: correct[a] / count for a in ATTRIBUTES}
     result["per_shape"] = {k: float(np.mean(v)) for k, v in sorted(per_shape.items())}
-    result["attention_mass_ratio"] = {k: float(np.mean(v)) if v else float("nan") for k, v in mass.items()}
+    result["attention_mass_ratio"] = {
+        role: {key: float(np.mean([r[key] for r in ratios])) for key in ratios[0]} if ratios else {"all": float("nan")}
+        for role, ratios in mass.items()
+    }
     return result
 
 
-def attention_mass_ratio(store, tokenizer, prompt: str, word: str, prompt_index: int, object_mask: np.ndarray) -> float:
-    """(mass of the word's map inside the mask) / (mask's share of the image); maps averaged over 16x16 and 8x8."""
+def attention_mass_ratio(store, tokenizer, prompt: str, word: str, prompt_index: int, object_mask: np.ndarray) -> dict:
+    """(mass of the word's map inside the mask) / (mask's share of the image), maps averaged over steps.
+
+    Returns {"all": maps averaged over every cross-attention layer (16x16, 8x8 and the 4x4 middle), "16x16":
+    those layers only, "8x8": ..., "4x4": ...}: which layers place words matters for Prompt-to-Prompt, so each
+    map size is reported too."""
     columns = word_token_indices(tokenizer, prompt, word)
-    maps = []
+
+    def ratio(heat: torch.Tensor) -> float:
+        heat = torch.nn.functional.interpolate(heat[None, None], size=object_mask.shape, mode="bilinear", align_corners=False)[0, 0]
+        heat = heat.clamp_min(0).numpy()
+        heat = heat / max(heat.sum(), 1e-12)
+        return float(heat[object_mask].sum()) / max(float(object_mask.mean()), 1e-6)
+
+    maps, result = [], {}
     for resolution in store.available_resolutions(is_cross=True):
         averaged = store.average_cross_attention(resolution, prompt_index=prompt_index)[..., columns].sum(-1)  # (h, w)
-        maps.append(torch.nn.functional.interpolate(averaged[None, None], size=object_mask.shape, mode="bilinear", align_corners=False)[0, 0])
-    heat = torch.stack(maps).mean(0).clamp_min(0).numpy()
-    heat = heat / max(heat.sum(), 1e-12)
-    inside = float(heat[object_mask].sum())
-    share = float(object_mask.mean())
-    return inside / max(share, 1e-6)
+        upsampled = torch.nn.functional.interpolate(averaged[None, None], size=object_mask.shape, mode="bilinear", align_corners=False)[0, 0]
+        maps.append(upsampled / max(float(upsampled.sum()), 1e-12))
+        result[f"{resolution[0]}x{resolution[1]}"] = ratio(averaged)
+    result["all"] = ratio(torch.stack(maps).mean(0))
+    return result
 
 
 def two_object_study(pipe, count: int, steps: int, guidance: float, seed: int, batch: int, out: Path) -> dict:
@@ -175,7 +188,9 @@ def main(argv=None) -> dict:
         "",
         "| shape | accuracy |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in one["per_shape"].items()],
         "",
-        f"attention mass inside the object / uniform: shape word {one['attention_mass_ratio']['shape']:.2f}, colour word {one['attention_mass_ratio']['colour']:.2f} (target >= 2)",
+        f"attention mass inside the object / uniform: shape word {one['attention_mass_ratio']['shape']['all']:.2f}, colour word {one['attention_mass_ratio']['colour']['all']:.2f} (target >= 2)",
+        *[f"  {size} layers only: shape word {one['attention_mass_ratio']['shape'][size]:.2f}, colour word {one['attention_mass_ratio']['colour'][size]:.2f}"
+          for size in one["attention_mass_ratio"]["shape"] if size != "all"],
     ]
     if "two_object" in results:
         two = results["two_object"]
