@@ -434,5 +434,35 @@ def export_from_run(settings: TrainingSettings) -> int:
     ema = ExponentialMovingAverage(modules, settings.ema_decay)
     ema.shadow = load_file(str(run_dir / "unet_text_ema.safetensors"))
     step = json.loads((run_dir / "unet_state.json").read_text())["step"]
-    export_pipeline(pipe, ema, modules, settings.export_dir, {"unet_steps": step})
+    info = {"unet_steps": step, "vae_steps": json.loads((run_dir / "vae_state.json").read_text())["step"]}
+    if (run_dir / "vae_decoder_state.json").exists():
+        info["vae_decoder_steps"] = json.loads((run_dir / "vae_decoder_state.json").read_text())["step"]
+    export_pipeline(pipe, ema, modules, settings.export_dir, info)
+    return step
+
+
+def seed_run_from_export(settings: TrainingSettings, export_dir: str) -> int:
+    """Start a run folder from an exported pipeline (e.g. the shipped shapes-tiny) to train it further.
+
+    The exported EMA weights become both the raw and the EMA weights; there is no optimizer state, so
+    train_unet warms Adam up again. The exported VAE is written as the run's VAE (its encoder defines the
+    latent space) and as its fine-tuned decoder. Returns the UNet step recorded in training_info.json."""
+    from .models.loading import BUILTIN_MODELS, load_pipeline
+
+    run_dir = Path(settings.run_dir)
+    if (run_dir / "unet_state.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; seed an empty folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(export_dir, device="cpu")
+    info_path = Path(BUILTIN_MODELS.get(str(export_dir), export_dir)) / "training_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    step = int(info.get("unet_steps", 0))
+    weights = {f"{n}.{k}": v for n, m in {"unet": pipe.unet, "text_encoder": pipe.text_encoder}.items() for k, v in m.state_dict().items()}
+    _atomic_save_file(weights, run_dir / "unet_text.safetensors")
+    _atomic_save_file({k: v.float() if v.dtype.is_floating_point else v for k, v in weights.items()}, run_dir / "unet_text_ema.safetensors")
+    (run_dir / "unet_state.json").write_text(json.dumps({"step": step, "settings": asdict(settings), "seeded_from": str(export_dir)}))
+    _atomic_save_file(pipe.vae.state_dict(), run_dir / "vae.safetensors")
+    (run_dir / "vae_state.json").write_text(json.dumps({"step": settings.vae_steps, "seeded_from": str(export_dir)}))
+    _atomic_save_file(pipe.vae.state_dict(), run_dir / "vae_decoder.safetensors")
+    (run_dir / "vae_decoder_state.json").write_text(json.dumps({"step": settings.decoder_steps, "seeded_from": str(export_dir)}))
     return step

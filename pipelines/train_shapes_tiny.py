@@ -5,6 +5,11 @@
 
 Everything is resumable: rerun the same command after an interruption and training continues from
 the last checkpoint in --run-dir. Runs on a GPU when there is one (--device auto).
+
+To train the shipped model further (its EMA weights; Adam warms up again):
+
+    python pipelines/train_shapes_tiny.py --stage seed --run-dir train_runs/more --seed-from shapes-tiny
+    python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 12000 --lr 4e-4 --min-lr 5e-5
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from pathlib import Path
 import torch
 
 from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
-from diffusion_lab.training import TrainingSettings, export_from_run, finetune_vae_decoder, train_unet, train_vae
+from diffusion_lab.training import (
+    TrainingSettings,
+    export_from_run,
+    finetune_vae_decoder,
+    seed_run_from_export,
+    train_unet,
+    train_vae,
+)
 
 
 def main(argv=None) -> None:
@@ -34,8 +46,10 @@ def main(argv=None) -> None:
             parser.add_argument(flag, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
-    parser.add_argument("--stage", choices=["vae", "decoder", "unet", "all", "export"], default="all",
-                        help="'export' writes the latest checkpoint's EMA weights to --export-dir and exits")
+    parser.add_argument("--stage", choices=["vae", "decoder", "unet", "all", "export", "seed"], default="all",
+                        help="'export' writes the latest checkpoint's EMA weights to --export-dir and exits; "
+                             "'seed' starts an empty --run-dir from the pipeline in --seed-from (to train it further)")
+    parser.add_argument("--seed-from", default="shapes-tiny", help="with --stage seed: a built-in name or a diffusers folder")
     args = parser.parse_args(argv)
     settings = TrainingSettings(**{f.name: getattr(args, f.name) for f in fields(TrainingSettings) if f.name != "extra"})
     if settings.device == "auto":
@@ -44,6 +58,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(settings.threads)
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
+    if args.stage == "seed":
+        step = seed_run_from_export(settings, args.seed_from)
+        print(json.dumps({"seeded": settings.run_dir, "from": args.seed_from, "unet_steps": step}), flush=True)
+        return
     if args.stage == "export":
         if not settings.export_dir:
             parser.error("--stage export needs --export-dir")

@@ -119,3 +119,28 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path):
     export_from_run(settings)
     exported = load_pipeline(str(tmp_path / "export"), device="cpu")
     assert all(torch.equal(exported.vae.state_dict()[k], after[k]) for k in after)
+
+
+def test_seed_a_run_from_an_export_and_train_on(tmp_path):
+    """A run folder seeded from an exported pipeline resumes at its step with a fresh optimizer."""
+    import torch
+
+    from diffusion_lab.training import export_from_run, seed_run_from_export, train_unet, train_vae
+
+    settings = tiny_training_settings(tmp_path, unet_steps=2, eval_every=0)
+    pipe = build_untrained_pipeline(seed=0)
+    train_vae(pipe, settings)
+    train_unet(pipe, settings)
+    export_from_run(settings)
+    more = tiny_training_settings(tmp_path, run_dir=str(tmp_path / "more"), unet_steps=3, eval_every=0)
+    assert seed_run_from_export(more, str(tmp_path / "export")) == 2
+    with pytest.raises(FileExistsError):
+        seed_run_from_export(more, str(tmp_path / "export"))
+    pipe2 = build_untrained_pipeline(seed=1)
+    train_vae(pipe2, more)  # loads the exported VAE, trains nothing
+    exported = load_pipeline(str(tmp_path / "export"), device="cpu")
+    assert all(torch.equal(pipe2.vae.state_dict()[k], v) for k, v in exported.vae.state_dict().items())
+    train_unet(pipe2, more)
+    log = [json.loads(line) for line in (tmp_path / "more" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["stage"] == "unet"] == [3]
+    assert log[-1]["lr"] < more.lr * 0.1  # Adam warms up again: step 1 of the 200-step warm-up
