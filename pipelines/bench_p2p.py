@@ -105,7 +105,8 @@ def make_cases(scene: Scene, index: int, kinds, rng: np.random.Generator) -> lis
 
 
 def prompt_edit_for(kind: str, source_prompt: str, targets: list[str], new_values: list[str], args) -> PromptEdit:
-    settings = dict(cross_replace_steps=args.cross_replace, self_replace_steps=args.self_replace)
+    settings = dict(cross_replace_steps=args.cross_replace, self_replace_steps=args.self_replace,
+                    self_replace_max_resolution=args.self_replace_max_resolution)
     if kind == "add":
         return PromptEdit(source_prompt, targets, "refine", **settings)
     if kind == "reweight":
@@ -358,6 +359,9 @@ def main(argv=None) -> str:
     parser.add_argument("--seed", type=int, default=5000)
     parser.add_argument("--cross-replace", type=float, default=0.8, help="P2P cross_replace_steps")
     parser.add_argument("--self-replace", type=float, default=0.4, help="P2P self_replace_steps")
+    parser.add_argument("--self-replace-max-resolution", type=int, default=None,
+                        help="largest map side whose self-attention P2P injects (default: a quarter of the latent side, "
+                             "P2P's choice for Stable Diffusion)")
     parser.add_argument("--reweight-scale", type=float, default=2.0)
     parser.add_argument("--strength", type=float, default=0.6, help="naive noising strength")
     parser.add_argument("--inversion", default="null_text", choices=("null_text", "negative_prompt", "ddim", "fixed_point"))
@@ -395,7 +399,8 @@ def main(argv=None) -> str:
     header = (
         f"# Prompt-to-Prompt on the shapes world\n\nmodel {args.model}, {args.cases} scene(s) per mode, {args.steps} "
         f"DDIM steps, guidance {args.guidance}, cross_replace_steps {args.cross_replace}, self_replace_steps "
-        f"{args.self_replace}, reweight x{args.reweight_scale}, naive noising strength {args.strength}, real images "
+        f"{args.self_replace} (self-attention injected at map sides <= "
+        f"{args.self_replace_max_resolution or 'a quarter of the latent side'}), reweight x{args.reweight_scale}, naive noising strength {args.strength}, real images "
         f"inverted with {args.inversion}; {seconds:.0f} s.\n"
     )
     report = header + "\n" + table + "\n\n" + "\n".join(notes) + "\n"
