@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from diffusion_lab.editing import PromptEdit, run_edit
+from diffusion_lab.editing import PromptEdit, auto_self_replace_resolution, run_edit
 from diffusion_lab.metrics import masked_psnr, psnr, ssim
 from diffusion_lab.progress import progress_bar
 from diffusion_lab.shapes import (
@@ -360,8 +360,8 @@ def main(argv=None) -> str:
     parser.add_argument("--cross-replace", type=float, default=0.8, help="P2P cross_replace_steps")
     parser.add_argument("--self-replace", type=float, default=0.4, help="P2P self_replace_steps")
     parser.add_argument("--self-replace-max-resolution", type=int, default=None,
-                        help="largest map side whose self-attention P2P injects (default: a quarter of the latent side, "
-                             "P2P's choice for Stable Diffusion)")
+                        help="largest map side whose self-attention P2P injects (default: "
+                             "diffusion_lab.editing.auto_self_replace_resolution of the latent side)")
     parser.add_argument("--reweight-scale", type=float, default=2.0)
     parser.add_argument("--strength", type=float, default=0.6, help="naive noising strength")
     parser.add_argument("--inversion", default="null_text", choices=("null_text", "negative_prompt", "ddim", "fixed_point"))
@@ -400,7 +400,7 @@ def main(argv=None) -> str:
         f"# Prompt-to-Prompt on the shapes world\n\nmodel {args.model}, {args.cases} scene(s) per mode, {args.steps} "
         f"DDIM steps, guidance {args.guidance}, cross_replace_steps {args.cross_replace}, self_replace_steps "
         f"{args.self_replace} (self-attention injected at map sides <= "
-        f"{args.self_replace_max_resolution or 'a quarter of the latent side'}), reweight x{args.reweight_scale}, naive noising strength {args.strength}, real images "
+        f"{args.self_replace_max_resolution or auto_self_replace_resolution(pipe.unet.config.sample_size)}), reweight x{args.reweight_scale}, naive noising strength {args.strength}, real images "
         f"inverted with {args.inversion}; {seconds:.0f} s.\n"
     )
     report = header + "\n" + table + "\n\n" + "\n".join(notes) + "\n"
