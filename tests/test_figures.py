@@ -33,8 +33,10 @@ def result(pipe):
     )
 
 
-def test_default_resolution_prefers_16_then_the_smallest(result):
-    assert default_resolution(result.controller) == 16  # stored: 16 and 8
+def test_default_resolution(result):
+    # Latents of 16x16 here, maps of 16 and 8: cross-attention at max(8, 16 // 4), self-attention at 16.
+    assert result.controller.latent_size == (16, 16)
+    assert default_resolution(result.controller) == 8
     assert default_resolution(result.controller, is_cross=False) == 16
     empty = AttentionStore(num_prompts=1)
     with pytest.raises(RuntimeError, match="no attention maps were stored"):

@@ -31,8 +31,13 @@ TITLE_HEIGHT = 14
 
 
 def default_resolution(store: AttentionStore, is_cross: bool = True) -> int:
-    """The map side figures use when none is given: the largest stored side up to 16 (P2P shows SD's 16x16
-    maps), or the smallest stored side when all are larger."""
+    """The map side figures use when none is given.
+
+    Cross-attention: the stored side nearest to a quarter of the latent side, but at least 8 -- P2P's figures
+    show Stable Diffusion's 16x16 maps of 64x64 latents; shapes-tiny's 16x16 latents give 8x8 maps, and its
+    16x16 layers hardly place words at all (evaluate_model.py prints the mass per map size). Self-attention:
+    the largest stored side up to 16 (its principal components need cells). Unknown latent size: as for
+    self-attention."""
     if not store.layers:
         raise store._nothing_stored_error()
     sides = sorted({max(size) for size in store.available_resolutions(is_cross)})
@@ -42,6 +47,9 @@ def default_resolution(store: AttentionStore, is_cross: bool = True) -> int:
             if not is_cross
             else "no cross-attention maps were stored"
         )
+    if is_cross and store.latent_size is not None:
+        target = max(8, max(store.latent_size) // 4)
+        return min(sides, key=lambda side: (abs(side - target), -side))
     small_enough = [side for side in sides if side <= 16]
     return small_enough[-1] if small_enough else sides[0]
 
