@@ -554,6 +554,21 @@ show(maps_figure)
 common.save_outputs(OUT, {"word_maps": maps_figure})
 '''),
         md(r"""
+### Which layers place the words?
+
+The figure above stretches every map to its own range, so even a flat map looks like a shape. Below, the same
+maps at **every** map size of the UNet, on **one** scale: each value is the share of a pixel's attention that goes
+to the word. The table measures it: the mass of the word's map on the object (the analyzer's mask, dilated by
+2 pixels) relative to a uniform map (1 = no better than uniform). Prompt-to-Prompt can only move what these maps
+hold: for shapes-tiny, compare the 16x16 and the 8x8 rows.
+"""),
+        code('''
+sizes_figure, size_rows = lab.word_maps_by_size(pipe, SOURCE_PROMPT, seed=SEED, num_steps=STEPS, guidance_scale=GUIDANCE)
+show(sizes_figure)
+show_table(common.markdown_table(size_rows, digits=2))
+common.save_outputs(OUT, {"word_maps_by_size": sizes_figure}, {"word_maps_by_size": size_rows})
+'''),
+        md(r"""
 ## 2. Edits of a generated image
 
 Each row: the source, the target prompt sampled from the same $x_T$ **without** attention injection (the layout

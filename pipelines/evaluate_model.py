@@ -29,6 +29,7 @@ import torch
 from scipy import ndimage
 
 from diffusion_lab.attention import AttentionStore
+from diffusion_lab.attention.maps import mass_ratio_inside, upsample_map
 from diffusion_lab.attention.tokens import word_token_indices
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
@@ -83,20 +84,13 @@ def attention_mass_ratio(store, tokenizer, prompt: str, word: str, prompt_index:
     those layers only, "8x8": ..., "4x4": ...}: which layers place words matters for Prompt-to-Prompt, so each
     map size is reported too."""
     columns = word_token_indices(tokenizer, prompt, word)
-
-    def ratio(heat: torch.Tensor) -> float:
-        heat = torch.nn.functional.interpolate(heat[None, None], size=object_mask.shape, mode="bilinear", align_corners=False)[0, 0]
-        heat = heat.clamp_min(0).numpy()
-        heat = heat / max(heat.sum(), 1e-12)
-        return float(heat[object_mask].sum()) / max(float(object_mask.mean()), 1e-6)
-
     maps, result = [], {}
     for resolution in store.available_resolutions(is_cross=True):
-        averaged = store.average_cross_attention(resolution, prompt_index=prompt_index)[..., columns].sum(-1)  # (h, w)
-        upsampled = torch.nn.functional.interpolate(averaged[None, None], size=object_mask.shape, mode="bilinear", align_corners=False)[0, 0]
+        word_map = store.average_cross_attention(resolution, prompt_index=prompt_index)[..., columns].sum(-1)  # (h, w)
+        result[f"{resolution[0]}x{resolution[1]}"] = mass_ratio_inside(word_map, object_mask)
+        upsampled = upsample_map(word_map, object_mask.shape)
         maps.append(upsampled / max(float(upsampled.sum()), 1e-12))
-        result[f"{resolution[0]}x{resolution[1]}"] = ratio(averaged)
-    result["all"] = ratio(torch.stack(maps).mean(0))
+    result["all"] = mass_ratio_inside(torch.stack(maps).mean(0), object_mask)
     return result
 
 

@@ -10,11 +10,14 @@ from diffusion_lab.attention.figures import (
     default_resolution,
     edit_attention_figure,
     self_attention_figure,
+    word_attention_by_size_figure,
     word_attention_figure,
     word_overlay,
 )
+from diffusion_lab.attention.maps import mass_ratio_inside
 from diffusion_lab.editing import edit_generated
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
+from diffusion_lab.viz import image_grid
 
 STEPS = 3
 
@@ -92,3 +95,24 @@ def test_self_attention_components(pipe, result):
     unstored = edit_generated(pipe, "a cat", ["a dog"], num_steps=1, progress=False)
     with pytest.raises(ValueError, match="store_self_attention=True"):
         self_attention_figure(unstored.controller)
+
+
+def test_word_maps_by_size_one_row_per_map_size_on_one_scale(pipe, result):
+    from diffusion_lab.attention.figures import TITLE_HEIGHT
+
+    figure = word_attention_by_size_figure(result.controller, pipe.tokenizer, "a tiger on a couch", size=32)
+    row = image_grid([np.zeros((32, 32, 3), np.uint8)] * 5, labels=["x"] * 5, scale=1)  # 5 words, like each row
+    sizes = result.controller.available_resolutions()
+    assert len(sizes) == 2 and figure.height == TITLE_HEIGHT + len(sizes) * (TITLE_HEIGHT + row.height)
+    assert figure.width >= row.width
+
+
+def test_mass_ratio_inside():
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True  # a quarter of the pixels
+    assert mass_ratio_inside(np.ones((4, 4)), mask) == pytest.approx(1.0)  # a uniform map
+    inside = np.zeros((8, 8))
+    inside[:4, :4] = 1.0
+    assert mass_ratio_inside(inside, mask) == pytest.approx(4.0)  # all the mass inside: 1 / share
+    with pytest.raises(ValueError, match="the mask is empty"):
+        mass_ratio_inside(np.ones((4, 4)), np.zeros((8, 8), bool))

@@ -233,3 +233,15 @@ def test_prompt_to_prompt_panel_explains_a_bad_edit(pipe, scene):
     panel.button.click()
     assert panel.error is not None and "reweight" in str(panel.error)
     assert panel.progress.bar.bar_style == "danger"
+
+
+def test_word_maps_by_size_measures_the_object_words_at_every_size():
+    from diffusion_lab.models import load_pipeline
+    from diffusion_lab.widgets.prompt_to_prompt import word_maps_by_size
+
+    shapes_tiny = load_pipeline("shapes-tiny", device="cpu")
+    figure, rows = word_maps_by_size(shapes_tiny, PROMPT, seed=0, num_steps=10)
+    assert figure.width > 0
+    sizes = {row["map size"] for row in rows}
+    assert sizes == {"16x16", "8x8", "4x4"} and {row["word"] for row in rows} == {"red", "circle"}
+    assert len(rows) == 6 and all(np.isfinite(row["mass on object / uniform"]) for row in rows)

@@ -7,6 +7,7 @@ figures show it:
     word_attention_figure          the lecture's "average attention maps across all timestamps": one map per
                                    word of a prompt, averaged over steps and layers of one resolution,
                                    optionally as overlays on the image
+    word_attention_by_size_figure  one row per map size, on one shared scale: which layers place the words
     edit_attention_figure          the same, one row per prompt of an edit (source, then targets)
     attention_over_steps_figure    a strip per word: its map at each denoising step (the layout is decided early)
     self_attention_figure          principal components of the self-attention maps (P2P Fig. 4: the layout)
@@ -84,6 +85,36 @@ def word_attention_figure(
         labels.append(word)
     grid = image_grid(pictures, labels=labels, scale=1)
     return _titled(grid, title if title is not None else f"{prompt}  ({resolution}x{resolution}, all steps)")
+
+
+def word_attention_by_size_figure(
+    store: AttentionStore,
+    tokenizer,
+    prompt: str,
+    prompt_index: int = 0,
+    image=None,
+    places: Sequence[str] = PLACES,
+    size: int = 64,
+) -> Image.Image:
+    """One row per stored map size (largest first): each word's map averaged over all steps and that size's
+    layers, all on ONE colour scale, from 0 to the largest value of any word at any size.
+
+    A map is p(word | pixel), a share of each pixel's attention, so values compare across sizes: a size whose
+    layers ignore where the words are looks flat here (word_attention_figure stretches every map to its own
+    range and would make it look sharp)."""
+    sides = sorted({max(side) for side in store.available_resolutions(is_cross=True)}, reverse=True)
+    if not sides:
+        raise store._nothing_stored_error()
+    per_size = [(side, cross_attention_per_word(store, tokenizer, prompt, side, places, prompt_index)) for side in sides]
+    high = max(float(word_map.max()) for _, words in per_size for _, word_map in words)
+    rows = []
+    for side, words in per_size:
+        pictures = ([_resized(image, size)] if image is not None else []) + [
+            _coloured(word_map, size, 0.0, high) for _, word_map in words
+        ]
+        labels = (["image"] if image is not None else []) + [word for word, _ in words]
+        rows.append(_titled(image_grid(pictures, labels=labels, scale=1), f"{side}x{side} layers"))
+    return _titled(_stacked(rows), f"{prompt}  (all steps; one scale, 0 to {high:.2f} of a pixel's attention)")
 
 
 def edit_attention_figure(

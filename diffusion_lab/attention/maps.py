@@ -69,6 +69,20 @@ def upsample_map(attention_map, size, mode: str = "bilinear"):
     return resized.numpy() if is_numpy else resized
 
 
+def mass_ratio_inside(attention_map, mask: np.ndarray) -> float:
+    """How much of a map's mass lies inside `mask`, relative to a uniform map: (sum of the map inside the mask /
+    sum of the map) / (mask's share of the pixels). 1: no better than uniform; 1 / share: all mass inside.
+    The (h, w) map is upsampled (bilinear) to the (H, W) boolean mask first."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise ValueError("the mask is empty: there is no object to measure attention on")
+    heat = np.clip(np.asarray(upsample_map(np.asarray(attention_map, np.float32), mask.shape)), 0, None)
+    total = float(heat.sum())
+    if total <= 0:
+        return float("nan")
+    return float(heat[mask].sum()) / total / float(mask.mean())
+
+
 def normalize_map(attention_map):
     """Stretch a map to [0, 1] (its own minimum and maximum), for display."""
     low, high = attention_map.min(), attention_map.max()

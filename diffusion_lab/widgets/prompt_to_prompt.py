@@ -39,6 +39,39 @@ def word_maps(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_sc
     return result.images[0], figure
 
 
+def word_maps_by_size(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+                      progress: bool = False):
+    """Like word_maps, but one row per map size on one shared scale (which layers place the words), with each
+    shape and colour word's mass inside the analyzer's (dilated) object mask relative to a uniform map.
+    `prompt`: a shapes-world caption. Returns (PIL figure, rows for a table: one per (size, word); none when the
+    analyzer finds no object)."""
+    from scipy import ndimage
+
+    from diffusion_lab.attention import AttentionStore
+    from diffusion_lab.attention.figures import word_attention_by_size_figure
+    from diffusion_lab.attention.maps import cross_attention_per_word, mass_ratio_inside
+    from diffusion_lab.generation import text_to_image
+    from diffusion_lab.shapes import analyze, parse_caption
+
+    store = AttentionStore(num_prompts=1, store_self_attention=False)
+    result = text_to_image(pipe, [prompt], num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
+                           controller=store, progress=progress)
+    image = result.images[0]
+    figure = word_attention_by_size_figure(store, pipe.tokenizer, prompt, image=image, size=96)
+    analysis = analyze(image)
+    rows = []
+    if analysis.objects:
+        mask = ndimage.binary_dilation(analysis.objects[0].mask, iterations=2)  # (H, W) of the image
+        wanted = parse_caption(prompt).objects[0]
+        words = [w for w in (wanted.shape, wanted.colour) if w]
+        for side in sorted({max(s) for s in store.available_resolutions(is_cross=True)}, reverse=True):
+            for word, word_map in cross_attention_per_word(store, pipe.tokenizer, prompt, side):
+                if word in words:
+                    rows.append({"map size": f"{side}x{side}", "word": word,
+                                 "mass on object / uniform": mass_ratio_inside(word_map, mask)})
+    return figure, rows
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Edits: the lecture's kind of examples in the shapes world
 # ----------------------------------------------------------------------------------------------------------
