@@ -166,26 +166,28 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
     results = {"model": args.model, "steps": args.steps, "guidance": args.guidance}
-    results["one_object"] = one_object_study(pipe, args.one_object, args.steps, args.guidance, args.seed, args.batch, out)
+    if args.one_object:
+        results["one_object"] = one_object_study(pipe, args.one_object, args.steps, args.guidance, args.seed, args.batch, out)
     if args.two_object:
         results["two_object"] = two_object_study(pipe, args.two_object, args.steps, args.guidance, args.seed, args.batch, out)
     if args.vae_images:
         results["vae"] = vae_study(pipe, args.vae_images, args.seed)
     if args.speed_runs:
         results["speed"] = speed_study(pipe, args.speed_runs, 50, args.guidance)
-    one = results["one_object"]
-    lines = [
-        f"Model {args.model}: {args.one_object} one-object / {args.two_object} two-object captions, {args.steps} DDIM steps, guidance {args.guidance}",
-        "",
-        "| one-object attribute | accuracy |", "|---|---|",
-        *[f"| {a} | {one[a]:.3f} |" for a in ATTRIBUTES],
-        "",
-        "| shape | accuracy |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in one["per_shape"].items()],
-        "",
-        f"attention mass inside the object / uniform: shape word {one['attention_mass_ratio']['shape']['all']:.2f}, colour word {one['attention_mass_ratio']['colour']['all']:.2f} (target >= 2)",
-        *[f"  {size} layers only: shape word {one['attention_mass_ratio']['shape'][size]:.2f}, colour word {one['attention_mass_ratio']['colour'][size]:.2f}"
-          for size in one["attention_mass_ratio"]["shape"] if size != "all"],
-    ]
+    lines = [f"Model {args.model}: {args.one_object} one-object / {args.two_object} two-object captions, {args.steps} DDIM steps, guidance {args.guidance}"]
+    one = results.get("one_object")
+    if one is not None:
+        lines += [
+            "",
+            "| one-object attribute | accuracy |", "|---|---|",
+            *[f"| {a} | {one[a]:.3f} |" for a in ATTRIBUTES],
+            "",
+            "| shape | accuracy |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in one["per_shape"].items()],
+            "",
+            f"attention mass inside the object / uniform: shape word {one['attention_mass_ratio']['shape']['all']:.2f}, colour word {one['attention_mass_ratio']['colour']['all']:.2f} (target >= 2)",
+            *[f"  {size} layers only: shape word {one['attention_mass_ratio']['shape'][size]:.2f}, colour word {one['attention_mass_ratio']['colour'][size]:.2f}"
+              for size in one["attention_mass_ratio"]["shape"] if size != "all"],
+        ]
     if "two_object" in results:
         two = results["two_object"]
         lines.append(f"two objects: count {two['object_count']:.3f}, pairing {two['pairing']:.3f}, both colours {two['both_colours']:.3f}, both shapes {two['both_shapes']:.3f}")
@@ -194,8 +196,8 @@ def main(argv=None) -> dict:
         lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, analyzer accuracy {vae['analyzer_accuracy_all']:.3f} (small {vae['analyzer_accuracy_small']:.3f}, large {vae['analyzer_accuracy_large']:.3f})")
     if "speed" in results:
         lines.append(f"speed: 50-step DDIM sample with guidance, batch 1: median {results['speed']['median_s']:.3f} s over {results['speed']['runs']} runs ({results['speed']['threads']} threads)")
-    minimum = min(one[a] for a in ATTRIBUTES)
-    lines.append(f"min_attribute_accuracy={minimum:.3f}")
+    if one is not None:
+        lines.append(f"min_attribute_accuracy={min(one[a] for a in ATTRIBUTES):.3f}")
     text = "\n".join(lines)
     (out / "report.md").write_text(text + "\n")
     (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
