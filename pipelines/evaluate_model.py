@@ -45,6 +45,8 @@ def one_object_study(pipe, count: int, steps: int, guidance: float, seed: int, b
     scenes = [random_scene(rng, num_objects=1) for _ in range(count)]
     correct = {a: 0 for a in ATTRIBUTES}
     per_shape: dict[str, list[int]] = {}
+    per_colour: dict[str, list[int]] = {}
+    colour_confusions: dict[str, int] = {}  # "wanted -> seen" for the wrong colours
     mass = {"shape": [], "colour": []}  # per word: list of {"all": ratio, "16x16": ratio, ...}
     examples = []
     for start in range(0, count, batch):
@@ -61,6 +63,10 @@ def one_object_study(pipe, count: int, steps: int, guidance: float, seed: int, b
             for attribute in ("shape", "colour", "size"):
                 correct[attribute] += found is not None and getattr(found, attribute) == getattr(want, attribute)
             per_shape.setdefault(want.shape, []).append(int(found is not None and found.shape == want.shape))
+            per_colour.setdefault(want.colour, []).append(int(found is not None and found.colour == want.colour))
+            if found is None or found.colour != want.colour:
+                key = f"{want.colour} -> {found.colour if found is not None else 'no object'}"
+                colour_confusions[key] = colour_confusions.get(key, 0) + 1
             if found is not None:
                 object_mask = ndimage.binary_dilation(found.mask, iterations=2)
                 for role, word in (("shape", want.shape), ("colour", want.colour)):
@@ -70,6 +76,8 @@ def one_object_study(pipe, count: int, steps: int, guidance: float, seed: int, b
     image_grid(examples, columns=8, scale=2).save(out / "one_object_samples.png")
     result = {a: correct[a] / count for a in ATTRIBUTES}
     result["per_shape"] = {k: float(np.mean(v)) for k, v in sorted(per_shape.items())}
+    result["per_colour"] = {k: float(np.mean(v)) for k, v in sorted(per_colour.items())}
+    result["colour_confusions"] = dict(sorted(colour_confusions.items(), key=lambda item: -item[1]))
     result["attention_mass_ratio"] = {
         role: {key: float(np.mean([r[key] for r in ratios])) for key in ratios[0]} if ratios else {"all": float("nan")}
         for role, ratios in mass.items()
@@ -183,6 +191,11 @@ def main(argv=None) -> dict:
             *[f"| {a} | {one[a]:.3f} |" for a in ATTRIBUTES],
             "",
             "| shape | accuracy |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in one["per_shape"].items()],
+            "",
+            "| colour | accuracy |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in one["per_colour"].items()],
+            "",
+            "most frequent colour errors (wanted -> seen): "
+            + (", ".join(f"{k} x{v}" for k, v in list(one["colour_confusions"].items())[:5]) or "none"),
             "",
             f"attention mass inside the object / uniform: shape word {one['attention_mass_ratio']['shape']['all']:.2f}, colour word {one['attention_mass_ratio']['colour']['all']:.2f} (target >= 2)",
             *[f"  {size} layers only: shape word {one['attention_mass_ratio']['shape'][size]:.2f}, colour word {one['attention_mass_ratio']['colour'][size]:.2f}"
