@@ -25,6 +25,11 @@ prompt changed) and "naive noising" (the source image noised to --strength, then
 Measures, per (mode, kind, method), averaged over the cases:
     IoU         mask IoU of the edited object (the analyzer's, best overlap) with the source object
                 (real: the render's mask; generated: the analyzer's mask in the source image)
+    IoU ceiling the IoU of the source object with the TRUE edited object: what a perfect edit scores in the
+                column before (1 for colour and background edits; below 1 for a shape swap, whose new shape
+                covers other pixels: circle -> star about 0.5)
+    IoU truth   mask IoU of the edited object with the true edited object (same place, new attribute): 1 for a
+                perfect edit of any kind, so shape swaps can be judged too
     kept PSNR   PSNR against the source image where nothing should change: outside the (dilated) source and
                 target object masks, or, for background edits, inside the (eroded) object
     success     share of edits where the analyzer sees the new attribute (colour, shape or background)
@@ -164,13 +169,19 @@ def score(kind: str, new_value: str, edited: np.ndarray, source_image: np.ndarra
     else:
         attribute = "shape" if kind == "shape" else "colour"
         success = found is not None and getattr(found, attribute) == new_value
-    record = {"success": float(success), "iou": math.nan, "kept_psnr": math.nan, "gt_psnr": math.nan, "gt_ssim": math.nan}
+    record = {"success": float(success), "iou": math.nan, "iou_ceiling": math.nan, "truth_iou": math.nan,
+              "kept_psnr": math.nan, "gt_psnr": math.nan, "gt_ssim": math.nan}
     if source_mask is not None:
         record["iou"] = mask_iou(source_mask, found.mask) if found is not None else 0.0
+        if truth is not None:
+            record["iou_ceiling"] = mask_iou(source_mask, truth[1])
         region = kept_region(kind, source_mask, None if truth is None else truth[1])
         if region.any():
             record["kept_psnr"] = float(masked_psnr(edited, source_image, region))
     if truth is not None:
+        if found is None and analysis.objects:
+            found = max(analysis.objects, key=lambda o: np.logical_and(o.mask, truth[1]).sum())
+        record["truth_iou"] = mask_iou(truth[1], found.mask) if found is not None else 0.0
         record["gt_psnr"] = float(psnr(edited, truth[0]))
         record["gt_ssim"] = float(ssim(edited, truth[0]))
     return record
@@ -272,8 +283,8 @@ def _format(value: float, digits: int = 2) -> str:
 
 def summarize(records: list[dict], modes, kinds) -> tuple[str, dict]:
     lines = [
-        "| mode | edit | method | n | object IoU | kept PSNR (dB) | success | GT PSNR (dB) | GT SSIM |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | edit | method | n | object IoU | IoU ceiling | IoU truth | kept PSNR (dB) | success | GT PSNR (dB) | GT SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = {}
     for mode in modes:
@@ -282,10 +293,11 @@ def summarize(records: list[dict], modes, kinds) -> tuple[str, dict]:
                 chosen = [r for r in records if (r["mode"], r["kind"], r["method"]) == (mode, kind, method)]
                 if not chosen:
                     continue
-                means = {key: _mean([r[key] for r in chosen]) for key in ("iou", "kept_psnr", "success", "gt_psnr", "gt_ssim")}
+                means = {key: _mean([r[key] for r in chosen]) for key in ("iou", "iou_ceiling", "truth_iou", "kept_psnr", "success", "gt_psnr", "gt_ssim")}
                 summary[(mode, kind, method)] = means
                 lines.append(
                     f"| {mode} | {kind} | {method} | {len(chosen)} | {_format(means['iou'])} | "
+                    f"{_format(means['iou_ceiling'])} | {_format(means['truth_iou'])} | "
                     f"{_format(means['kept_psnr'], 1)} | {_format(means['success'])} | {_format(means['gt_psnr'], 1)} | "
                     f"{_format(means['gt_ssim'])} |"
                 )
@@ -311,6 +323,13 @@ def word_swap_verdicts(records: list[dict], modes) -> list[str]:
             f"{_format(plain_iou)} without attention control, new attribute seen in {_format(100 * success, 0)}% "
             f"-> requirement (IoU >= 0.80, clearly above no control, success >= 80%) "
             f"{'MET' if met else 'NOT MET'}"
+        )
+        truth_iou, plain_truth_iou = _mean([r["truth_iou"] for r in p2p]), _mean([r["truth_iou"] for r in plain])
+        ceiling = _mean([r["iou_ceiling"] for r in p2p])
+        verdicts.append(
+            f"  (a perfect edit scores {_format(ceiling)} in that IoU, since a swapped shape covers other pixels; "
+            f"IoU with the true edited object: P2P {_format(truth_iou)} vs {_format(plain_truth_iou)} without "
+            f"attention control)"
         )
     return verdicts
 

@@ -32,7 +32,9 @@ def test_the_ground_truth_edit_scores_perfectly_and_the_source_does_not(bench, k
     truth = (target.image, target.masks[0])
     perfect = bench.score(kind, edit.new, target.image, source.image, source.masks[0], truth)
     assert perfect["success"] == 1.0 and math.isinf(perfect["gt_psnr"]) and perfect["gt_ssim"] == pytest.approx(1.0)
-    assert perfect["iou"] > (0.6 if kind == "shape" else 0.95)  # a new shape covers other pixels
+    assert perfect["iou"] > (0.3 if kind == "shape" else 0.95)  # a new shape covers other pixels...
+    assert perfect["iou"] == pytest.approx(perfect["iou_ceiling"], abs=0.05)  # ...which the ceiling says
+    assert perfect["truth_iou"] > 0.95  # and the true edited object is matched
     assert math.isinf(perfect["kept_psnr"])  # nothing changed where nothing should
     unchanged = bench.score(kind, edit.new, source.image, source.image, source.masks[0], truth)
     assert unchanged["success"] == 0.0 and unchanged["gt_psnr"] < 40
@@ -47,7 +49,7 @@ def test_cases_and_prompt_edits(bench):
     assert len(by_kind["add"].target_prompt.split()) == len(by_kind["add"].source_prompt.split()) + 1
 
     class Settings:
-        cross_replace, self_replace, reweight_scale = 0.8, 0.4, 2.0
+        cross_replace, self_replace, reweight_scale, self_replace_max_resolution = 0.8, 0.4, 2.0, None
 
     add = by_kind["add"]
     assert bench.prompt_edit_for("add", add.source_prompt, [add.target_prompt], [add.new_value], Settings).edit == "refine"
