@@ -179,15 +179,14 @@ def _fit_vae(vae, settings: TrainingSettings, decoder_only: bool) -> None:
             group["lr"] = lr
         images, _ = make_dataset(settings.vae_batch_size, seed=int(rng.integers(2**31)))
         x = images_to_tensor(images).to(settings.device)
-        if decoder_only:
+        if decoder_only:  # the frozen encoder's mean, no KL term
             with torch.no_grad():
-                z = vae.encode(x).latent_dist.mean
-            reconstruction = vae.decode(z).sample
-            loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x)
+                z, kl_term = vae.encode(x).latent_dist.mean, 0.0
         else:
             posterior = vae.encode(x).latent_dist
-            reconstruction = vae.decode(posterior.sample()).sample
-            loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + settings.vae_kl_weight * posterior.kl().mean()
+            z, kl_term = posterior.sample(), settings.vae_kl_weight * posterior.kl().mean()
+        reconstruction = vae.decode(z).sample
+        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + kl_term
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
