@@ -451,8 +451,8 @@ def seed_run_from_export(settings: TrainingSettings, export_dir: str) -> int:
     run_dir = Path(settings.run_dir)
     if (run_dir / "unet_state.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; seed an empty folder")
+    pipe = load_pipeline(export_dir, device="cpu")  # a clear ModelNotFoundError before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(export_dir, device="cpu")
     info_path = Path(BUILTIN_MODELS.get(str(export_dir), export_dir)) / "training_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     step = int(info.get("unet_steps", 0))

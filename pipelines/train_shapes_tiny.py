@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion_lab.models import ModelNotFoundError
 from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
 from diffusion_lab.training import (
     TrainingSettings,
@@ -59,7 +60,10 @@ def main(argv=None) -> None:
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
     if args.stage == "seed":
-        step = seed_run_from_export(settings, args.seed_from)
+        try:
+            step = seed_run_from_export(settings, args.seed_from)
+        except (FileExistsError, ModelNotFoundError) as error:
+            parser.error(str(error))
         print(json.dumps({"seeded": settings.run_dir, "from": args.seed_from, "unet_steps": step}), flush=True)
         return
     if args.stage == "export":
