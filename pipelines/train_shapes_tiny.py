@@ -57,7 +57,6 @@ def main(argv=None) -> None:
         settings.device = "cuda" if torch.cuda.is_available() else "cpu"
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
     if args.stage == "seed":
         try:
@@ -66,6 +65,7 @@ def main(argv=None) -> None:
             parser.error(str(error))
         print(json.dumps({"seeded": settings.run_dir, "from": args.seed_from, "unet_steps": step}), flush=True)
         return
+    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     if args.stage == "export":
         if not settings.export_dir:
             parser.error("--stage export needs --export-dir")
