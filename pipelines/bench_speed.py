@@ -1,0 +1,118 @@
+"""Measure sampling speed: a 50-step DDIM sample with guidance at batch 1, per CPU convolution backend.
+
+    python pipelines/bench_speed.py [--model shapes-tiny] [--runs 7] [--threads 2] [--sd-sides 16 32 64]
+
+For each backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own kernels;
+see diffusion_lab/convolution_backend.py) it times `text_to_image` and prints the median of --runs runs, with the
+time of one UNet call and of the VAE decode. --sd-sides also times one forward of a Stable Diffusion 1.x-sized UNet
+(random weights, batch 2 = one guided step) at those latent sides, which is what decides the threshold for real
+checkpoints (slow on a CPU: about a minute per side). Run it on an idle machine. Writes the table to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion_lab import load_pipeline
+from diffusion_lab.convolution_backend import CHOICES
+from diffusion_lab.generation import initial_noise, text_to_image
+from diffusion_lab.latents import decode_latents
+from diffusion_lab.text import encode_prompts
+
+PROMPT = "a large red circle on a gray background"
+
+
+def _median_seconds(fn, runs: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_backend(pipe, backend: str, runs: int, steps: int, guidance: float) -> dict:
+    """Median seconds of a full sample, one guided UNet call (batch 2) and one VAE decode with `backend`."""
+    os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] = backend
+    from diffusion_lab.denoisers import TextConditionedDenoiser
+
+    x_T = initial_noise(pipe, 1, 0)
+    denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, [PROMPT]), encode_prompts(pipe, [""]), guidance)
+    with torch.inference_mode():
+        sample = _median_seconds(lambda: text_to_image(pipe, [PROMPT], num_steps=steps, guidance_scale=guidance, progress=False), runs)
+        unet = _median_seconds(lambda: denoiser(x_T, 500, 0), runs * 5)
+        decode = _median_seconds(lambda: decode_latents(pipe, x_T), runs * 5)
+    return {"sample_s": sample, "unet_ms": 1000 * unet, "decode_ms": 1000 * decode}
+
+
+_SD_UNET: dict = {}
+
+
+def time_sd_sized_unet(side: int, backend: str) -> float:
+    """Seconds of one forward of an SD 1.x-sized UNet2DConditionModel (random weights) at batch 2."""
+    from diffusers import UNet2DConditionModel
+
+    from diffusion_lab.convolution_backend import convolution_backend
+
+    if side not in _SD_UNET:
+        _SD_UNET.clear()
+        _SD_UNET[side] = UNet2DConditionModel(cross_attention_dim=768).eval()
+    unet = _SD_UNET[side]
+    x, text = torch.randn(2, 4, side, side), torch.randn(2, 77, 768)
+
+    def forward():
+        with convolution_backend(x, backend):
+            unet(x, 500, encoder_hidden_states=text)
+
+    with torch.inference_mode():
+        return _median_seconds(forward, 2)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes-tiny")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    parser.add_argument("--backends", nargs="+", default=list(CHOICES), choices=CHOICES)
+    parser.add_argument("--sd-sides", type=int, nargs="*", default=[])
+    parser.add_argument("--out", default="outputs/bench_speed.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, device="cpu")
+    lines = [
+        f"{args.model}, {args.steps}-step DDIM sample with guidance {args.guidance} at batch 1, {torch.get_num_threads()} threads, "
+        f"median of {args.runs} runs:",
+        "",
+        "| CPU convolutions | sample (s) | one guided UNet call (ms) | VAE decode (ms) |",
+        "|---|---|---|---|",
+    ]
+    for backend in args.backends:
+        result = time_backend(pipe, backend, args.runs, args.steps, args.guidance)
+        lines.append(f"| {backend} | {result['sample_s']:.3f} | {result['unet_ms']:.1f} | {result['decode_ms']:.1f} |")
+        print(lines[-1], flush=True)
+    if args.sd_sides:
+        lines += ["", "SD 1.x-sized UNet (random weights), one forward at batch 2, median of 2:", "",
+                  "| latent side | oneDNN (s) | native (s) |", "|---|---|---|"]
+        for side in args.sd_sides:
+            onednn, native = time_sd_sized_unet(side, "onednn"), time_sd_sized_unet(side, "native")
+            lines.append(f"| {side} | {onednn:.2f} | {native:.2f} |")
+            print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print("\n" + table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()
