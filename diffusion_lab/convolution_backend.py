@@ -2,7 +2,8 @@
 
 PyTorch sends CPU convolutions to oneDNN by default. oneDNN pays a fixed cost per call (primitive set-up and layout
 conversions), which pays off for large feature maps and loses on small ones. A denoising loop calls the same
-small convolutions thousands of times, so for small latents the native kernels win. Measured on the 2-core CPU of the course machines:
+small convolutions thousands of times, so for small latents the native kernels win. Measured on the 2-core CPU
+of the course machines:
 
 - shapes-tiny (16x16 latents), 50-step DDIM sample with guidance at batch 1, `python pipelines/bench_speed.py
   --threads 2`: median 1.13 s with native kernels against 1.41 s with oneDNN (a second run: 1.61 s against 1.99 s).
