@@ -9,7 +9,11 @@ Recipe (see the model card for the measured effect of each choice):
   - min-SNR-gamma loss weighting, gamma = 5 (Hang et al. 2023, arXiv:2303.09556), which speeds up
     convergence by not over-weighting the low-noise steps,
   - 10% empty captions, so classifier-free guidance (Ho & Salimans 2022) works,
-  - EMA of the weights (decay 0.999); the EMA weights are what ships.
+  - EMA of the weights (decay 0.999); the EMA weights are what ships,
+  - optionally (grounding_weight > 0) a token grounding loss on the cross-attention maps, as in
+    TokenCompose (Wang et al. 2024, arXiv:2312.03626): the renderer knows where every object is, so
+    each attribute word is told to put its attention on its own object (and the background colour
+    word on the background). Prompt-to-Prompt then finds the layout in the maps of every layer.
 Checkpoints are safetensors (weights) plus a weights_only torch file (optimizer state) in a run
 folder, so training resumes exactly; `export_pipeline` writes the diffusers folder atomically.
 """
@@ -31,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .attention.controllers import AttentionController
+from .attention.processor import register_attention_control
 from .posterior import forward_marginal_sample
 from .shapes import analyze, caption, random_scene, render
 
@@ -102,6 +108,8 @@ class TrainingSettings:
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.1
     ema_decay: float = 0.999
+    grounding_weight: float = 0.0  # > 0: add the token grounding loss of the cross-attention maps (see grounding_loss)
+    grounding_max_timestep: int = 1000  # ground only the noise levels t < this (layout is unknowable from pure noise)
     checkpoint_every: int = 250
     export_every: int = 500
     eval_every: int = 1000
@@ -244,6 +252,96 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return torch.clamp(snr, max=gamma) / snr
 
 
+# ------------------------------------------------------------------------------------------ grounding
+def object_coverage(scenes, latent_size: int = 16, image_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Per scene and object, the share of each latent cell its mask covers: (N, MAX_OBJECTS, h, h) float16."""
+    from .progress import progress_bar
+    from .shapes import MAX_OBJECTS
+
+    factor = image_size // latent_size
+    out = torch.zeros(len(scenes), MAX_OBJECTS, latent_size, latent_size, dtype=torch.float16)
+    for i in progress_bar(range(len(scenes)), progress, desc="masks"):
+        masks = torch.from_numpy(render(scenes[i], image_size).masks).float()  # (objects, H, W)
+        out[i, : len(masks)] = F.avg_pool2d(masks[:, None], factor)[:, 0].half()
+    return out
+
+
+OBJECT_WORD, BACKGROUND_WORD = 1, 2  # the kinds of supervised tokens of word_regions
+
+
+def word_regions(prompts: list[str], coverage: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token of each prompt belongs, for the grounding loss.
+
+    coverage: (B, MAX_OBJECTS, h, w), the objects' cell coverage of each prompt's scene. Returns
+    regions (B, tokens, h, w) in [0, 1] (an attribute word: its object's coverage; the background
+    colour word: 1 - all objects' coverage) and kinds (B, tokens) int: 0 for tokens without a region,
+    OBJECT_WORD or BACKGROUND_WORD. Token i + 1 is word i (bos first): the word-level tokenizer of
+    shapes-tiny gives every word exactly one token.
+    """
+    from .shapes import BACKGROUND_OWNER, word_owners
+
+    batch, _, h, w = coverage.shape
+    regions = torch.zeros(batch, num_tokens, h, w)
+    kinds = torch.zeros(batch, num_tokens, dtype=torch.long)
+    for b, prompt in enumerate(prompts):
+        for i, owner in enumerate(word_owners(prompt)):
+            if owner is None or i + 1 >= num_tokens:
+                continue
+            if owner == BACKGROUND_OWNER:
+                regions[b, i + 1] = (1 - coverage[b].float().sum(0)).clamp_min(0)
+                kinds[b, i + 1] = BACKGROUND_WORD
+            else:
+                regions[b, i + 1] = coverage[b, owner].float()
+                kinds[b, i + 1] = OBJECT_WORD
+    return regions, kinds
+
+
+def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """Token grounding loss of TokenCompose (Wang et al. 2024, arXiv:2312.03626), per layer and word:
+
+        L = mean over layers l and supervised words w of (1 - sum_{p in M_w} A^l_w(p) / sum_p A^l_w(p))^2
+
+    A^l_w(p) is the cross-attention probability of word w at position p in layer l (averaged over
+    heads), M_w the word's region at that layer's size: every cell its object touches for an
+    attribute word, every cell at least half background for the background word. L = 0 when all of
+    each word's attention lies on its region.
+
+    maps: (B, heads, HW, tokens) per cross-attention layer (square maps); regions (B, tokens, h, w)
+    from word_regions, kinds (B, tokens).
+    """
+    supervised = kinds > 0
+    if not supervised.any():
+        return sum(m.sum() for m in maps) * 0.0
+    losses = []
+    for attention in maps:
+        side = math.isqrt(attention.shape[2])
+        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2).to(attention.device)  # (B, tokens, HW)
+        region = torch.where((kinds == BACKGROUND_WORD)[..., None].to(attention.device), pooled >= 0.5, pooled > 0)
+        per_word = attention.mean(1).transpose(1, 2)  # (B, heads, HW, tokens) -> (B, tokens, HW)
+        inside = (per_word * region).sum(-1) / per_word.sum(-1).clamp_min(1e-8)  # (B, tokens)
+        losses.append(((1 - inside) ** 2)[supervised.to(attention.device)].mean())
+    return torch.stack(losses).mean()
+
+
+class CrossAttentionRecorder(AttentionController):
+    """Keeps the cross-attention probabilities of one UNet call, graph included, for grounding_loss.
+
+    Installed with `register_attention_control` around a training forward (no classifier-free
+    guidance batch: every row is conditional); self-attention keeps diffusers' fused kernel."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.set_batch_layout(batch_size, has_uncond=False)
+        self.maps: list[torch.Tensor] = []
+
+    def controls_layer(self, layer_name: str, place_in_unet: str, is_cross: bool) -> bool:
+        return is_cross
+
+    def forward(self, conditional, is_cross, place_in_unet, layer_name):
+        self.maps.append(conditional)  # (B, heads, HW, tokens)
+        return conditional
+
+
 class ExponentialMovingAverage:
     def __init__(self, modules: dict, decay: float):
         self.decay = decay
@@ -302,6 +400,14 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         latents = encode_dataset(vae, images, device, progress=settings.progress)
         _atomic_save_file({"latents": latents}, cache)
         del images
+    coverage = None
+    if settings.grounding_weight > 0:
+        coverage_cache = run_dir / f"coverage_{settings.num_scenes}_{settings.seed}.safetensors"
+        if coverage_cache.exists():
+            coverage = load_file(str(coverage_cache))["coverage"]
+        else:
+            coverage = object_coverage(scenes, latent_size=latents.shape[-1], progress=settings.progress)
+            _atomic_save_file({"coverage": coverage}, coverage_cache)
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device)
     num_train_timesteps = len(alphas_cumprod)
     rng = np.random.default_rng(settings.seed + 1 + start)
@@ -325,9 +431,20 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         noise = noise + settings.offset_noise * torch.randn(z0.shape[:2] + (1, 1), generator=generator).to(device)
         t = torch.randint(0, num_train_timesteps, (len(z0),), generator=generator).to(device)
         zt = forward_marginal_sample(z0, alphas_cumprod[t], noise)  # q(z_t | z_0), one alpha_bar_t per row
-        prediction = unet(zt, t, encoder_hidden_states=text).sample
+        if coverage is None:
+            prediction = unet(zt, t, encoder_hidden_states=text).sample
+        else:
+            recorder = CrossAttentionRecorder(len(z0))
+            with register_attention_control(unet, recorder):
+                prediction = unet(zt, t, encoder_hidden_states=text).sample
         per_sample = (prediction.float() - noise).pow(2).flatten(1).mean(1)
-        loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
+        denoising_loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
+        loss = denoising_loss
+        if coverage is not None:
+            regions, kinds = word_regions(prompts, coverage[index], text.shape[1])
+            kinds[t.cpu() >= settings.grounding_max_timestep] = 0
+            grounding = grounding_loss(recorder.maps, regions, kinds)
+            loss = denoising_loss + settings.grounding_weight * grounding
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -336,7 +453,10 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         done = step + 1
         out_of_time = settings.max_minutes > 0 and time.time() - started > 60 * settings.max_minutes
         if done % settings.log_every == 0 or out_of_time:
-            _log(run_dir, {"stage": "unet", "step": done, "loss": round(loss.item(), 5), "lr": round(lr, 6)})
+            record = {"stage": "unet", "step": done, "loss": round(denoising_loss.item(), 5), "lr": round(lr, 6)}
+            if coverage is not None:
+                record["grounding_loss"] = round(grounding.item(), 4)
+            _log(run_dir, record)
         if done % settings.checkpoint_every == 0 or done == settings.unet_steps or out_of_time:
             _atomic_save_file({f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}, state_path)
             _atomic_save_file(ema.shadow, ema_path)

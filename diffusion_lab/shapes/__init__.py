@@ -2,6 +2,7 @@
 
 from .analyzer import ATTRIBUTES, Analysis, DetectedObject, analyze, attribute_accuracy, match_objects
 from .captions import (
+    BACKGROUND_OWNER,
     ObjectDescription,
     SceneDescription,
     caption,
@@ -9,6 +10,7 @@ from .captions import (
     describe,
     parse_caption,
     vocabulary,
+    word_owners,
 )
 from .edits import EDIT_KINDS, SceneEdit, edit_scene
 from .render import Render, render, render_image, shape_coverage

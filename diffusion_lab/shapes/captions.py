@@ -132,6 +132,34 @@ def check_words(text: str) -> list[str]:
     return words
 
 
+BACKGROUND_OWNER = "background"
+
+
+def word_owners(text: str) -> list:
+    """What each word of a caption describes: an object's index (0, 1, ...) for its size, colour and
+    shape words (or the placeholder "shape"), BACKGROUND_OWNER for the background colour, None for
+    the grammar's function words.
+
+    "a large red circle and a star on a gray background" -> [None, 0, 0, 0, None, None, 1, None, None, "background", None].
+    Objects are counted in the order the caption names them, which is `scene.objects`' order for `caption(scene)`.
+    Training uses it to tell the cross-attention map of each word where its object is.
+    """
+    words = check_words(text)
+    owners: list = [None] * len(words)
+    object_index, in_background = 0, False
+    for i, word in enumerate(words):
+        if word == "and":
+            object_index += 1
+        elif word == "on" and i + 1 < len(words) and words[i + 1] == "a":
+            in_background = True
+        elif in_background:
+            if word in BACKGROUNDS:
+                owners[i] = BACKGROUND_OWNER
+        elif word in SIZES or word in COLOURS or word in SHAPES or word == "shape":
+            owners[i] = object_index
+    return owners
+
+
 def parse_caption(text: str) -> SceneDescription:
     """Parse a caption of the grammar above back into a SceneDescription (clear error when it is not one)."""
     words = check_words(text)
