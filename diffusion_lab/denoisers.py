@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .convolution_backend import convolution_backend
+from .traced_unet import unet_sample
 
 
 class Denoiser(Protocol):
@@ -84,8 +85,9 @@ class TextConditionedDenoiser:
     def _unet(self, x: Tensor, t: int | Tensor, embeddings: Tensor) -> Tensor:
         dtype = _module_dtype(self.unet)
         with convolution_backend(x):  # native CPU kernels for small latents: see convolution_backend.py
-            output = self.unet(x.to(dtype), t, encoder_hidden_states=embeddings.to(dtype), **self.unet_kwargs)
-        return getattr(output, "sample", output).float()
+            # a frozen trace of the UNet where it cannot change the result (CPU, no autograd, stock attention)
+            output = unet_sample(self.unet, x.to(dtype), t, embeddings.to(dtype), **self.unet_kwargs)
+        return output.float()
 
     def unconditional_and_conditional(self, x_t: Tensor, t: int | Tensor, step_index: int = 0) -> tuple[Tensor, Tensor]:
         """(eps_uncond, eps_cond), each (B, C, H, W), from one batched UNet call [uncond rows, cond rows]."""

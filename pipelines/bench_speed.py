@@ -1,10 +1,11 @@
-"""Measure sampling speed: a 50-step DDIM sample with guidance at batch 1, per CPU convolution backend.
+"""Measure sampling speed: a 50-step DDIM sample with guidance at batch 1, per UNet mode and CPU convolution backend.
 
     python pipelines/bench_speed.py [--model shapes-tiny] [--runs 7] [--threads 2] [--sd-sides 16 32 64]
 
-For each backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own kernels;
-see diffusion_lab/convolution_backend.py) it times `text_to_image` and prints the median of --runs runs, with the
-time of one UNet call and of the VAE decode. --sd-sides also times one forward of a Stable Diffusion 1.x-sized UNet
+For the traced UNet (diffusion_lab/traced_unet.py: what plain sampling on a CPU uses) and the eager one, and for
+each CPU convolution backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own
+kernels; see diffusion_lab/convolution_backend.py) it times `text_to_image`: the first sample (which pays for the
+trace) and the median of --runs later ones, with the time of one UNet call and of the VAE decode. --sd-sides also times one forward of a Stable Diffusion 1.x-sized UNet
 (random weights, batch 2 = one guided step) at those latent sides, which is what decides the threshold for real
 checkpoints (slow on a CPU: about a minute per side). Run it on an idle machine. Writes the table to --out.
 """
@@ -28,8 +29,9 @@ from diffusion_lab.text import encode_prompts
 PROMPT = "a large red circle on a gray background"
 
 
-def _median_seconds(fn, runs: int) -> float:
-    fn()  # warm up
+def _median_seconds(fn, runs: int, warm_up: int = 1) -> float:
+    for _ in range(warm_up):
+        fn()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -38,18 +40,26 @@ def _median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def time_backend(pipe, backend: str, runs: int, steps: int, guidance: float) -> dict:
-    """Median seconds of a full sample, one guided UNet call (batch 2) and one VAE decode with `backend`."""
+def time_backend(pipe, backend: str, traced: bool, runs: int, steps: int, guidance: float) -> dict:
+    """Seconds of the first sample (tracing included) and the median of later ones, median ms of one guided
+    UNet call (batch 2) and of one VAE decode, with CPU convolutions `backend` and the traced UNet on or off."""
     os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] = backend
+    os.environ["DIFFUSION_LAB_TRACED_UNET"] = "1" if traced else "0"
+    from diffusion_lab import traced_unet
     from diffusion_lab.denoisers import TextConditionedDenoiser
 
+    traced_unet._TRACES.pop(pipe.unet, None)  # the first sample pays for its trace
     x_T = initial_noise(pipe, 1, 0)
     denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, [PROMPT]), encode_prompts(pipe, [""]), guidance)
+    generate = lambda: text_to_image(pipe, [PROMPT], num_steps=steps, guidance_scale=guidance, progress=False)  # noqa: E731
     with torch.inference_mode():
-        sample = _median_seconds(lambda: text_to_image(pipe, [PROMPT], num_steps=steps, guidance_scale=guidance, progress=False), runs)
-        unet = _median_seconds(lambda: denoiser(x_T, 500, 0), runs * 5)
+        start = time.perf_counter()
+        generate()
+        first = time.perf_counter() - start
+        sample = _median_seconds(generate, runs, warm_up=0)
+        unet = _median_seconds(lambda: denoiser(x_T, 500, 0), runs * 5, warm_up=traced_unet.CALLS_BEFORE_TRACING + 1)
         decode = _median_seconds(lambda: decode_latents(pipe, x_T), runs * 5)
-    return {"sample_s": sample, "unet_ms": 1000 * unet, "decode_ms": 1000 * decode}
+    return {"first_s": first, "sample_s": sample, "unet_ms": 1000 * unet, "decode_ms": 1000 * decode}
 
 
 _SD_UNET: dict = {}
@@ -83,6 +93,8 @@ def main(argv=None) -> str:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--backends", nargs="+", default=list(CHOICES), choices=CHOICES)
+    parser.add_argument("--unet", nargs="+", default=["traced", "eager"], choices=["traced", "eager"],
+                        help="traced: the frozen TorchScript trace diffusion-lab uses for plain CPU sampling (diffusion_lab/traced_unet.py)")
     parser.add_argument("--sd-sides", type=int, nargs="*", default=[])
     parser.add_argument("--out", default="outputs/bench_speed.md")
     args = parser.parse_args(argv)
@@ -93,13 +105,15 @@ def main(argv=None) -> str:
         f"{args.model}, {args.steps}-step DDIM sample with guidance {args.guidance} at batch 1, {torch.get_num_threads()} threads, "
         f"median of {args.runs} runs:",
         "",
-        "| CPU convolutions | sample (s) | one guided UNet call (ms) | VAE decode (ms) |",
-        "|---|---|---|---|",
+        "| UNet | CPU convolutions | sample (s) | first sample, tracing included (s) | one guided UNet call (ms) | VAE decode (ms) |",
+        "|---|---|---|---|---|---|",
     ]
-    for backend in args.backends:
-        result = time_backend(pipe, backend, args.runs, args.steps, args.guidance)
-        lines.append(f"| {backend} | {result['sample_s']:.3f} | {result['unet_ms']:.1f} | {result['decode_ms']:.1f} |")
-        print(lines[-1], flush=True)
+    for traced in args.unet:
+        for backend in args.backends:
+            result = time_backend(pipe, backend, traced == "traced", args.runs, args.steps, args.guidance)
+            lines.append(f"| {traced} | {backend} | {result['sample_s']:.3f} | {result['first_s']:.3f} | {result['unet_ms']:.1f} | "
+                         f"{result['decode_ms']:.1f} |")
+            print(lines[-1], flush=True)
     if args.sd_sides:
         lines += ["", "SD 1.x-sized UNet (random weights), one forward at batch 2, median of 2:", "",
                   "| latent side | oneDNN (s) | native (s) |", "|---|---|---|"]
