@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 MAX_PARAMETERS = 20_000_000
 CALLS_BEFORE_TRACING = 20
+_EAGER = object()  # the "trace" of a key whose tracing failed
 
 
 def traced_unet_enabled() -> bool:
@@ -114,5 +115,12 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
         traces.calls[key] = traces.calls.get(key, 0) + 1
         if traces.calls[key] <= CALLS_BEFORE_TRACING:
             return unet(sample, t, encoder_hidden_states=encoder_hidden_states).sample
-        graph = traces.graphs[key] = _trace(unet, sample, timesteps, encoder_hidden_states)
+        try:
+            graph = _trace(unet, sample, timesteps, encoder_hidden_states)
+        except Exception as error:  # a PyTorch without TorchScript, an untraceable UNet: stay eager, say so once
+            warnings.warn(f"diffusion-lab could not trace the UNet ({type(error).__name__}: {error}); running it eagerly")
+            graph = _EAGER
+        traces.graphs[key] = graph
+    if graph is _EAGER:
+        return unet(sample, t, encoder_hidden_states=encoder_hidden_states).sample
     return graph(sample, timesteps, encoder_hidden_states)

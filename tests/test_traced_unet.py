@@ -1,5 +1,7 @@
 """The frozen-trace fast path of the UNet: the same numbers as eager diffusers, and only where that is safe."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -67,3 +69,19 @@ def test_controllers_autograd_and_the_switch_run_the_eager_unet(unet_and_inputs,
     monkeypatch.setenv("DIFFUSION_LAB_TRACED_UNET", "maybe")
     with pytest.raises(ValueError, match="use 1 \\(on\\) or 0 \\(off\\)"):
         traced_unet.traced_unet_enabled()
+
+
+def test_a_failing_trace_falls_back_to_eager_with_one_warning(unet_and_inputs, monkeypatch):
+    unet, x, text = unet_and_inputs
+
+    def no_torchscript(*args, **kwargs):
+        raise RuntimeError("TorchScript is not available")
+
+    monkeypatch.setattr(traced_unet, "_trace", no_torchscript)
+    with pytest.warns(UserWarning, match="could not trace the UNet"):
+        output = _call_until_traced(unet, x, 500, text)
+    with torch.no_grad():
+        assert torch.allclose(output, unet(x, 500, encoder_hidden_states=text).sample)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            unet_sample(unet, x, 500, text)  # no second warning
