@@ -168,7 +168,11 @@ def _fit_vae(vae, settings: TrainingSettings, decoder_only: bool) -> None:
     start = 0
     if state_path.exists():
         vae.load_state_dict(load_file(str(state_path)))
-        start = json.loads(meta_path.read_text())["step"]
+        meta = json.loads(meta_path.read_text())
+        start = meta["step"]
+        if meta.get("seeded_from"):  # a run seeded from an export: its VAE is final (the UNet lives in its latents)
+            vae.eval()
+            return
         if optim_path.exists():
             optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
     if start >= steps:
@@ -581,7 +585,9 @@ def seed_run_from_export(settings: TrainingSettings, export_dir: str) -> int:
     _atomic_save_file({k: v.float() if v.dtype.is_floating_point else v for k, v in weights.items()}, run_dir / "unet_text_ema.safetensors")
     (run_dir / "unet_state.json").write_text(json.dumps({"step": step, "settings": asdict(settings), "seeded_from": str(export_dir)}))
     _atomic_save_file(pipe.vae.state_dict(), run_dir / "vae.safetensors")
-    (run_dir / "vae_state.json").write_text(json.dumps({"step": settings.vae_steps, "seeded_from": str(export_dir)}))
+    # The exported VAE is final in the seeded run (_fit_vae trains neither stage further): the UNet lives in its latents.
+    (run_dir / "vae_state.json").write_text(json.dumps({"step": int(info.get("vae_steps", 0)), "seeded_from": str(export_dir)}))
     _atomic_save_file(pipe.vae.state_dict(), run_dir / "vae_decoder.safetensors")
-    (run_dir / "vae_decoder_state.json").write_text(json.dumps({"step": settings.decoder_steps, "seeded_from": str(export_dir)}))
+    decoder_steps = int(info.get("vae_decoder_steps", 0))
+    (run_dir / "vae_decoder_state.json").write_text(json.dumps({"step": decoder_steps, "seeded_from": str(export_dir)}))
     return step

@@ -132,8 +132,10 @@ def test_seed_a_run_from_an_export_and_train_on(tmp_path):
     train_vae(pipe, settings)
     train_unet(pipe, settings)
     export_from_run(settings)
-    more = tiny_training_settings(tmp_path, run_dir=str(tmp_path / "more"), unet_steps=3, eval_every=0)
+    # vae_steps above the export's: the seeded VAE must still stay as it is (the UNet lives in its latents)
+    more = tiny_training_settings(tmp_path, run_dir=str(tmp_path / "more"), unet_steps=3, eval_every=0, vae_steps=50)
     assert seed_run_from_export(more, str(tmp_path / "export")) == 2
+    assert json.loads((tmp_path / "more" / "vae_state.json").read_text())["step"] == settings.vae_steps  # the export's
     with pytest.raises(FileExistsError):
         seed_run_from_export(more, str(tmp_path / "export"))
     pipe2 = build_untrained_pipeline(seed=1)

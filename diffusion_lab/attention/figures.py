@@ -35,8 +35,8 @@ def default_resolution(store: AttentionStore, is_cross: bool = True) -> int:
     """The map side figures use when none is given.
 
     Cross-attention: the stored side nearest to a quarter of the latent side, but at least 8 -- P2P's figures
-    show Stable Diffusion's 16x16 maps of 64x64 latents; shapes-tiny's 16x16 latents give 8x8 maps, and its
-    16x16 layers hardly place words at all (evaluate_model.py prints the mass per map size). Self-attention:
+    show Stable Diffusion's 16x16 maps of 64x64 latents; shapes-tiny's 16x16 latents give 8x8 maps, its
+    sharpest (evaluate_model.py prints the mass per map size). Self-attention:
     the largest stored side up to 16 (its principal components need cells). Unknown latent size: as for
     self-attention."""
     if not store.layers:
