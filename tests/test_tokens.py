@@ -102,7 +102,7 @@ def test_refinement_alignment_phrase_addition(bpe):
     assert mapper[:6].tolist() == [0, 1, -1, 2, 3, 4]
     assert alphas[:6].tolist() == [1, 1, 0, 1, 1, 1]
     assert mapper.shape == alphas.shape == (16,)
-    assert mapper[6:].tolist() == list(range(5, 15))  # padding aligned to padding
+    assert mapper[6:].tolist() == list(range(6, 16))  # padding keeps its position (P2P's seq_aligner)
     assert alphas[6:].eq(1).all()
 
 
@@ -112,4 +112,5 @@ def test_refinement_alignment_with_split_word_and_deletion(bpe):
     assert alphas[:9].tolist() == [1, 1, 0, 0, 1, 1, 1, 1, 1]
     mapper, alphas = refinement_alignment(bpe, "a big red circle", "a red circle")
     assert mapper[:5].tolist() == [0, 1, 3, 4, 5]
+    assert mapper[5:].tolist() == [6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 15]  # padding to padding, never to a word
     assert alphas.eq(1).all()

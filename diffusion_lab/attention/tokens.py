@@ -249,9 +249,13 @@ def refinement_alignment(tokenizer, source: str, target: str) -> tuple[torch.Ten
     Returns (mapper, alphas), both of length tokenizer.model_max_length:
       mapper[j] = source position aligned with target position j, or -1 for a new target token;
       alphas[j] = 1 where the target column takes the source's map, 0 where it keeps its own.
-    Padding positions are aligned to padding positions.
+    Padding positions keep their own position, as in P2P's seq_aligner (a target padding column j takes the
+    source's column j; only when the target is shorter than the source, column j + the difference, so that no
+    padding column takes a word's map). A shallow text encoder such as shapes-tiny's gives each padding position
+    its own embedding: shifting them by the inserted words hands every padding column its neighbour's attention,
+    which speckles the whole image (measured with `pipelines/bench_p2p.py --kinds add`).
     Example (tiny BPE tokenizer): "a red circle" -> "a big red circle" gives
-      mapper [0, 1, -1, 2, 3, 4, 5, ...], alphas [1, 1, 0, 1, 1, 1, 1, ...].
+      mapper [0, 1, -1, 2, 3, 4, 6, 7, ...], alphas [1, 1, 0, 1, 1, 1, 1, ...].
     """
     source_ids = prompt_token_ids(tokenizer, source)
     target_ids = prompt_token_ids(tokenizer, target)
@@ -259,8 +263,8 @@ def refinement_alignment(tokenizer, source: str, target: str) -> tuple[torch.Ten
     aligned = _global_alignment(source_ids, target_ids)
     mapper = torch.empty(length, dtype=torch.long)
     mapper[: len(aligned)] = torch.tensor(aligned, dtype=torch.long)
-    padding = torch.arange(length - len(target_ids)) + len(source_ids)
-    mapper[len(target_ids) :] = padding.clamp(max=length - 1)
+    padding = torch.arange(len(target_ids), length)
+    mapper[len(target_ids) :] = (padding + max(0, len(source_ids) - len(target_ids))).clamp(max=length - 1)
     alphas = (mapper >= 0).float()
     return mapper, alphas
 
