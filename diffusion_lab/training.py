@@ -20,6 +20,7 @@ folder, so training resumes exactly; `export_pipeline` writes the diffusers fold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -316,11 +317,14 @@ def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, kinds: torch
     supervised = kinds > 0
     if not supervised.any():
         return sum(m.sum() for m in maps) * 0.0
-    losses = []
+    losses, region_at_side = [], {}
     for attention in maps:
         side = math.isqrt(attention.shape[2])
-        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2).to(attention.device)  # (B, tokens, HW)
-        region = torch.where((kinds == BACKGROUND_WORD)[..., None].to(attention.device), pooled >= 0.5, pooled > 0)
+        if side not in region_at_side:  # several layers share a map size
+            pooled = F.adaptive_avg_pool2d(regions, side).flatten(2).to(attention.device)  # (B, tokens, HW)
+            is_background = (kinds == BACKGROUND_WORD)[..., None].to(attention.device)
+            region_at_side[side] = torch.where(is_background, pooled >= 0.5, pooled > 0)
+        region = region_at_side[side]
         per_word = attention.mean(1).transpose(1, 2)  # (B, heads, HW, tokens) -> (B, tokens, HW)
         inside = (per_word * region).sum(-1) / per_word.sum(-1).clamp_min(1e-8)  # (B, tokens)
         losses.append(((1 - inside) ** 2)[supervised.to(attention.device)].mean())
@@ -435,12 +439,9 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         noise = noise + settings.offset_noise * torch.randn(z0.shape[:2] + (1, 1), generator=generator).to(device)
         t = torch.randint(0, num_train_timesteps, (len(z0),), generator=generator).to(device)
         zt = forward_marginal_sample(z0, alphas_cumprod[t], noise)  # q(z_t | z_0), one alpha_bar_t per row
-        if coverage is None:
+        recorder = CrossAttentionRecorder(len(z0)) if coverage is not None else None
+        with register_attention_control(unet, recorder) if recorder is not None else contextlib.nullcontext():
             prediction = unet(zt, t, encoder_hidden_states=text).sample
-        else:
-            recorder = CrossAttentionRecorder(len(z0))
-            with register_attention_control(unet, recorder):
-                prediction = unet(zt, t, encoder_hidden_states=text).sample
         per_sample = (prediction.float() - noise).pow(2).flatten(1).mean(1)
         denoising_loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
         loss = denoising_loss

@@ -5,7 +5,8 @@
 For the traced UNet (diffusion_lab/traced_unet.py: what plain sampling on a CPU uses) and the eager one, and for
 each CPU convolution backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own
 kernels; see diffusion_lab/convolution_backend.py) it times `text_to_image`: the first sample (which pays for the
-trace) and the median of --runs later ones, with the time of one UNet call and of the VAE decode. --sd-sides also times one forward of a Stable Diffusion 1.x-sized UNet
+trace) and the median of --runs later ones, with the time of one UNet call and of the VAE decode. --sd-sides
+also times one forward of a Stable Diffusion 1.x-sized UNet
 (random weights, batch 2 = one guided step) at those latent sides, which is what decides the threshold for real
 checkpoints (slow on a CPU: about a minute per side). Run it on an idle machine. Writes the table to --out.
 """
