@@ -347,7 +347,7 @@ def run_edit(
         denoiser = inversion.denoiser(pipe.unet, text_embeddings, guidance)
         seed = None
     controller = edit.build_controller(pipe.tokenizer, int(x_T.shape[-1]), store_self_attention, per_step_resolutions)
-    latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller, progress)
+    latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller, progress=progress)
     return EditResult(
         images=decode_latents(pipe, latents),
         prompts=prompts,

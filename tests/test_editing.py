@@ -59,6 +59,15 @@ def test_result_layout_and_source_row_is_plain_generation(pipe):
     assert result.figure().size[0] > 2 * 32
 
 
+def test_progress_bars_do_not_change_the_edit(pipe, monkeypatch):
+    """progress=True (the default of labs and widgets) is deterministic DDIM like progress=False (a regression:
+    progress once reached the sampler as its eta, so edits with progress bars sampled with eta=1 from the global RNG)."""
+    monkeypatch.setenv("DIFFUSION_LAB_NO_PROGRESS", "1")
+    quiet = generate(pipe, "a red circle", ["a blue circle"])
+    with_bars = [generate(pipe, "a red circle", ["a blue circle"], progress=True) for _ in range(2)]
+    assert all(torch.equal(quiet.latents, run.latents) for run in with_bars)
+
+
 def test_identical_target_reproduces_the_source(pipe):
     result = generate(pipe, "a red circle", ["a red circle"])
     assert torch.equal(result.latents[0], result.latents[1])
