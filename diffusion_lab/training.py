@@ -274,10 +274,18 @@ def object_coverage(scenes, latent_size: int = 16, image_size: int = 64, progres
 OBJECT_WORD, BACKGROUND_WORD = 1, 2  # the kinds of supervised tokens of word_regions
 
 
-def word_regions(prompts: list[str], coverage: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def word_regions(
+    prompts: list[str],
+    coverage: torch.Tensor,
+    num_tokens: int,
+    timesteps: torch.Tensor | None = None,
+    max_timestep: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each token of each prompt belongs, for the grounding loss.
 
-    coverage: (B, MAX_OBJECTS, h, w), the objects' cell coverage of each prompt's scene. Returns
+    coverage: (B, MAX_OBJECTS, h, w), the objects' cell coverage of each prompt's scene. timesteps (B,) and
+    max_timestep: rows noised to t >= max_timestep supervise no word (near pure noise the layout is not yet
+    decided, so there is nothing to ground). Returns
     regions (B, tokens, h, w) in [0, 1] (an attribute word: its object's coverage; the background
     colour word: 1 - all objects' coverage) and kinds (B, tokens) int: 0 for tokens without a region,
     OBJECT_WORD or BACKGROUND_WORD. Token i + 1 is word i (bos first): the word-level tokenizer of
@@ -298,6 +306,8 @@ def word_regions(prompts: list[str], coverage: torch.Tensor, num_tokens: int) ->
             else:
                 regions[b, i + 1] = coverage[b, owner].float()
                 kinds[b, i + 1] = OBJECT_WORD
+    if timesteps is not None and max_timestep is not None:
+        kinds[timesteps.cpu() >= max_timestep] = 0
     return regions, kinds
 
 
@@ -446,8 +456,7 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         denoising_loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
         loss = denoising_loss
         if coverage is not None:
-            regions, kinds = word_regions(prompts, coverage[index], text.shape[1])
-            kinds[t.cpu() >= settings.grounding_max_timestep] = 0
+            regions, kinds = word_regions(prompts, coverage[index], text.shape[1], t, settings.grounding_max_timestep)
             grounding = grounding_loss(recorder.maps, regions, kinds)
             loss = denoising_loss + settings.grounding_weight * grounding
         optimizer.zero_grad(set_to_none=True)

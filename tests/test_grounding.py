@@ -49,6 +49,17 @@ def test_word_regions_put_each_word_on_its_object():
     assert not empty_kinds.any()
 
 
+def test_word_regions_supervise_only_timesteps_below_the_limit():
+    scenes = [random_scene(seed, num_objects=1) for seed in (1, 2, 3)]
+    prompts = [f"a {s.objects[0].colour} {s.objects[0].shape} on a {s.background} background" for s in scenes]
+    coverage = object_coverage(scenes)
+    _, every_level = word_regions(prompts, coverage, num_tokens=12)
+    _, kinds = word_regions(prompts, coverage, num_tokens=12, timesteps=torch.tensor([10, 600, 599]), max_timestep=600)
+    assert every_level.any(dim=1).all()
+    assert torch.equal(kinds[0], every_level[0]) and torch.equal(kinds[2], every_level[2])
+    assert not kinds[1].any()  # t = 600 >= the limit: no word of that row is grounded
+
+
 def _maps(per_word: torch.Tensor, heads: int = 2) -> torch.Tensor:
     """(B, tokens, HW) per-word maps -> (B, heads, HW, tokens) probabilities as a layer would store them."""
     return per_word.transpose(1, 2)[:, None].expand(-1, heads, -1, -1)
