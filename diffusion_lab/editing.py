@@ -346,8 +346,10 @@ def run_edit(
         timesteps = inversion.timesteps
         denoiser = inversion.denoiser(pipe.unet, text_embeddings, guidance)
         seed = None
+    rectifier = None if inversion is None else inversion.source_rectifier(1)  # direct inversion: row 0 on the pivot
     controller = edit.build_controller(pipe.tokenizer, int(x_T.shape[-1]), store_self_attention, per_step_resolutions)
-    latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller, progress=progress)
+    latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller,
+                                     progress=progress, source_rectifier=rectifier)
     return EditResult(
         images=decode_latents(pipe, latents),
         prompts=prompts,
@@ -424,7 +426,7 @@ def edit_real(
 
     image_or_inversion: a path, PIL image or uint8 array of ONE image, or an Inversion (from
         inversion.invert, or a previous result.inversion) to reuse; then source_prompt defaults to its prompt.
-    inversion_method: "null_text", "negative_prompt", "ddim" or "fixed_point" (inversion.invert);
+    inversion_method: "null_text", "negative_prompt", "ddim", "fixed_point" or "direct" (inversion.invert);
         inversion_options go to invert (e.g. inner_steps=5). guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion.
     """
@@ -503,7 +505,8 @@ def _check_inversion(pipe, inversion, source_prompt: str, guidance_scale: float 
             UserWarning,
             stacklevel=3,
         )
-    if guidance_scale is not None and inversion.method != "ddim" and float(guidance_scale) != inversion.guidance_scale:
+    # direct inversion rectifies the source at any guidance
+    if guidance_scale is not None and inversion.method not in ("ddim", "direct") and float(guidance_scale) != inversion.guidance_scale:
         warnings.warn(
             f"the {inversion.method} inversion was made for guidance {inversion.guidance_scale}, the edit samples at "
             f"{guidance_scale}: the source will not reconstruct faithfully",

@@ -47,18 +47,27 @@ class ControlledDenoiser:
         return self.denoiser(x_t, t, step_index)
 
 
-def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None):
+def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None, source_rectifier=None):
     """Sample the batch x_T (P, C, h, w) with `controller` registered on the UNet: told the step before every
-    UNet call (`set_step`), and given the latents after every step (`blend_latents`, LocalBlend). Returns z_0."""
+    UNet call (`set_step`), and given the latents after every step (`blend_latents`, LocalBlend). Returns z_0.
+
+    source_rectifier: an on_step_end of `sample` applied before the blend (a direct inversion's
+    Inversion.source_rectifier(1), which puts the source row back on its pivot)."""
     from .attention import register_attention_control
 
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     controller.reset()
     controlled = ControlledDenoiser(denoiser, controller, len(timesteps), x_T.shape[0])
+
+    def on_step_end(step_index, t_prev, x):
+        if source_rectifier is not None:
+            x = source_rectifier(step_index, t_prev, x)
+        return controller.blend_latents(x, step_index)
+
     with register_attention_control(pipe.unet, controller):
         result = sample(
             controlled, x_T.to(pipe.unet.device).float(), schedule, timesteps, eta=eta, generator=generator,
-            progress=progress, callback=callback, on_step_end=lambda step_index, t_prev, x: controller.blend_latents(x, step_index),
+            progress=progress, callback=callback, on_step_end=on_step_end,
         )
     return result.sample
 

@@ -18,6 +18,11 @@ same sampling produces. Four methods, all built on the same sampling step (poste
     fixed_point      Fixed-point inversion (ReNoise, Garibi et al. 2024, arXiv:2403.14602; AIDI, Pan et al. 2023,
                      arXiv:2309.04907): solve the exact inverse of each sampling step by iterating the noise
                      prediction at the current estimate of z_t. See `invert_latents`.
+    direct           Direct inversion (PnP Inversion, Ju et al. 2024, arXiv:2310.01506): DDIM inversion at w = 1
+                     is kept as the pivot z*_T ... z*_0, and sampling at w puts the SOURCE branch back on it after
+                     every step (`rectify_source_branch`). The reconstruction is the pivot itself (exact up to the
+                     VAE), and the target branches of an edit are left alone: only the attention they take from the
+                     source changes (unlike null-text, whose optimised embedding also steers the targets).
 
 The step itself (`ddim_inversion_step`) is the lecture's DDIM update read from t_{prev} up to t:
 
@@ -63,10 +68,10 @@ from diffusion_lab.progress import progress_bar
 from diffusion_lab.sampling import sample
 from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
 
-METHODS = ("ddim", "null_text", "negative_prompt", "fixed_point")
+METHODS = ("ddim", "null_text", "negative_prompt", "fixed_point", "direct")
 # Guidance each method inverts for when none is given: DDIM inversion is only reliable at w = 1; the others exist
 # to make the usual text-to-image guidance (7.5) work.
-DEFAULT_GUIDANCE = {"ddim": 1.0, "null_text": 7.5, "negative_prompt": 7.5, "fixed_point": 7.5}
+DEFAULT_GUIDANCE = {"ddim": 1.0, "null_text": 7.5, "negative_prompt": 7.5, "fixed_point": 7.5, "direct": 7.5}
 FORMAT_VERSION = 1
 ETA_ERROR = (
     "only eta = 0 (deterministic DDIM) is invertible by DDIM inversion: with eta > 0 every sampling step adds fresh "
@@ -441,7 +446,8 @@ def invert_with_model(
     """Invert latents z_0 (B, C, H, W) with any method (see the module docstring) for sampling at `guidance_scale`.
 
     ddim / fixed_point invert the guided denoiser itself (uncond = `unconditional`); null_text and negative_prompt
-    invert at w = 1 and change the unconditional branch so that sampling at w retraces that pivot. At w = 1 the
+    invert at w = 1 and change the unconditional branch so that sampling at w retraces that pivot; direct keeps the
+    w = 1 pivot and the sampler is put back on it after each step (`rectify_source_branch`). At w = 1 the
     unconditional branch is never used: null-text skips its optimisation and all four reduce to DDIM inversion
     (fixed_point: its exact variant).
     """
@@ -460,6 +466,8 @@ def invert_with_model(
             trajectory.latents, timesteps, method, guidance_scale, condition, unconditional, diagnostics
         )
     pivot = invert_latents(model.denoiser(condition, unconditional, 1.0), z_0, model.schedule, timesteps, None, progress)
+    if method == "direct":  # the pivot is the result; sampling rectifies the source branch onto it
+        return LatentInversion(pivot.latents, timesteps, method, guidance_scale, condition, unconditional, diagnostics)
     if method == "negative_prompt":
         return LatentInversion(pivot.latents, timesteps, method, guidance_scale, condition, condition, diagnostics)
     # null_text
@@ -488,13 +496,39 @@ def reconstruct_with_model(
 
     condition: None = the source's (reconstruction); another one gives an edit. Returns a SamplingResult.
     """
+    rectify = inversion.method == "direct" and condition is None  # an edit (another condition) is not rectified
     condition = inversion.condition if condition is None else condition
     guidance_scale = inversion.guidance_scale if guidance_scale is None else guidance_scale
     denoiser = model.denoiser(condition, inversion.unconditional, guidance_scale)
+    on_step_end = None
+    if rectify:
+        rows = inversion.latents.shape[1]
+        on_step_end = lambda step_index, t_prev, x: rectify_source_branch(inversion.latents, x, step_index, rows)  # noqa: E731
     return sample(
         denoiser, inversion.latents[0], model.schedule, inversion.timesteps, progress=progress,
-        return_trajectory=return_trajectory,
+        return_trajectory=return_trajectory, on_step_end=on_step_end,
     )
+
+
+def rectify_source_branch(pivot: Tensor, latents: Tensor, step_index: int, source_rows: int = 1) -> Tensor:
+    """Direct inversion's correction (PnP Inversion, Ju et al. 2024, arXiv:2310.01506, Alg. 1).
+
+    After sampling step i has taken the source branch from z_t to z^src_{t_prev} (guided, at w), add back the
+    distance to the pivot that DDIM inversion at w = 1 recorded:
+
+        z^src_{t_prev} <- z^src_{t_prev} + (z*_{t_prev} - z^src_{t_prev}) = z*_{t_prev}
+
+    so the source branch never drifts (its attention maps, which Prompt-to-Prompt hands to the targets, are those
+    of the pivot), while the target rows are not touched: classifier-free guidance at w steers them freely.
+
+    pivot: (S + 1, B, C, h, w) in sampling order (Inversion.latents); latents: (P, C, h, w), the batch after step
+    `step_index`, whose first `source_rows` rows are the source branch (B of them, or 1 of an edit batch).
+    """
+    target = pivot[step_index + 1].to(latents)  # z*_{t_prev}: (B, C, h, w)
+    if target.shape[0] not in (1, source_rows):
+        raise ValueError(f"the pivot has {target.shape[0]} rows per step, the source branch {source_rows}")
+    source = target.expand(source_rows, -1, -1, -1)
+    return torch.cat([source, latents[source_rows:]]) if latents.shape[0] > source_rows else source.clone()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -570,6 +604,15 @@ class Inversion:
     def per_step_uncond(self) -> bool:
         """True when each sampling step has its own unconditional embedding (null-text)."""
         return self.uncond_embeddings.shape[0] > 1
+
+    def source_rectifier(self, source_rows: int | None = None) -> Callable[[int, int, Tensor], Tensor] | None:
+        """`sample`'s on_step_end for a direct inversion: put the first `source_rows` rows (default: all B, a
+        reconstruction) back on the pivot after each step (`rectify_source_branch`). None for the other methods,
+        whose sampling needs no correction."""
+        if self.method != "direct":
+            return None
+        rows = self.batch_size if source_rows is None else int(source_rows)
+        return lambda step_index, t_prev, x: rectify_source_branch(self.latents, x, step_index, rows)
 
     def uncond_embeddings_for_sampling(self) -> Tensor | list[Tensor]:
         """What TextConditionedDenoiser's `uncond_embeddings` takes: one (B', L, D) tensor, or a list of S of them."""
@@ -734,8 +777,8 @@ def invert(
 
     image: a path, PIL image or array (or a list of them): converted to RGB at the model's size with a warning,
         then VAE-encoded (latent_dist.mean * scaling_factor, fp32). Or pass `latents` (B, C, h, w) instead.
-    prompt: the source prompt (one, or one per image). method: "ddim", "null_text", "negative_prompt" or
-        "fixed_point" (see the module docstring). num_steps: S, on the scheduler's own subsequence unless
+    prompt: the source prompt (one, or one per image). method: "ddim", "null_text", "negative_prompt",
+        "fixed_point" or "direct" (see the module docstring). num_steps: S, on the scheduler's own subsequence unless
         `timesteps` (descending) is given. guidance_scale: the w edits will sample with; default per method
         (DEFAULT_GUIDANCE: 1 for ddim, 7.5 otherwise). negative_prompt: the text whose embedding is the
         unconditional one ("" = the null text of SD).
@@ -843,6 +886,12 @@ def negative_prompt_inversion(pipe, image, prompt, num_steps: int = 50, guidance
     return invert(pipe, image, prompt, "negative_prompt", num_steps, guidance_scale, **options)
 
 
+def direct_inversion(pipe, image, prompt, num_steps: int = 50, guidance_scale: float = 7.5, **options) -> Inversion:
+    """Direct inversion (PnP Inversion, Ju et al. 2024): the w = 1 DDIM pivot, onto which sampling at
+    `guidance_scale` puts the source branch back after every step (`rectify_source_branch`). See `invert`."""
+    return invert(pipe, image, prompt, "direct", num_steps, guidance_scale, **options)
+
+
 def fixed_point_inversion(
     pipe,
     image,
@@ -911,7 +960,8 @@ def reconstruct(
     progress: bool = True,
 ):
     """Sample from an inversion's z_T with its per-step unconditional embeddings: the reconstruction (prompt None:
-    the source prompt, at the inversion's guidance) or a plain prompt-swap edit (another prompt).
+    the source prompt, at the inversion's guidance) or a plain prompt-swap edit (another prompt). A direct
+    inversion's reconstruction is its pivot (rectified every step); its prompt swap is not rectified.
 
     output_type: "pil" (list of PIL images), "uint8" (numpy (B, H, W, 3)), "latents" ((B, C, h, w) float32).
     """
@@ -928,7 +978,10 @@ def reconstruct(
         text_embeddings = encode_prompts(pipe, _prompts_for(prompt, inversion.batch_size)).to(device)
     denoiser = inversion.denoiser(pipe.unet, text_embeddings, guidance_scale)
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
-    result = sample(denoiser, inversion.z_T.to(device), schedule, inversion.timesteps, progress=progress)
+    # direct inversion: the source prompt is put back on the pivot; another prompt samples freely from z_T
+    rectifier = inversion.source_rectifier() if prompt is None else None
+    result = sample(denoiser, inversion.z_T.to(device), schedule, inversion.timesteps, progress=progress,
+                    on_step_end=rectifier)
     if output_type == "latents":
         return result.sample
     return decode_latents(pipe, result.sample, output_type)

@@ -89,7 +89,8 @@ def run_cell(pipe, method, steps, guidance, latents, prompts, batch_size, option
         begin = time.perf_counter()
         with torch.no_grad():
             denoiser = inversion.denoiser(pipe.unet)
-            reconstructed = sample(denoiser, inversion.z_T, schedule, inversion.timesteps, progress=False).sample
+            reconstructed = sample(denoiser, inversion.z_T, schedule, inversion.timesteps, progress=False,
+                                   on_step_end=inversion.source_rectifier()).sample  # direct: back on the pivot
         synchronize(reconstructed.device)
         reconstruct_seconds += time.perf_counter() - begin
         latent_errors.append(((reconstructed - z_0) ** 2).flatten(1).mean(dim=1).sqrt().cpu())

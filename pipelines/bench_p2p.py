@@ -55,6 +55,7 @@ import torch
 from scipy import ndimage
 
 from diffusion_lab.editing import PromptEdit, auto_self_replace_resolution, run_edit
+from diffusion_lab.inversion import METHODS as INVERSION_METHODS
 from diffusion_lab.metrics import masked_psnr, psnr, ssim
 from diffusion_lab.progress import progress_bar
 from diffusion_lab.shapes import (
@@ -383,7 +384,7 @@ def main(argv=None) -> str:
                              "diffusion_lab.editing.auto_self_replace_resolution of the latent side)")
     parser.add_argument("--reweight-scale", type=float, default=2.0)
     parser.add_argument("--strength", type=float, default=0.6, help="naive noising strength")
-    parser.add_argument("--inversion", default="null_text", choices=("null_text", "negative_prompt", "ddim", "fixed_point"))
+    parser.add_argument("--inversion", default="null_text", choices=INVERSION_METHODS)
     parser.add_argument("--inner-steps", type=int, default=None, help="null-text inner steps (default 10)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)

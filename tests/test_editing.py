@@ -149,6 +149,32 @@ def test_edit_real_inverts_then_edits_and_the_inversion_is_reusable(pipe):
         edit_real(pipe, inversion, "a blue square", ["a red square"], progress=False)
 
 
+def test_edit_real_with_direct_inversion_keeps_the_source_on_its_pivot(pipe):
+    """Direct inversion: the source row IS the encoded image at any guidance; the targets sample freely (with the
+    source's attention), so they equal a plain unrectified run only in the rows the rectifier does not touch."""
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any guidance is faithful for direct inversion: no warning
+        result = edit_real(pipe, image, "a red circle", ["a blue circle"], inversion_method="direct",
+                           num_steps=STEPS, guidance_scale=3.0, progress=False)
+    inversion = result.inversion
+    assert inversion.method == "direct" and result.guidance_scale == 3.0
+    assert torch.equal(result.latents[0], inversion.z_0[0].cpu())
+    baseline = edit_real(pipe, inversion, target_prompts=["a blue circle"], attention_control=False, progress=False,
+                         guidance_scale=3.0)
+    assert torch.equal(baseline.latents[0], inversion.z_0[0].cpu())
+    plain = reconstruct_free(pipe, inversion, "a blue circle", 3.0)
+    torch.testing.assert_close(baseline.latents[1], plain[0], atol=ATOL, rtol=0)  # no control: target not rectified
+    assert not torch.allclose(result.latents[1], baseline.latents[1], atol=1e-3)  # P2P: the source's maps
+
+
+def reconstruct_free(pipe, inversion, prompt, guidance_scale):
+    from diffusion_lab.inversion import reconstruct
+
+    return reconstruct(pipe, inversion, prompt=prompt, guidance_scale=guidance_scale, output_type="latents",
+                       progress=False).cpu()
+
+
 def test_edit_real_checks_the_edit_before_inverting(pipe, unet_calls):
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     with pytest.raises(EditError, match="edit='refine'"):

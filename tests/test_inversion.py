@@ -15,6 +15,7 @@ from diffusion_lab.inversion import (
     ConditionalModel,
     FixedPointSettings,
     Inversion,
+    LatentInversion,
     anderson_extrapolation,
     ddim_inversion_step,
     invert,
@@ -22,6 +23,7 @@ from diffusion_lab.inversion import (
     invert_with_model,
     reconstruct,
     reconstruct_with_model,
+    rectify_source_branch,
 )
 from diffusion_lab.posterior import generalized_posterior_step
 from diffusion_lab.schedules import NoiseSchedule
@@ -119,6 +121,35 @@ def test_fixed_point_inversion_is_exact_at_any_guidance(closed_form, schedule):
         assert _max_error(torch.stack(result.trajectory), exact.latents) < 1e-8
     residuals = exact.diagnostics["fixed_point_residuals"]
     assert residuals.shape == (50, 8) and torch.nan_to_num(residuals, nan=0.0).min(dim=1).values.max() < 1e-9
+
+
+def test_direct_inversion_rectifies_the_source_onto_the_pivot_at_any_guidance(closed_form, schedule):
+    """PnP Inversion: the w = 1 pivot is kept; guided sampling is put back on it after every step, so the source
+    reconstructs exactly at w = 3 where DDIM inversion at w = 3 does not; a different condition is not rectified."""
+    model, x_0 = closed_form
+    timesteps = schedule.timesteps(20)
+    pivot = invert_with_model(model, x_0, timesteps, 0, None, "ddim", 1.0, progress=False)
+    direct = invert_with_model(model, x_0, timesteps, 0, None, "direct", 3.0, progress=False)
+    assert torch.equal(direct.latents, pivot.latents) and direct.guidance_scale == 3.0
+    result = reconstruct_with_model(model, direct, progress=False, return_trajectory=True)
+    assert torch.equal(torch.stack(result.trajectory), direct.latents)  # on the pivot at every step
+    guided_ddim = invert_with_model(model, x_0, timesteps, 0, None, "ddim", 3.0, progress=False)
+    assert _max_error(reconstruct_with_model(model, guided_ddim, progress=False).sample, x_0) > 1e-3
+    other = reconstruct_with_model(model, direct, condition=1, progress=False).sample
+    free = reconstruct_with_model(model, LatentInversion(pivot.latents, timesteps, "ddim", 3.0, 1, None),
+                                  progress=False).sample
+    assert torch.equal(other, free)  # an edit samples freely from z_T
+
+
+def test_rectify_source_branch_replaces_only_the_source_rows():
+    pivot = torch.randn(4, 1, 2, 3, 3)  # (S + 1, B, C, h, w)
+    batch = torch.randn(3, 2, 3, 3)  # [source, target 1, target 2]
+    out = rectify_source_branch(pivot, batch, step_index=1, source_rows=1)
+    assert torch.equal(out[0], pivot[2, 0]) and torch.equal(out[1:], batch[1:])
+    # PnP Inversion's form: the source plus its distance to the pivot
+    assert torch.allclose(out[0], batch[0] + (pivot[2, 0] - batch[0]))
+    with pytest.raises(ValueError, match="rows per step"):
+        rectify_source_branch(torch.randn(4, 2, 2, 3, 3), batch, 0, source_rows=1)
 
 
 def test_anderson_extrapolation_solves_a_linear_fixed_point_in_few_steps():
@@ -223,6 +254,11 @@ def test_methods_on_a_pipeline_batch(pipe, image):
     assert len(reconstruction) == 2 and reconstruction[0].size == (64, 64)
     edit = reconstruct(pipe, fixed, prompt="a blue square", output_type="uint8", progress=False)
     assert edit.shape == (2, 64, 64, 3)
+    direct = invert(pipe, images, "a red circle", "direct", num_steps=4, progress=False)
+    assert direct.guidance_scale == 7.5 and torch.equal(direct.latents, ddim.latents)
+    assert torch.equal(reconstruct(pipe, direct, output_type="latents", progress=False), direct.z_0)  # the pivot
+    unrectified = reconstruct(pipe, direct, prompt="a red circle", output_type="latents", progress=False)
+    assert not torch.allclose(unrectified, direct.z_0, atol=1e-3)  # a prompt given: sampled freely at w = 7.5
 
 
 def test_clear_errors_for_bad_inputs(pipe, image, tmp_path):

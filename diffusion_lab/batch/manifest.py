@@ -18,7 +18,7 @@ A row describes one Prompt-to-Prompt edit (diffusion_lab.editing.PromptEdit) of 
     attention_control   the PromptEdit settings (see diffusion_lab.editing.PromptEdit). CSV cells hold YAML/JSON
                         for the structured ones ("[0.0, 0.8]", "{red: 2.0}"); reweight also reads "red:2; blue:0.5",
                         blend_words "circle|square"
-    inversion           for an image or a scene: null_text (default), negative_prompt, ddim or fixed_point
+    inversion           for an image or a scene: null_text (default), negative_prompt, direct, ddim or fixed_point
     inversion_options   e.g. {inner_steps: 5} (inner_steps, learning_rate, early_stop_epsilon,
                         fixed_point_iterations, fixed_point_tolerance, anderson_memory)
     seed                the seed of a generated source image (default 0)

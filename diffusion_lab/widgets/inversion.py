@@ -29,6 +29,7 @@ METHODS = {
     "null_text": ("null_text", None, "null-text", "null-text"),
     "negative_prompt": ("negative_prompt", None, "negative-prompt", "neg-prompt"),
     "fixed_point": ("fixed_point", None, "fixed-point", "fixed-point"),
+    "direct": ("direct", None, "direct (source rectified)", "direct"),
 }
 
 
@@ -69,7 +70,7 @@ def invert_and_reconstruct(pipe, images, prompts, key: str, num_steps: int, guid
 
     method, inversion_guidance = METHODS[key][:2]
     inversion_guidance = guidance_scale if inversion_guidance is None else inversion_guidance
-    if method == "negative_prompt":  # its latents are the w = 1 pivot whatever w is: one inversion serves every w
+    if method in ("negative_prompt", "direct"):  # the w = 1 pivot whatever w is: one inversion serves every w
         inversion_guidance = 7.5
     options = {"inner_steps": inner_steps} if (method == "null_text" and inner_steps) else {}
     start = time.perf_counter()

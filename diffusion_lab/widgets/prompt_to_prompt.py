@@ -247,7 +247,7 @@ class PromptToPromptPanel(Panel):
         self.blend_words = widgets.Text(value="", description="local blend words", placeholder="e.g. circle square",
                                         layout=widgets.Layout(width="360px"))
         self.compare = widgets.Checkbox(value=True, description="also without P2P")
-        self.method = widgets.Dropdown(options=["negative_prompt", "null_text", "ddim", "fixed_point"],
+        self.method = widgets.Dropdown(options=["negative_prompt", "null_text", "direct", "ddim", "fixed_point"],
                                        value=inversion_method, description="inversion")
         self.steps = slider("steps S", int(num_steps), 10, 100, 5, integer=True)
         self.guidance = slider("guidance w", float(guidance_scale), 1.0, 10.0, 0.5)
