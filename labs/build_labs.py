@@ -637,10 +637,10 @@ if INTERACTIVE:
         md(r"""
 **What the tiny model cannot do.** The faint second shape in the "red $\to$ blue" row of section 2 comes from
 shapes-tiny's VAE, not from Prompt-to-Prompt: encoding and decoding a *rendered* large blue circle at the same place
-shows the same ghost. The same VAE limits local blend: its encoder's self-attention spreads an object's colour over
-the background latents too (the background latents of a red and a blue circle differ by up to 2.0), so the source's
-latents outside the mask and a recoloured object inside it are no valid latent together, and a colour swap with
-local blend can decode to noise. Local blend of a shape swap (above) works; Stable Diffusion's VAE is local enough
+shows the same ghost. The same VAE limits local blend: its encoder's self-attention spreads some colours over the
+background latents too (recolouring this red circle blue changes the latents of the gray background as well; the
+model card measures how local the latents are), so the source's latents outside the mask and a recoloured object
+inside it are no valid latent together, and a colour swap with local blend can decode to noise. Local blend of a shape swap (above) works; Stable Diffusion's VAE is local enough
 for both.
 
 **Questions.** (1) Without P2P, why does "circle $\to$ square" also move the object or change the background?

@@ -7,7 +7,11 @@ What it measures (every number comes from the analyzer on generated images, not 
 2. two-object captions: object count and shape-colour pairing (both objects found with the right
    shape AND colour, in either order);
 3. VAE round trip on held-out renders: PSNR and the analyzer's accuracy on the reconstructions,
-   overall and for small objects;
+   overall and for small objects; and how LOCAL the latents are, which Prompt-to-Prompt's local blend
+   relies on: for pairs of renders that differ in one object (colour, shape or size), the change of
+   the latents outside that object's cells (mean |z_A - z_B| there, in units of the latent std; 0 for
+   a local encoder), and the PSNR of decoding z_A with z_B pasted into the object's cells, against
+   render B (a local blend of a perfect edit), with the share of such decodes below 25 dB;
 4. attention where it belongs: for one-object captions, the cross-attention map of the shape word
    and of the colour word, averaged over steps and over the 16x16 and 8x8 layers, and the share of
    its mass inside the object's (dilated) mask, divided by the mask's share of the image (what a
@@ -33,7 +37,7 @@ from diffusion_lab.attention.maps import mass_ratio_inside, upsample_map
 from diffusion_lab.attention.tokens import word_token_indices
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
-from diffusion_lab.shapes import analyze, caption, match_objects, random_scene
+from diffusion_lab.shapes import analyze, caption, edit_scene, match_objects, random_scene, render
 from diffusion_lab.training import images_to_tensor, make_dataset, vae_psnr
 from diffusion_lab.viz import image_grid
 
@@ -146,6 +150,42 @@ def vae_study(pipe, count: int, seed: int) -> dict:
     return {"psnr_db": psnr, **{f"analyzer_accuracy_{k}": float(np.mean(v)) for k, v in right.items()}}
 
 
+@torch.no_grad()
+def latent_locality_study(pipe, count: int, seed: int, latent_side: int | None = None) -> dict:
+    """Pairs of renders A, B differing in one object; the object's latent cells (every cell its mask
+    touches in A or B, dilated by 0-2 cells at random, as local blend's masks are) are where B's
+    latents are pasted into A's. See item 3 of the module docstring."""
+    rng = np.random.default_rng(seed + 60_000)
+    _, scenes = make_dataset(count, seed=seed + 60_000)
+    side = latent_side or pipe.unet.config.sample_size
+    size = 64
+    images_a, images_b, masks = [], [], []
+    for scene in scenes:
+        index = int(rng.integers(len(scene.objects)))
+        kind = ("colour", "shape", "size")[int(rng.integers(3))]
+        try:
+            other = edit_scene(scene, kind, object_index=index, rng=rng).target
+        except ValueError:  # no room for a larger object: recolour it instead
+            other = edit_scene(scene, "colour", object_index=index, rng=rng).target
+        a, b = render(scene, size), render(other, size)
+        cells = torch.from_numpy(a.masks[index] | b.masks[index]).float()[None, None]
+        cells = torch.nn.functional.adaptive_max_pool2d(cells, side)
+        radius = int(rng.integers(0, 3))
+        if radius:
+            cells = torch.nn.functional.max_pool2d(cells, 2 * radius + 1, stride=1, padding=radius)
+        images_a.append(a.image), images_b.append(b.image), masks.append(cells[0] > 0)
+    xa, xb = images_to_tensor(np.stack(images_a)), images_to_tensor(np.stack(images_b))
+    mask = torch.stack(masks)  # (N, 1, side, side)
+    za, zb = pipe.vae.encode(xa).latent_dist.mean, pipe.vae.encode(xb).latent_dist.mean
+    outside = (~mask).expand_as(za)
+    change = ((za - zb).abs()[outside].mean() / za.std()).item()
+    decoded = pipe.vae.decode(torch.where(mask, zb, za)).sample.clamp(-1, 1)
+    mse = ((decoded - xb) / 2).pow(2).flatten(1).mean(1)
+    psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).numpy()
+    return {"pairs": count, "outside_change": change, "pasted_psnr_median_db": float(np.median(psnr)),
+            "pasted_below_25db": float((psnr < 25).mean())}
+
+
 def speed_study(pipe, runs: int, steps: int, guidance: float) -> dict:
     prompt = ["a large red circle on a gray background"]
     text_to_image(pipe, prompt, num_steps=5, guidance_scale=guidance, progress=False)  # warm up
@@ -180,6 +220,7 @@ def main(argv=None) -> dict:
         results["two_object"] = two_object_study(pipe, args.two_object, args.steps, args.guidance, args.seed, args.batch, out)
     if args.vae_images:
         results["vae"] = vae_study(pipe, args.vae_images, args.seed)
+        results["latent_locality"] = latent_locality_study(pipe, args.vae_images, args.seed)
     if args.speed_runs:
         results["speed"] = speed_study(pipe, args.speed_runs, 50, args.guidance)
     lines = [f"Model {args.model}: {args.one_object} one-object / {args.two_object} two-object captions, {args.steps} DDIM steps, guidance {args.guidance}"]
@@ -207,6 +248,10 @@ def main(argv=None) -> dict:
     if "vae" in results:
         vae = results["vae"]
         lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, analyzer accuracy {vae['analyzer_accuracy_all']:.3f} (small {vae['analyzer_accuracy_small']:.3f}, large {vae['analyzer_accuracy_large']:.3f})")
+        local = results["latent_locality"]
+        lines.append(f"latent locality ({local['pairs']} pairs differing in one object): latents outside the object change by "
+                     f"{local['outside_change']:.3f} latent std; B pasted into A's object cells decodes at a median "
+                     f"{local['pasted_psnr_median_db']:.2f} dB against B, {100 * local['pasted_below_25db']:.1f}% below 25 dB")
     if "speed" in results:
         lines.append(f"speed: 50-step DDIM sample with guidance, batch 1: median {results['speed']['median_s']:.3f} s over {results['speed']['runs']} runs ({results['speed']['threads']} threads)")
     if one is not None:
