@@ -2,7 +2,7 @@
 
 Editing a real image needs its "noise": the z_T (and, for guided sampling, more) from which sampling with the
 source prompt gives the image back. Then a new prompt, or Prompt-to-Prompt's attention control, changes what the
-same sampling produces. Four methods, all built on the same sampling step (posterior.py) and sampler (sampling.py):
+same sampling produces. Five methods, all built on the same sampling step (posterior.py) and sampler (sampling.py):
 
     ddim             DDIM inversion (Song et al. 2021, arXiv:2010.02502, sec. 4.3; Dhariwal & Nichol 2021):
                      run the deterministic (eta = 0) DDIM step backwards, using eps_hat(z_{t-1}, t) in place of
@@ -448,7 +448,7 @@ def invert_with_model(
     ddim / fixed_point invert the guided denoiser itself (uncond = `unconditional`); null_text and negative_prompt
     invert at w = 1 and change the unconditional branch so that sampling at w retraces that pivot; direct keeps the
     w = 1 pivot and the sampler is put back on it after each step (`rectify_source_branch`). At w = 1 the
-    unconditional branch is never used: null-text skips its optimisation and all four reduce to DDIM inversion
+    unconditional branch is never used: null-text skips its optimisation and all of them reduce to DDIM inversion
     (fixed_point: its exact variant).
     """
     _check_method(method)
@@ -511,7 +511,7 @@ def reconstruct_with_model(
 
 
 def rectify_source_branch(pivot: Tensor, latents: Tensor, step_index: int, source_rows: int = 1) -> Tensor:
-    """Direct inversion's correction (PnP Inversion, Ju et al. 2024, arXiv:2310.01506, Alg. 1).
+    """Direct inversion's correction (PnP Inversion, Ju et al. 2024, arXiv:2310.01506).
 
     After sampling step i has taken the source branch from z_t to z^src_{t_prev} (guided, at w), add back the
     distance to the pivot that DDIM inversion at w = 1 recorded:
