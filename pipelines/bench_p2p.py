@@ -309,26 +309,37 @@ def summarize(records: list[dict], modes, kinds) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+def requirement_met(iou: float, plain_iou: float, success: float) -> bool:
+    """The issue's requirement for word swaps with P2P: mean object IoU with the source >= 0.8, clearly (> 0.05)
+    above the same edits without attention control, and the new attribute seen in >= 80% of the edits."""
+    return iou >= 0.8 and iou > plain_iou + 0.05 and success >= 0.8
+
+
 def word_swap_verdicts(records: list[dict], modes) -> list[str]:
-    """The issue's requirement for word swaps (colour and shape, P2P): mean object IoU >= 0.8, clearly above
-    no control, and the new attribute seen in >= 80% of the edits."""
+    """`requirement_met` for the word swaps together (colour and shape), with what a perfect edit scores, then for
+    each kind of word swap on its own."""
     verdicts = []
     for mode in modes:
-        def of(method):
-            return [r for r in records if r["mode"] == mode and r["method"] == method and r["kind"] in WORD_SWAP_KINDS]
+        def of(method, kinds):
+            return [r for r in records if r["mode"] == mode and r["method"] == method and r["kind"] in kinds]
 
-        p2p, plain = of("P2P"), of("no control")
-        if not p2p:
+        def verdict(kinds, label) -> str | None:
+            p2p, plain = of("P2P", kinds), of("no control", kinds)
+            if not p2p:
+                return None
+            iou, plain_iou = _mean([r["iou"] for r in p2p]), _mean([r["iou"] for r in plain])
+            success = _mean([r["success"] for r in p2p])
+            return (
+                f"{mode}, {label.format(n=len(p2p))}: P2P object IoU {_format(iou)} vs {_format(plain_iou)} without "
+                f"attention control, new attribute seen in {_format(100 * success, 0)}% -> requirement (IoU >= 0.80, "
+                f"clearly above no control, success >= 80%) {'MET' if requirement_met(iou, plain_iou, success) else 'NOT MET'}"
+            )
+
+        together = verdict(WORD_SWAP_KINDS, "word swaps (colour + shape, {n} edits)")
+        if together is None:
             continue
-        iou, plain_iou = _mean([r["iou"] for r in p2p]), _mean([r["iou"] for r in plain])
-        success = _mean([r["success"] for r in p2p])
-        met = iou >= 0.8 and iou > plain_iou + 0.05 and success >= 0.8
-        verdicts.append(
-            f"- {mode}, word swaps (colour + shape, {len(p2p)} edits): P2P object IoU {_format(iou)} vs "
-            f"{_format(plain_iou)} without attention control, new attribute seen in {_format(100 * success, 0)}% "
-            f"-> requirement (IoU >= 0.80, clearly above no control, success >= 80%) "
-            f"{'MET' if met else 'NOT MET'}"
-        )
+        verdicts.append("- " + together)
+        p2p, plain = of("P2P", WORD_SWAP_KINDS), of("no control", WORD_SWAP_KINDS)
         truth_iou, plain_truth_iou = _mean([r["truth_iou"] for r in p2p]), _mean([r["truth_iou"] for r in plain])
         ceiling = _mean([r["iou_ceiling"] for r in p2p])
         verdicts.append(
@@ -336,6 +347,10 @@ def word_swap_verdicts(records: list[dict], modes) -> list[str]:
             f"IoU with the true edited object: P2P {_format(truth_iou)} vs {_format(plain_truth_iou)} without "
             f"attention control)"
         )
+        for kind in WORD_SWAP_KINDS:
+            line = verdict((kind,), kind + " swaps ({n} edits)")
+            if line is not None:
+                verdicts.append("  - " + line)
     return verdicts
 
 

@@ -75,3 +75,20 @@ def test_runs_end_to_end_on_the_untrained_architecture(bench, tmp_path):
         assert (tmp_path / f"examples_{mode}.png").exists() and (tmp_path / f"attention_{mode}.png").exists()
     assert "requirement" in report and (tmp_path / "bench_p2p.md").read_text() == report
     assert (tmp_path / "results.json").exists()
+
+
+def test_word_swap_verdicts_judge_together_and_per_kind(bench):
+    def records(kind, method, iou, success, n=4):
+        return [{"mode": "generated", "kind": kind, "method": method, "iou": iou, "success": success,
+                 "truth_iou": iou, "iou_ceiling": 1.0} for _ in range(n)]
+
+    rows = (records("colour", "P2P", 0.85, 1.0) + records("colour", "no control", 0.45, 1.0)
+            + records("shape", "P2P", 0.55, 1.0) + records("shape", "no control", 0.50, 1.0))
+    lines = bench.word_swap_verdicts(rows, ["generated", "real"])
+    together, _, colour, shape = lines  # no "real" records: no lines for that mode
+    assert together.startswith("- generated, word swaps (colour + shape, 8 edits): P2P object IoU 0.70")
+    assert together.endswith("NOT MET")
+    assert colour.startswith("  - generated, colour swaps (4 edits)") and colour.endswith("80%) MET")
+    assert shape.endswith("NOT MET")
+    assert bench.requirement_met(0.8, 0.74, 0.8) and not bench.requirement_met(0.8, 0.76, 0.9)
+    assert not bench.requirement_met(0.9, 0.2, 0.79)
