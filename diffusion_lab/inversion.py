@@ -500,14 +500,16 @@ def reconstruct_with_model(
     condition = inversion.condition if condition is None else condition
     guidance_scale = inversion.guidance_scale if guidance_scale is None else guidance_scale
     denoiser = model.denoiser(condition, inversion.unconditional, guidance_scale)
-    on_step_end = None
-    if rectify:
-        rows = inversion.latents.shape[1]
-        on_step_end = lambda step_index, t_prev, x: rectify_source_branch(inversion.latents, x, step_index, rows)  # noqa: E731
+    on_step_end = source_rectifier(inversion.latents, inversion.latents.shape[1]) if rectify else None
     return sample(
         denoiser, inversion.latents[0], model.schedule, inversion.timesteps, progress=progress,
         return_trajectory=return_trajectory, on_step_end=on_step_end,
     )
+
+
+def source_rectifier(pivot: Tensor, source_rows: int) -> Callable[[int, int, Tensor], Tensor]:
+    """`sample`'s on_step_end that applies `rectify_source_branch` to the first `source_rows` rows."""
+    return lambda step_index, t_prev, x: rectify_source_branch(pivot, x, step_index, source_rows)
 
 
 def rectify_source_branch(pivot: Tensor, latents: Tensor, step_index: int, source_rows: int = 1) -> Tensor:
@@ -611,8 +613,7 @@ class Inversion:
         whose sampling needs no correction."""
         if self.method != "direct":
             return None
-        rows = self.batch_size if source_rows is None else int(source_rows)
-        return lambda step_index, t_prev, x: rectify_source_branch(self.latents, x, step_index, rows)
+        return source_rectifier(self.latents, self.batch_size if source_rows is None else int(source_rows))
 
     def uncond_embeddings_for_sampling(self) -> Tensor | list[Tensor]:
         """What TextConditionedDenoiser's `uncond_embeddings` takes: one (B', L, D) tensor, or a list of S of them."""
