@@ -56,6 +56,7 @@ from scipy import ndimage
 
 from diffusion_lab.editing import PromptEdit, auto_self_replace_resolution, run_edit
 from diffusion_lab.inversion import METHODS as INVERSION_METHODS
+from diffusion_lab.latents import image_size
 from diffusion_lab.metrics import masked_psnr, psnr, ssim
 from diffusion_lab.progress import progress_bar
 from diffusion_lab.shapes import (
@@ -199,7 +200,7 @@ def run_scene(pipe, cases: list[Case], mode: str, seed: int, args, keep_pictures
     from diffusion_lab.inversion import invert
     from diffusion_lab.naive_noising import naive_noising_edit
 
-    size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    size = image_size(pipe)
     records, pictures, extras = [], {}, {}
     by_source: dict[str, list[Case]] = defaultdict(list)
     for case in cases:

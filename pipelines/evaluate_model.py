@@ -38,7 +38,8 @@ from diffusion_lab.attention.tokens import word_token_indices
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
 from diffusion_lab.shapes import analyze, caption, edit_scene, match_objects, random_scene, render
-from diffusion_lab.training import images_to_tensor, make_dataset, vae_psnr
+from diffusion_lab.latents import image_size
+from diffusion_lab.training import images_to_tensor, make_dataset, training_scenes, vae_psnr
 from diffusion_lab.viz import image_grid
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
@@ -151,14 +152,13 @@ def vae_study(pipe, count: int, seed: int) -> dict:
 
 
 @torch.no_grad()
-def latent_locality_study(pipe, count: int, seed: int, latent_side: int | None = None) -> dict:
+def latent_locality_study(pipe, count: int, seed: int) -> dict:
     """Pairs of renders A, B differing in one object; the object's latent cells (every cell its mask
     touches in A or B, dilated by 0-2 cells at random, as local blend's masks are) are where B's
     latents are pasted into A's. See item 3 of the module docstring."""
     rng = np.random.default_rng(seed + 60_000)
-    _, scenes = make_dataset(count, seed=seed + 60_000)
-    side = latent_side or pipe.unet.config.sample_size
-    size = 64
+    scenes = training_scenes(count, seed=seed + 60_000)
+    side, size = pipe.unet.config.sample_size, image_size(pipe)
     images_a, images_b, masks = [], [], []
     for scene in scenes:
         index = int(rng.integers(len(scene.objects)))

@@ -39,6 +39,7 @@ class PoolingAutoencoder:
 
 
 def _pipe(vae):
+    vae.config = SimpleNamespace(block_out_channels=(16, 32, 32))  # factor 4: 64x64 images, 16x16 latents
     return SimpleNamespace(vae=vae, unet=SimpleNamespace(config=SimpleNamespace(sample_size=16)))
 
 
