@@ -39,7 +39,7 @@ from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
 from diffusion_lab.shapes import analyze, caption, edit_scene, match_objects, random_scene, render
 from diffusion_lab.latents import image_size
-from diffusion_lab.training import images_to_tensor, make_dataset, training_scenes, vae_psnr
+from diffusion_lab.training import dilate_cells, images_to_tensor, locality_pairs, make_dataset, training_scenes, vae_psnr
 from diffusion_lab.viz import image_grid
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
@@ -157,25 +157,8 @@ def latent_locality_study(pipe, count: int, seed: int) -> dict:
     touches in A or B, dilated by 0-2 cells at random, as local blend's masks are) are where B's
     latents are pasted into A's. See item 3 of the module docstring."""
     rng = np.random.default_rng(seed + 60_000)
-    scenes = training_scenes(count, seed=seed + 60_000)
-    side, size = pipe.unet.config.sample_size, image_size(pipe)
-    images_a, images_b, masks = [], [], []
-    for scene in scenes:
-        index = int(rng.integers(len(scene.objects)))
-        kind = ("colour", "shape", "size")[int(rng.integers(3))]
-        try:
-            other = edit_scene(scene, kind, object_index=index, rng=rng).target
-        except ValueError:  # no room for a larger object: recolour it instead
-            other = edit_scene(scene, "colour", object_index=index, rng=rng).target
-        a, b = render(scene, size), render(other, size)
-        cells = torch.from_numpy(a.masks[index] | b.masks[index]).float()[None, None]
-        cells = torch.nn.functional.adaptive_max_pool2d(cells, side)
-        radius = int(rng.integers(0, 3))
-        if radius:
-            cells = torch.nn.functional.max_pool2d(cells, 2 * radius + 1, stride=1, padding=radius)
-        images_a.append(a.image), images_b.append(b.image), masks.append(cells[0] > 0)
-    xa, xb = images_to_tensor(np.stack(images_a)), images_to_tensor(np.stack(images_b))
-    mask = torch.stack(masks)  # (N, 1, side, side)
+    xa, xb, cells, radii = locality_pairs(count, rng, size=image_size(pipe), latent_size=pipe.unet.config.sample_size)
+    mask = torch.stack([dilate_cells(c[None], r)[0] for c, r in zip(cells, radii)])  # (N, 1, side, side)
     za, zb = pipe.vae.encode(xa).latent_dist.mean, pipe.vae.encode(xb).latent_dist.mean
     outside = (~mask).expand_as(za)
     change = ((za - zb).abs()[outside].mean() / za.std()).item()

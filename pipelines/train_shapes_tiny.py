@@ -10,6 +10,9 @@ To train the shipped model further (its EMA weights; Adam warms up again):
 
     python pipelines/train_shapes_tiny.py --stage seed --run-dir train_runs/more --seed-from shapes-tiny
     python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 12000 --lr 4e-4 --min-lr 5e-5
+
+--locality-steps N fine-tunes the whole VAE for local latents first (finetune_vae_locality); the UNet
+stage then trains on the re-encoded dataset (see the checkpoint README for the shipped run).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from diffusion_lab.training import (
     TrainingSettings,
     export_from_run,
     finetune_vae_decoder,
+    finetune_vae_locality,
     seed_run_from_export,
     train_unet,
     train_vae,
@@ -47,7 +51,7 @@ def main(argv=None) -> None:
             parser.add_argument(flag, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
-    parser.add_argument("--stage", choices=["vae", "decoder", "unet", "all", "export", "seed"], default="all",
+    parser.add_argument("--stage", choices=["vae", "decoder", "locality", "unet", "all", "export", "seed"], default="all",
                         help="'export' writes the latest checkpoint's EMA weights to --export-dir and exits; "
                              "'seed' starts an empty --run-dir from the pipeline in --seed-from (to train it further)")
     parser.add_argument("--seed-from", default="shapes-tiny", help="with --stage seed: a built-in name or a diffusers folder")
@@ -75,8 +79,10 @@ def main(argv=None) -> None:
     pipe = build_untrained_pipeline(seed=settings.seed)
     train_vae(pipe, settings)
     print(json.dumps({"vae_done_s": round(time.time() - start, 1), "scaling_factor": pipe.vae.config.scaling_factor}), flush=True)
-    if args.stage in ("decoder", "all") and settings.decoder_steps:
-        finetune_vae_decoder(pipe, settings)
+    if args.stage in ("decoder", "locality", "unet", "all"):
+        finetune_vae_decoder(pipe, settings)  # trains up to --decoder-steps; else loads the run's fine-tuned decoder, if any
+    if args.stage in ("locality", "unet", "all") and settings.locality_steps:
+        finetune_vae_locality(pipe, settings)  # a new encoder: the UNet stage then re-encodes its dataset
     if args.stage in ("unet", "all"):
         train_unet(pipe, settings)
     print(json.dumps({"total_s": round(time.time() - start, 1)}), flush=True)

@@ -146,3 +146,55 @@ def test_seed_a_run_from_an_export_and_train_on(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "more" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["stage"] == "unet"] == [3]
     assert log[-1]["lr"] < more.lr * 0.1  # Adam warms up again: step 1 of the 200-step warm-up
+
+
+def test_locality_finetune_makes_latents_local_and_ships(tmp_path):
+    """finetune_vae_locality lowers the locality term on held-out pairs, resumes, keeps the scaling factor,
+    and export_from_run ships the fine-tuned VAE (training_info names its steps)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from diffusion_lab.training import (
+        export_from_run, finetune_vae_locality, locality_losses, locality_pairs, train_unet, train_vae,
+    )
+
+    settings = tiny_training_settings(tmp_path, vae_steps=4, vae_batch_size=4, locality_steps=12, locality_batch_size=4,
+                                      locality_lr=1e-3, locality_weight=10.0, num_scenes=8, unet_steps=1, batch_size=2,
+                                      checkpoint_every=6, export_every=1, eval_every=0)
+    pipe = build_untrained_pipeline(seed=0)
+    train_vae(pipe, settings)
+    scale = pipe.vae.config.scaling_factor
+    x_a, x_b, cells, radii = locality_pairs(6, np.random.default_rng(0))
+    assert x_a.shape == x_b.shape == (6, 3, 64, 64) and cells.shape == (6, 1, 16, 16) and cells.dtype == torch.bool
+    assert all(0 <= r <= 2 for r in radii) and bool(cells.any()) and not bool(cells.all())
+    assert not torch.equal(x_a, x_b)
+    teacher = build_untrained_pipeline(seed=0).vae
+    teacher.load_state_dict(pipe.vae.state_dict())
+    with torch.no_grad():
+        before = locality_losses(pipe.vae, teacher, x_a, x_b, cells)
+    assert before["anchor"].item() < 1e-8 and before["locality"].item() > 0
+    finetune_vae_locality(pipe, settings)
+    with torch.no_grad():
+        after = locality_losses(pipe.vae, teacher, x_a, x_b, cells)
+    assert after["locality"].item() < 0.5 * before["locality"].item()
+    assert after["anchor"].item() > 0  # the encoder moved
+    assert not pipe.vae.training and all(p.requires_grad for p in pipe.vae.parameters())
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["stage"] == "vae_locality" and "held_out_psnr" in r] == [6, 12]
+    # resume: more steps continue from 12; the checkpoint is what the pipeline holds
+    settings.locality_steps = 13
+    again = build_untrained_pipeline(seed=0)
+    train_vae(again, settings)
+    finetune_vae_locality(again, settings)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if "vae_locality" in line]
+    assert steps[-1] == 13 and steps.count(1) == 1
+    saved = load_file(str(tmp_path / "run" / "vae_locality.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in again.vae.state_dict().items())
+    train_unet(again, settings)
+    export_from_run(settings)
+    exported = load_pipeline(str(tmp_path / "export"), device="cpu")
+    assert all(torch.equal(exported.vae.state_dict()[k], v) for k, v in saved.items())
+    assert exported.vae.config.scaling_factor == scale  # the UNet's latent scale, not re-measured on the new encoder
+    info = json.loads((tmp_path / "export" / "training_info.json").read_text())
+    assert info["vae_locality_steps"] == 13
