@@ -1,6 +1,7 @@
 """Loading (built-in and SD-architecture folders), the word-level tokenizer, and a training smoke run."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,30 @@ def test_locality_finetune_makes_latents_local_and_ships(tmp_path):
     assert exported.vae.config.scaling_factor == scale  # the UNet's latent scale, not re-measured on the new encoder
     info = json.loads((tmp_path / "export" / "training_info.json").read_text())
     assert info["vae_locality_steps"] == 13
+
+
+def test_train_cli_runs_the_locality_stage_before_the_unet(tmp_path):
+    """pipelines/train_shapes_tiny.py: --stage locality fine-tunes the VAE; --stage unet then caches the latents of
+    THAT encoder (not of the VAE before it)."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import load_file
+
+    from diffusion_lab.training import encode_dataset, make_dataset
+
+    spec = importlib.util.spec_from_file_location("train_shapes_tiny", Path(__file__).resolve().parents[1] / "pipelines" / "train_shapes_tiny.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    run = tmp_path / "run"
+    common = ["--run-dir", str(run), "--vae-steps", "2", "--vae-batch-size", "2", "--locality-steps", "2",
+              "--locality-batch-size", "2", "--checkpoint-every", "1", "--log-every", "1", "--progress", "false"]
+    cli.main(["--stage", "locality", *common])
+    assert json.loads((run / "vae_locality_state.json").read_text())["step"] == 2
+    assert not (run / "unet_state.json").exists()
+    cli.main(["--stage", "unet", *common, "--num-scenes", "4", "--unet-steps", "1", "--batch-size", "2", "--eval-every", "0"])
+    pipe = build_untrained_pipeline(seed=0)
+    pipe.vae.load_state_dict(load_file(str(run / "vae_locality.safetensors")))
+    pipe.vae.register_to_config(scaling_factor=json.loads((run / "vae_state.json").read_text())["scaling_factor"])
+    cached = load_file(str(run / "latents_4_0.safetensors"))["latents"]
+    assert torch.allclose(cached, encode_dataset(pipe.vae.eval(), make_dataset(4, seed=0)[0], "cpu"), atol=1e-5)
