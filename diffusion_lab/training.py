@@ -284,7 +284,7 @@ def dilate_cells(cells: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def locality_losses(vae, teacher, x_a, x_b, cells) -> dict:
-    """The three terms of finetune_vae_locality for one batch of locality_pairs (unweighted).
+    """The four terms of finetune_vae_locality for one batch of locality_pairs (unweighted).
 
     - reconstruction: D(E(x)) = x for A and B (MSE + 0.5 L1, as the VAE was trained);
     - locality: E(x_A) and E(x_B) differ only on the object's cells (one cell of margin allowed),
