@@ -20,7 +20,9 @@ in two modes:
     real        the source is the RENDER of the scene, inverted (--inversion, null-text by default); the
                 ground truth is the render of the edited scene
 and three methods: P2P (diffusion_lab.editing), "no control" (the same seed or the same inversion, only the
-prompt changed) and "naive noising" (the source image noised to --strength, then sampled with the target).
+prompt changed) and "naive noising" (the source image noised to --strength, then sampled with the target);
+with --local-blend a fourth for the word swaps, "P2P + local blend" (P2P's LocalBlend around the replaced and the
+new word: the source's latents are kept outside those words' maps).
 
 Measures, per (mode, kind, method), averaged over the cases:
     IoU         mask IoU of the edited object (the analyzer's, best overlap) with the source object
@@ -76,6 +78,7 @@ from diffusion_lab.shapes.scene import SIZES
 KINDS = ("colour", "shape", "background", "add", "reweight")
 MODES = ("generated", "real")
 METHODS = ("P2P", "no control", "naive noising")
+LOCAL_BLEND = "P2P + local blend"  # with --local-blend, for word swaps only
 WORD_SWAP_KINDS = ("colour", "shape")  # the issue's acceptance test: a word swap keeps the object in place
 
 
@@ -111,9 +114,19 @@ def make_cases(scene: Scene, index: int, kinds, rng: np.random.Generator) -> lis
     return cases
 
 
+def p2p_settings(args) -> dict:
+    return dict(cross_replace_steps=args.cross_replace, self_replace_steps=args.self_replace,
+                self_replace_max_resolution=args.self_replace_max_resolution)
+
+
+def swapped_words(case: Case) -> tuple[str, str]:
+    """The word a colour or shape swap replaces and the word it puts in (local blend's words)."""
+    old = getattr(case.scene.objects[0], case.kind)
+    return old, case.new_value
+
+
 def prompt_edit_for(kind: str, source_prompt: str, targets: list[str], new_values: list[str], args) -> PromptEdit:
-    settings = dict(cross_replace_steps=args.cross_replace, self_replace_steps=args.self_replace,
-                    self_replace_max_resolution=args.self_replace_max_resolution)
+    settings = p2p_settings(args)
     if kind == "add":
         return PromptEdit(source_prompt, targets, "refine", **settings)
     if kind == "reweight":
@@ -231,6 +244,13 @@ def run_scene(pipe, cases: list[Case], mode: str, seed: int, args, keep_pictures
                 edited[("P2P", group[i].kind)] = result.images[row]
             if keep_pictures and edit_type == "replace":
                 extras["attention_result"] = result
+        swaps = [i for i, case in enumerate(group) if case.kind in WORD_SWAP_KINDS]
+        if args.local_blend and swaps:  # the same word swaps, the source kept outside the swapped words' maps
+            blend_words = sorted({word for i in swaps for word in swapped_words(group[i])})
+            blended = run_edit(pipe, PromptEdit(source_prompt, [targets[i] for i in swaps], "replace",
+                                                blend_words=blend_words, **p2p_settings(args)), **run)
+            for row, i in enumerate(swaps, start=1):
+                edited[(LOCAL_BLEND, group[i].kind)] = blended.images[row]
         if mode == "real":
             source_image, source_mask = rendered.image, rendered.masks[0]
             extras.setdefault("reconstruction_psnr", []).append(float(psnr(plain.images[0], rendered.image)))
@@ -258,7 +278,9 @@ def run_scene(pipe, cases: list[Case], mode: str, seed: int, args, keep_pictures
                 truth = (truth_render.image, truth_render.masks[0])
             else:
                 truth = None
-            for method in METHODS:
+            for method in (*METHODS, LOCAL_BLEND):
+                if (method, case.kind) not in edited:
+                    continue
                 image = edited[(method, case.kind)]
                 record = score(case.kind, case.new_value, image, source_image, source_mask, truth)
                 record.update(mode=mode, kind=case.kind, method=method, case=case.index,
@@ -295,7 +317,7 @@ def summarize(records: list[dict], modes, kinds) -> tuple[str, dict]:
     summary = {}
     for mode in modes:
         for kind in kinds:
-            for method in METHODS:
+            for method in (*METHODS, LOCAL_BLEND):
                 chosen = [r for r in records if (r["mode"], r["kind"], r["method"]) == (mode, kind, method)]
                 if not chosen:
                     continue
@@ -406,6 +428,8 @@ def main(argv=None) -> str:
     parser.add_argument("--strength", type=float, default=0.6, help="naive noising strength")
     parser.add_argument("--inversion", default="null_text", choices=INVERSION_METHODS)
     parser.add_argument("--inner-steps", type=int, default=None, help="null-text inner steps (default 10)")
+    parser.add_argument("--local-blend", action="store_true",
+                        help=f"also score word swaps with local blend around the swapped words ('{LOCAL_BLEND}')")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.quick:

@@ -64,7 +64,7 @@ def test_runs_end_to_end_on_the_untrained_architecture(bench, tmp_path):
     try:
         report = bench.main([
             "--model", "untrained", "--cases", "1", "--steps", "2", "--kinds", "colour", "add",
-            "--inversion", "ddim", "--out", str(tmp_path),
+            "--inversion", "ddim", "--out", str(tmp_path), "--local-blend",
         ])
     finally:
         torch.set_num_threads(threads)
@@ -72,6 +72,8 @@ def test_runs_end_to_end_on_the_untrained_architecture(bench, tmp_path):
         for kind in ("colour", "add"):
             for method in ("P2P", "no control", "naive noising"):
                 assert f"| {mode} | {kind} | {method} | 1 |" in report
+        assert f"| {mode} | colour | P2P + local blend | 1 |" in report  # word swaps only
+        assert f"| {mode} | add | P2P + local blend |" not in report
         assert (tmp_path / f"examples_{mode}.png").exists() and (tmp_path / f"attention_{mode}.png").exists()
     assert "requirement" in report and (tmp_path / "bench_p2p.md").read_text() == report
     assert (tmp_path / "results.json").exists()
