@@ -37,9 +37,9 @@ from diffusion_lab.attention.maps import mass_ratio_inside, upsample_map
 from diffusion_lab.attention.tokens import word_token_indices
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
-from diffusion_lab.shapes import analyze, caption, edit_scene, match_objects, random_scene, render
+from diffusion_lab.shapes import analyze, caption, match_objects, random_scene
 from diffusion_lab.latents import image_size
-from diffusion_lab.training import dilate_cells, images_to_tensor, locality_pairs, make_dataset, training_scenes, vae_psnr
+from diffusion_lab.training import dilate_cells, images_to_tensor, locality_pairs, make_dataset, vae_psnr
 from diffusion_lab.viz import image_grid
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
