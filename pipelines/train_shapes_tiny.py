@@ -12,7 +12,7 @@ To train the shipped model further (its EMA weights; Adam warms up again):
     python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 12000 --lr 4e-4 --min-lr 5e-5
 
 --locality-steps N fine-tunes the whole VAE for local latents first (finetune_vae_locality); the UNet
-stage then trains on the re-encoded dataset (see the checkpoint README for the shipped run).
+stage then trains on the re-encoded dataset (pipelines/checkpoints/shapes-tiny-locality/README.md: a measured run).
 """
 
 from __future__ import annotations
