@@ -332,6 +332,8 @@ def finetune_vae_locality(pipe, settings: TrainingSettings) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.locality_lr, weight_decay=0.0)
     start = 0
     if state_path.exists():
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{state_path} has no {meta_path.name} beside it: copy both (the state file records its step)")
         vae.load_state_dict(load_file(str(state_path)))
         start = json.loads(meta_path.read_text())["step"]
         if optim_path.exists():
