@@ -79,6 +79,7 @@ KINDS = ("colour", "shape", "background", "add", "reweight")
 MODES = ("generated", "real")
 METHODS = ("P2P", "no control", "naive noising")
 LOCAL_BLEND = "P2P + local blend"  # with --local-blend, for word swaps only
+SCORED_METHODS = (*METHODS, LOCAL_BLEND)  # the order of the table's rows
 WORD_SWAP_KINDS = ("colour", "shape")  # the acceptance test: a word swap keeps the object in place
 
 
@@ -278,7 +279,7 @@ def run_scene(pipe, cases: list[Case], mode: str, seed: int, args, keep_pictures
                 truth = (truth_render.image, truth_render.masks[0])
             else:
                 truth = None
-            for method in (*METHODS, LOCAL_BLEND):
+            for method in SCORED_METHODS:
                 if (method, case.kind) not in edited:
                     continue
                 image = edited[(method, case.kind)]
@@ -317,7 +318,7 @@ def summarize(records: list[dict], modes, kinds) -> tuple[str, dict]:
     summary = {}
     for mode in modes:
         for kind in kinds:
-            for method in (*METHODS, LOCAL_BLEND):
+            for method in SCORED_METHODS:
                 chosen = [r for r in records if (r["mode"], r["kind"], r["method"]) == (mode, kind, method)]
                 if not chosen:
                     continue
