@@ -135,10 +135,33 @@ def _log(run_dir: Path, record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def _atomic_save_file(tensors: dict, path: Path) -> None:
+def _atomic_save_file(tensors: dict, path: Path, metadata: Optional[dict] = None) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def encoder_fingerprint(vae) -> str:
+    """A short hash of what defines the latent space: the encoder, quant_conv and the scaling factor.
+    A latent cache made by another encoder (e.g. before a locality fine-tune) is never reused."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(float(vae.config.scaling_factor)).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        if name.startswith(("encoder.", "quant_conv.")):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_fingerprint(path: Path) -> Optional[str]:
+    """The encoder_fingerprint a latent cache was written with (None: no cache, or one from before fingerprints)."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("encoder_fingerprint")
 
 
 # ------------------------------------------------------------------------------------------------ VAE
@@ -543,13 +566,16 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         return
 
     cache = run_dir / f"latents_{settings.num_scenes}_{settings.seed}.safetensors"
-    if cache.exists():
+    fingerprint = encoder_fingerprint(vae)
+    if _cache_fingerprint(cache) == fingerprint:
         scenes = training_scenes(settings.num_scenes, seed=settings.seed)
         latents = load_file(str(cache))["latents"]
     else:
+        if cache.exists():
+            print(f"{cache.name} was encoded by another VAE encoder than this run's: encoding the dataset again", flush=True)
         images, scenes = make_dataset(settings.num_scenes, seed=settings.seed, progress=settings.progress)
         latents = encode_dataset(vae, images, device, progress=settings.progress)
-        _atomic_save_file({"latents": latents}, cache)
+        _atomic_save_file({"latents": latents}, cache, metadata={"encoder_fingerprint": fingerprint})
         del images
     coverage = None
     if settings.grounding_weight > 0:

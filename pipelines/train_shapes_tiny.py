@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     print(json.dumps({"vae_done_s": round(time.time() - start, 1), "scaling_factor": pipe.vae.config.scaling_factor}), flush=True)
     if args.stage in ("decoder", "locality", "unet", "all"):
         finetune_vae_decoder(pipe, settings)  # trains up to --decoder-steps; else loads the run's fine-tuned decoder, if any
-    if args.stage in ("locality", "unet", "all") and settings.locality_steps:
+    if args.stage in ("locality", "unet", "all") and (settings.locality_steps or (Path(settings.run_dir) / "vae_locality.safetensors").exists()):
+        # trains up to --locality-steps; a run that has a locality-tuned VAE always uses it (its latent space)
         finetune_vae_locality(pipe, settings)  # a new encoder: the UNet stage then re-encodes its dataset
     if args.stage in ("unet", "all"):
         train_unet(pipe, settings)

@@ -203,13 +203,14 @@ def test_locality_finetune_makes_latents_local_and_ships(tmp_path):
 
 def test_train_cli_runs_the_locality_stage_before_the_unet(tmp_path):
     """pipelines/train_shapes_tiny.py: --stage locality fine-tunes the VAE; --stage unet then caches the latents of
-    THAT encoder (not of the VAE before it)."""
+    THAT encoder (not of the VAE before it, nor a stale cache), also when continued without --locality-steps."""
     import importlib.util
 
     import torch
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
-    from diffusion_lab.training import encode_dataset, make_dataset
+    from diffusion_lab.training import encode_dataset, encoder_fingerprint, make_dataset
 
     spec = importlib.util.spec_from_file_location("train_shapes_tiny", Path(__file__).resolve().parents[1] / "pipelines" / "train_shapes_tiny.py")
     cli = importlib.util.module_from_spec(spec)
@@ -220,9 +221,19 @@ def test_train_cli_runs_the_locality_stage_before_the_unet(tmp_path):
     cli.main(["--stage", "locality", *common])
     assert json.loads((run / "vae_locality_state.json").read_text())["step"] == 2
     assert not (run / "unet_state.json").exists()
-    cli.main(["--stage", "unet", *common, "--num-scenes", "4", "--unet-steps", "1", "--batch-size", "2", "--eval-every", "0"])
+    stale = torch.zeros(4, 4, 16, 16)  # a latent cache some other encoder left in the folder: never reused
+    save_file({"latents": stale}, str(run / "latents_4_0.safetensors"))
+    unet = ["--num-scenes", "4", "--batch-size", "2", "--eval-every", "0"]
+    cli.main(["--stage", "unet", *common, *unet, "--unet-steps", "1"])
     pipe = build_untrained_pipeline(seed=0)
     pipe.vae.load_state_dict(load_file(str(run / "vae_locality.safetensors")))
     pipe.vae.register_to_config(scaling_factor=json.loads((run / "vae_state.json").read_text())["scaling_factor"])
     cached = load_file(str(run / "latents_4_0.safetensors"))["latents"]
     assert torch.allclose(cached, encode_dataset(pipe.vae.eval(), make_dataset(4, seed=0)[0], "cpu"), atol=1e-5)
+    with safe_open(str(run / "latents_4_0.safetensors"), framework="pt") as f:
+        assert f.metadata()["encoder_fingerprint"] == encoder_fingerprint(pipe.vae)
+    # Continuing without --locality-steps still trains in the locality-tuned VAE's latent space (the cache is kept).
+    cli.main(["--stage", "unet", "--run-dir", str(run), "--vae-steps", "2", "--vae-batch-size", "2", "--checkpoint-every", "1",
+              "--log-every", "1", "--progress", "false", *unet, "--unet-steps", "2"])
+    assert json.loads((run / "unet_state.json").read_text())["step"] == 2
+    assert torch.equal(load_file(str(run / "latents_4_0.safetensors"))["latents"], cached)
