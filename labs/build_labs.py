@@ -606,8 +606,8 @@ at $w = 1$ gives the pivot $z^*_T, \dots, z^*_0$; while the edit samples at $w$,
 on the pivot after every step, so its attention maps (the ones the targets receive) are those of the real image,
 and the target rows are left free. Null-text inversion (lab 3, `REAL_INVERSION = "null_text"`) instead optimises
 the unconditional embedding, which every row shares, so it steers the targets too. On `pipelines/bench_p2p.py`'s
-30 inverted renders, direct inversion kept the object better in word swaps (IoU 0.64 vs 0.60 with null-text) and
-made the edit more often (98% vs 88%), in 769 s instead of 1,286 s (see the README).
+30 inverted renders, direct inversion kept the object better in word swaps (IoU 0.65 vs 0.62 with null-text) and
+made the edit more often (97% vs 92%), in 769 s instead of 1,221 s (see the README).
 """),
         code('''
 real_rows, real_figure = lab.run_examples(
@@ -635,13 +635,14 @@ if INTERACTIVE:
     display(panel)
 '''),
         md(r"""
-**What the tiny model cannot do.** The faint second shape in the "red $\to$ blue" row of section 2 comes from
-shapes-tiny's VAE, not from Prompt-to-Prompt: encoding and decoding a *rendered* large blue circle at the same place
-shows the same ghost. The same VAE limits local blend: its encoder's self-attention spreads some colours over the
-background latents too (recolouring this red circle blue changes the latents of the gray background as well; the
-model card measures how local the latents are), so the source's latents outside the mask and a recoloured object
-inside it are no valid latent together, and a colour swap with local blend can decode to noise. Local blend of a shape swap (above) works; Stable Diffusion's VAE is local enough
-for both.
+**What the tiny model cannot do.** The faint strokes beside the blue circle in the "red $\to$ blue" rows come
+from shapes-tiny's VAE, not from Prompt-to-Prompt: encoding and decoding a *rendered* large blue circle shows the
+same kind of ghost (the model card measures it). The recoloured circle also drifts a little towards where the
+prompt alone puts it (the "no P2P" column): the injected maps are $16 \times 16$ and leave the last 20% of the
+steps free. Local blend keeps the source's latents outside the maps of the swapped words; that works because
+shapes-tiny's VAE was fine-tuned for *local* latents (a recoloured object no longer changes the background's
+latents; before that fine-tune the "red $\to$ blue + local blend" row decoded to noise). Stable Diffusion's VAE
+is local enough for local blend as it comes (the Prompt-to-Prompt paper's edits use it).
 
 **Questions.** (1) Without P2P, why does "circle $\to$ square" also move the object or change the background?
 (2) What happens with `cross-attn steps` = 0 and = 1? (3) Why does local blend keep the background *exactly*?

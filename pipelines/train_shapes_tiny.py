@@ -9,10 +9,12 @@ the last checkpoint in --run-dir. Runs on a GPU when there is one (--device auto
 To train the shipped model further (its EMA weights; Adam warms up again):
 
     python pipelines/train_shapes_tiny.py --stage seed --run-dir train_runs/more --seed-from shapes-tiny
-    python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 12000 --lr 4e-4 --min-lr 5e-5
+    python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 21000 --lr 1e-4 --min-lr 1e-4 \
+        --ema-decay 0.998 --grounding-weight 0.01
 
 --locality-steps N fine-tunes the whole VAE for local latents first (finetune_vae_locality); the UNet
-stage then trains on the re-encoded dataset (pipelines/checkpoints/shapes-tiny-locality/README.md: a measured run).
+stage then trains on the re-encoded dataset (pipelines/checkpoints/shapes-tiny-locality/README.md: the run behind
+the shipped 19,000-step model). A run folder with a locality-tuned VAE always trains in its latents.
 """
 
 from __future__ import annotations

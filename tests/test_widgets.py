@@ -126,7 +126,7 @@ def test_caption_accuracy_of_renders_is_perfect():
 def test_examples_and_scores():
     titles = [e["title"] for e in examples(PROMPT)]
     assert titles == ["circle -> square", "red -> blue", "refine: +large", "reweight red x0.2",
-                      "circle -> square + local blend"]
+                      "circle -> square + local blend", "red -> blue + local blend"]
     refine = examples(PROMPT)[2]
     assert refine["source_prompt"] == "a red circle on a gray background" and refine["edit"] == "refine"
     assert swap_shape(PROMPT) == "a large red square on a gray background"

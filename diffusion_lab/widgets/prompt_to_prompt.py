@@ -89,7 +89,7 @@ def examples(source_prompt: str, shape_swap: tuple[str, str] = ("circle", "squar
              reweight: tuple[str, float] = ("red", 0.2)) -> list[dict]:
     """Edits of one source prompt, each a dict of diffusion_lab.editing.PromptEdit fields plus a title:
     word swap of the shape and of the colour, refine (a word added before `refine_word[0]`, the source lacking it),
-    reweight of a word, and a word swap with local blend. Entries whose words are not in the prompt are left out."""
+    reweight of a word, and both word swaps with local blend. Entries whose words are not in the prompt are left out."""
     words = source_prompt.split()
     result = []
     old, new = shape_swap
@@ -111,6 +111,11 @@ def examples(source_prompt: str, shape_swap: tuple[str, str] = ("circle", "squar
         result.append({"title": f"reweight {word} x{scale:g}", "source_prompt": source_prompt,
                        "target_prompts": [source_prompt], "edit": "reweight", "reweight": {word: float(scale)}})
     old, new = shape_swap
+    if old in words:
+        result.append({"title": f"{old} -> {new} + local blend", "source_prompt": source_prompt,
+                       "target_prompts": [_swap(source_prompt, old, new)], "edit": "replace",
+                       "blend_words": [old, new]})
+    old, new = colour_swap
     if old in words:
         result.append({"title": f"{old} -> {new} + local blend", "source_prompt": source_prompt,
                        "target_prompts": [_swap(source_prompt, old, new)], "edit": "replace",
