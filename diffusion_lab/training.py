@@ -14,6 +14,8 @@ Recipe (see the model card for the measured effect of each choice):
     TokenCompose (Wang et al. 2024, arXiv:2312.03626): the renderer knows where every object is, so
     each attribute word is told to put its attention on its own object (and the background colour
     word on the background). Prompt-to-Prompt then finds the layout in the maps of every layer.
+Text encoder: shipped with no transformer layer (each word embedded without context); a seeded run can be
+grown by identity-initialised causal layers (grow_text_encoder), and its layer count is read from its weights.
 Checkpoints are safetensors (weights) plus a weights_only torch file (optimizer state) in a run
 folder, so training resumes exactly; `export_pipeline` writes the diffusers folder atomically.
 """
@@ -116,6 +118,8 @@ class TrainingSettings:
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.1
     ema_decay: float = 0.999
+    # --stage seed: grow the exported text encoder to this many transformer layers (grow_text_encoder; 0: keep its layers)
+    text_layers: int = 0
     grounding_weight: float = 0.0  # > 0: add the token grounding loss of the cross-attention maps (see grounding_loss)
     grounding_max_timestep: int = 1000  # ground only the noise levels t < this (layout is unknowable from pure noise)
     checkpoint_every: int = 250
@@ -394,6 +398,71 @@ def finetune_vae_locality(pipe, settings: TrainingSettings) -> None:
     vae.eval()
 
 
+# -------------------------------------------------------------------------------------- text encoder
+def grow_text_encoder(text_encoder, num_layers: int):
+    """A CLIPTextModel with `num_layers` transformer layers that computes exactly what `text_encoder` does.
+
+    The existing weights (embeddings, layers, final layer norm) are copied; each new layer is appended with
+    the output projections of its attention (self_attn.out_proj) and of its MLP (mlp.fc2) zeroed. CLIP layers
+    are pre-LayerNorm residual blocks, h + attn(ln1(h)) then h + mlp(ln2(h)), so a new layer adds exactly
+    zero: training resumes from the same function, and the gradient into the zeroed projections is not
+    zero, so the layer starts learning at once. The layers are causal: a word sees the words before it
+    ("circle" the "red" of "a red circle"), which a 0-layer encoder cannot."""
+    import copy
+
+    from transformers import CLIPTextModel
+
+    old_layers = text_encoder.config.num_hidden_layers
+    if num_layers < old_layers:
+        raise ValueError(f"the text encoder has {old_layers} layers: it can grow, not shrink to {num_layers}")
+    config = copy.deepcopy(text_encoder.config)
+    config.num_hidden_layers = num_layers
+    grown = CLIPTextModel(config)
+    missing, unexpected = grown.load_state_dict(text_encoder.state_dict(), strict=False)
+    new_prefixes = tuple(f"encoder.layers.{i}." for i in range(old_layers, num_layers))  # transformers 5: no text_model.
+    assert not unexpected and all(key.startswith(new_prefixes) for key in missing), (missing, unexpected)
+    with torch.no_grad():
+        for layer in grown.encoder.layers[old_layers:]:
+            for projection in (layer.self_attn.out_proj, layer.mlp.fc2):
+                projection.weight.zero_()
+                projection.bias.zero_()
+    parameter = next(text_encoder.parameters())
+    return grown.to(device=parameter.device, dtype=parameter.dtype).train(text_encoder.training)
+
+
+TEXT_LAYER_PREFIX = "text_encoder.encoder.layers."  # a layer's weights in a run file (transformers 5 key names)
+
+
+def text_layers_of_run(run_dir) -> Optional[int]:
+    """The number of transformer layers of a run's text encoder, read from its weights (None: no weights yet).
+
+    A run grown at seeding keeps no config of its own: its weights are the record, so every stage builds
+    the pipeline that loads them (counts the distinct `text_encoder.encoder.layers.<i>.`)."""
+    from safetensors import safe_open
+
+    for name in ("unet_text.safetensors", "unet_text_ema.safetensors"):
+        path = Path(run_dir) / name
+        if path.exists():
+            with safe_open(str(path), framework="pt") as f:
+                return len({key[len(TEXT_LAYER_PREFIX) :].split(".")[0] for key in f.keys() if key.startswith(TEXT_LAYER_PREFIX)})
+    return None
+
+
+def build_run_pipeline(settings: TrainingSettings):
+    """The untrained pipeline whose architecture fits settings.run_dir: its text encoder has as many layers as
+    the run's weights (settings.text_layers for a run that has none yet, i.e. one trained from scratch).
+
+    Layers are grown only when seeding (seed_run_from_export): a --text-layers that disagrees with an existing
+    run's weights is an error, not a silent rebuild."""
+    from .models.shapes_tiny import build_untrained_pipeline
+
+    layers = text_layers_of_run(settings.run_dir)
+    if layers is not None and settings.text_layers and settings.text_layers != layers:
+        raise ValueError(f"{settings.run_dir} has a text encoder of {layers} layers, not {settings.text_layers}: "
+                         "--text-layers grows a run only when seeding it (--stage seed into an empty folder)")
+    return build_untrained_pipeline(seed=settings.seed, text_layers=settings.text_layers if layers is None else layers)
+
+
 # ----------------------------------------------------------------------------------------------- UNet
 @torch.no_grad()
 def encode_dataset(vae, images: np.ndarray, device: str, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
@@ -538,10 +607,16 @@ class ExponentialMovingAverage:
 
 
 def train_unet(pipe, settings: TrainingSettings) -> None:
-    """Train pipe.unet and pipe.text_encoder on cached latents (resumable from run_dir)."""
+    """Train pipe.unet and pipe.text_encoder on cached latents (resumable from run_dir).
+
+    The pipeline must have the run's text encoder layers (build_run_pipeline builds it so)."""
     from .progress import progress_bar
 
     run_dir = Path(settings.run_dir)
+    run_layers = text_layers_of_run(run_dir)
+    if run_layers is not None and run_layers != pipe.text_encoder.config.num_hidden_layers:
+        raise ValueError(f"{run_dir} has a text encoder of {run_layers} layers but the pipeline's has "
+                         f"{pipe.text_encoder.config.num_hidden_layers}: build it with build_run_pipeline(settings)")
     device = settings.device
     unet, text_encoder, vae = pipe.unet.to(device), pipe.text_encoder.to(device), pipe.vae.to(device)
     modules = {"unet": unet, "text_encoder": text_encoder}
@@ -713,10 +788,8 @@ def evaluate_one_object(pipe, ema, modules, settings: TrainingSettings) -> dict:
 
 def export_from_run(settings: TrainingSettings) -> int:
     """Export the EMA weights of the latest checkpoint in settings.run_dir to settings.export_dir; returns its step."""
-    from .models.shapes_tiny import build_untrained_pipeline
-
     run_dir = Path(settings.run_dir)
-    pipe = build_untrained_pipeline(seed=settings.seed)
+    pipe = build_run_pipeline(settings)  # as many text layers as the run's weights: the export's config says so
     pipe.vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
     pipe.vae.eval()
     _set_scaling_factor(pipe, settings)  # the one the UNet was trained with (vae_state.json)
@@ -742,7 +815,9 @@ def seed_run_from_export(settings: TrainingSettings, export_dir: str) -> int:
 
     The exported EMA weights become both the raw and the EMA weights; there is no optimizer state, so
     train_unet warms Adam up again. The exported VAE is written as the run's VAE (its encoder defines the
-    latent space) and as its fine-tuned decoder. Returns the UNet step recorded in training_info.json."""
+    latent space) and as its fine-tuned decoder. Returns the UNet step recorded in training_info.json.
+    settings.text_layers > 0 first grows the exported text encoder to that many layers, in the raw and the
+    EMA weights alike (grow_text_encoder: identity at the start, so the seeded run computes what the export does)."""
     from .models.loading import BUILTIN_MODELS, load_pipeline
 
     run_dir = Path(settings.run_dir)
@@ -753,7 +828,11 @@ def seed_run_from_export(settings: TrainingSettings, export_dir: str) -> int:
     info_path = Path(BUILTIN_MODELS.get(str(export_dir), export_dir)) / "training_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     step = int(info.get("unet_steps", 0))
-    weights = {f"{n}.{k}": v for n, m in {"unet": pipe.unet, "text_encoder": pipe.text_encoder}.items() for k, v in m.state_dict().items()}
+    text_encoder = pipe.text_encoder  # the cached pipeline's own module is left as it is
+    if settings.text_layers:
+        torch.manual_seed(settings.seed)  # the new layers' other weights (q, k, v, fc1) are random: reproducibly
+        text_encoder = grow_text_encoder(text_encoder, settings.text_layers)
+    weights = {f"{n}.{k}": v for n, m in {"unet": pipe.unet, "text_encoder": text_encoder}.items() for k, v in m.state_dict().items()}
     _atomic_save_file(weights, run_dir / "unet_text.safetensors")
     _atomic_save_file({k: v.float() if v.dtype.is_floating_point else v for k, v in weights.items()}, run_dir / "unet_text_ema.safetensors")
     (run_dir / "unet_state.json").write_text(json.dumps({"step": step, "settings": asdict(settings), "seeded_from": str(export_dir)}))

@@ -6,6 +6,10 @@
 Everything is resumable: rerun the same command after an interruption and training continues from
 the last checkpoint in --run-dir. Runs on a GPU when there is one (--device auto).
 
+A run seeded with --text-layers N (below, --stage seed) has its text encoder grown to N causal transformer
+layers (the shipped one has none), identity at the start (diffusion_lab.training.grow_text_encoder); every
+later stage reads the run's layer count from its weights.
+
 To train the shipped model further (its EMA weights; Adam warms up again):
 
     python pipelines/train_shapes_tiny.py --stage seed --run-dir train_runs/more --seed-from shapes-tiny
@@ -28,9 +32,9 @@ from pathlib import Path
 import torch
 
 from diffusion_lab.models import ModelNotFoundError
-from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
 from diffusion_lab.training import (
     TrainingSettings,
+    build_run_pipeline,
     export_from_run,
     finetune_vae_decoder,
     finetune_vae_locality,
@@ -67,7 +71,7 @@ def main(argv=None) -> None:
     if args.stage == "seed":
         try:
             step = seed_run_from_export(settings, args.seed_from)
-        except (FileExistsError, ModelNotFoundError) as error:
+        except (FileExistsError, ModelNotFoundError, ValueError) as error:  # ValueError: a shrinking --text-layers
             parser.error(str(error))
         print(json.dumps({"seeded": settings.run_dir, "from": args.seed_from, "unet_steps": step}), flush=True)
         return
@@ -75,10 +79,16 @@ def main(argv=None) -> None:
     if args.stage == "export":
         if not settings.export_dir:
             parser.error("--stage export needs --export-dir")
-        step = export_from_run(settings)
+        try:
+            step = export_from_run(settings)
+        except ValueError as error:  # --text-layers that disagrees with the run's weights
+            parser.error(str(error))
         print(json.dumps({"exported_step": step, "to": settings.export_dir}), flush=True)
         return
-    pipe = build_untrained_pipeline(seed=settings.seed)
+    try:
+        pipe = build_run_pipeline(settings)  # as many text encoder layers as the run's weights
+    except ValueError as error:  # --text-layers that disagrees with them
+        parser.error(str(error))
     train_vae(pipe, settings)
     print(json.dumps({"vae_done_s": round(time.time() - start, 1), "scaling_factor": pipe.vae.config.scaling_factor}), flush=True)
     if args.stage in ("decoder", "locality", "unet", "all"):

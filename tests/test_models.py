@@ -201,20 +201,26 @@ def test_locality_finetune_makes_latents_local_and_ships(tmp_path):
     assert info["vae_locality_steps"] == 13
 
 
+def _train_cli():
+    """pipelines/train_shapes_tiny.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_shapes_tiny", Path(__file__).resolve().parents[1] / "pipelines" / "train_shapes_tiny.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
 def test_train_cli_runs_the_locality_stage_before_the_unet(tmp_path):
     """pipelines/train_shapes_tiny.py: --stage locality fine-tunes the VAE; --stage unet then caches the latents of
     THAT encoder (not of the VAE before it, nor a stale cache), also when continued without --locality-steps."""
-    import importlib.util
-
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from diffusion_lab.training import encode_dataset, encoder_fingerprint, make_dataset
 
-    spec = importlib.util.spec_from_file_location("train_shapes_tiny", Path(__file__).resolve().parents[1] / "pipelines" / "train_shapes_tiny.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = _train_cli()
     run = tmp_path / "run"
     common = ["--run-dir", str(run), "--vae-steps", "2", "--vae-batch-size", "2", "--locality-steps", "2",
               "--locality-batch-size", "2", "--checkpoint-every", "1", "--log-every", "1", "--progress", "false"]
@@ -237,3 +243,73 @@ def test_train_cli_runs_the_locality_stage_before_the_unet(tmp_path):
               "--log-every", "1", "--progress", "false", *unet, "--unet-steps", "2"])
     assert json.loads((run / "unet_state.json").read_text())["step"] == 2
     assert torch.equal(load_file(str(run / "latents_4_0.safetensors"))["latents"], cached)
+
+
+def test_grow_text_encoder_is_identity_then_learns():
+    """grow_text_encoder: a new layer adds exactly zero at first (same last_hidden_state on shapes prompts), moves
+    the output after one optimizer step, and growing again copies the trained layer; shrinking is refused."""
+    import torch
+
+    from diffusion_lab.training import grow_text_encoder, tokenize
+
+    pipe = build_untrained_pipeline(seed=0)
+    prompts = [caption(random_scene(seed), include_position=True) for seed in range(6)]
+    ids = tokenize(pipe.tokenizer, prompts + ["a small red circle and a large blue square", ""])
+    old = pipe.text_encoder.eval()
+    grown = grow_text_encoder(old, 1).eval()
+    assert (old.config.num_hidden_layers, grown.config.num_hidden_layers) == (0, 1)
+    with torch.no_grad():
+        before = old(ids).last_hidden_state
+        assert torch.allclose(grown(ids).last_hidden_state, before, atol=1e-6)
+    optimizer = torch.optim.AdamW(grown.encoder.layers[0].parameters(), lr=1e-3)  # only the new layer: it must learn
+    target = torch.randn(before.shape, generator=torch.Generator().manual_seed(0))
+    (grown(ids).last_hidden_state - target).pow(2).mean().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = grown(ids).last_hidden_state
+        assert not torch.allclose(after, before, atol=1e-4)
+        assert torch.allclose(grow_text_encoder(grown, 2)(ids).last_hidden_state, after, atol=1e-6)
+    with pytest.raises(ValueError, match="not shrink"):
+        grow_text_encoder(grow_text_encoder(grown, 2), 1)
+
+
+def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path):
+    """--stage seed --text-layers 1 grows the exported text encoder (raw and EMA weights alike, computing what the
+    export does); --stage unet reads the layer count from the run and trains it; --stage export writes a config of
+    1 layer that load_pipeline loads and samples from."""
+    import torch
+    from safetensors.torch import load_file
+
+    from diffusion_lab.generation import text_to_image
+    from diffusion_lab.training import text_layers_of_run, tokenize
+
+    cli = _train_cli()
+    source, run, export = tmp_path / "source", tmp_path / "run", tmp_path / "export"
+    build_untrained_pipeline(seed=0).save_pretrained(source, safe_serialization=True)
+    (source / "training_info.json").write_text(json.dumps({"unet_steps": 2, "vae_steps": 2}))
+    cli.main(["--stage", "seed", "--run-dir", str(run), "--seed-from", str(source), "--text-layers", "1"])
+    assert text_layers_of_run(run) == 1
+    raw, ema = load_file(str(run / "unet_text.safetensors")), load_file(str(run / "unet_text_ema.safetensors"))
+    assert raw.keys() == ema.keys() and all(torch.equal(raw[k], ema[k]) for k in raw)
+    exported = load_pipeline(str(source), device="cpu")
+    seeded = build_untrained_pipeline(seed=1, text_layers=1).text_encoder.eval()
+    seeded.load_state_dict({k[len("text_encoder.") :]: v for k, v in raw.items() if k.startswith("text_encoder.")})
+    ids = tokenize(exported.tokenizer, ["a small red circle and a large blue square", ""])
+    with torch.no_grad():
+        assert torch.allclose(seeded(ids).last_hidden_state, exported.text_encoder(ids).last_hidden_state, atol=1e-6)
+    common = ["--run-dir", str(run), "--num-scenes", "4", "--batch-size", "2", "--checkpoint-every", "1", "--log-every", "1",
+              "--eval-every", "0", "--progress", "false"]
+    with pytest.raises(SystemExit):  # layers are grown only when seeding
+        cli.main(["--stage", "unet", *common, "--unet-steps", "4", "--text-layers", "2"])
+    cli.main(["--stage", "unet", *common, "--unet-steps", "4"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["stage"] == "unet"] == [3, 4]
+    trained = load_file(str(run / "unet_text.safetensors"))
+    assert trained["text_encoder.encoder.layers.0.self_attn.out_proj.weight"].abs().max() > 0  # the new layer learns
+    cli.main(["--stage", "export", "--run-dir", str(run), "--export-dir", str(export)])
+    assert json.loads((export / "text_encoder" / "config.json").read_text())["num_hidden_layers"] == 1
+    pipe = load_pipeline(str(export), device="cpu")
+    assert pipe.text_encoder.config.num_hidden_layers == 1
+    images = text_to_image(pipe, ["a small red circle and a large blue square"], num_steps=2, progress=False).images
+    assert images.shape == (1, 64, 64, 3)
+    assert json.loads((export / "training_info.json").read_text())["unet_steps"] == 4

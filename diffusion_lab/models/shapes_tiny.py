@@ -36,6 +36,7 @@ TEXT_ENCODER_CONFIG = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=0,  # token + position embeddings only: words stay distinct (sharper cross-attention)
+    # (build_untrained_pipeline(text_layers=N) overrides it; a layer is then 2 heads of width 32 and an MLP of 128)
     num_attention_heads=2,
     max_position_embeddings=MAX_TOKENS,
     projection_dim=64,
@@ -93,8 +94,13 @@ def build_tokenizer():
     )
 
 
-def build_untrained_pipeline(seed: int = 0):
-    """The shapes-tiny architecture with random weights (what training starts from)."""
+def build_untrained_pipeline(seed: int = 0, text_layers: int = 0):
+    """The shapes-tiny architecture with random weights (what training starts from).
+
+    text_layers: the number of (causal, pre-LayerNorm) CLIP transformer layers of the text encoder. The
+    shipped model has none, so every word is embedded without context; a run grown by
+    `training.grow_text_encoder` has more, and its pipeline must be built with as many to load its weights
+    (`training.build_run_pipeline` reads the count from the run folder)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -107,7 +113,7 @@ def build_untrained_pipeline(seed: int = 0):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **TEXT_ENCODER_CONFIG,
+        **{**TEXT_ENCODER_CONFIG, "num_hidden_layers": text_layers},
     )
     text_encoder = CLIPTextModel(text_config)
     unet = UNet2DConditionModel(**UNET_CONFIG)
