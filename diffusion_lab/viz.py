@@ -39,7 +39,12 @@ def image_grid(
     padding: int = 2,
     label_height: int = 12,
 ) -> Image.Image:
-    """Images in a grid, each scaled by `scale` (nearest neighbour), with an optional label under each."""
+    """Images in a grid, each scaled by `scale` (nearest neighbour), with an optional label under each.
+
+    A label wider than its image is wrapped at spaces onto a second line (the grid's label rows then grow)
+    and cut only after that."""
+    import textwrap
+
     arrays = [to_uint8_image(im) for im in images]
     if not arrays:
         raise ValueError("image_grid needs at least one image")
@@ -49,15 +54,19 @@ def image_grid(
     left = 0
     if row_labels:
         left = 7 * max(len(s) for s in row_labels) // 1 + 4
-    cell_h = h + (label_height if labels else 0) + padding
+    characters = max(4, w // 6)  # PIL's default font is about 6 pixels per character
+    label_lines = [textwrap.wrap(str(text), characters, break_long_words=False)[:2] if text else [] for text in (labels or [])]
+    lines = max((len(wrapped) for wrapped in label_lines), default=1) if labels else 0
+    cell_h = h + label_height * max(lines, 1 if labels else 0) + padding
     canvas = Image.new("RGB", (left + columns * (w + padding) + padding, rows * cell_h + padding), "white")
     draw = ImageDraw.Draw(canvas)
     for i, array in enumerate(arrays):
         r, c = divmod(i, columns)
         x, y = left + padding + c * (w + padding), padding + r * cell_h
         canvas.paste(Image.fromarray(array).resize((w, h), Image.NEAREST), (x, y))
-        if labels and i < len(labels) and labels[i]:
-            draw.text((x + 1, y + h), str(labels[i])[: max(4, w // 6)], fill="black")
+        if labels and i < len(labels):
+            for line, text in enumerate(label_lines[i]):
+                draw.text((x + 1, y + h + line * label_height), text[:characters], fill="black")
     if row_labels:
         for r, text in enumerate(row_labels):
             draw.text((2, padding + r * cell_h + h // 2 - 5), str(text), fill="black")

@@ -116,3 +116,14 @@ def test_mass_ratio_inside():
     assert mass_ratio_inside(inside, mask) == pytest.approx(4.0)  # all the mass inside: 1 / share
     with pytest.raises(ValueError, match="the mask is empty"):
         mass_ratio_inside(np.ones((4, 4)), np.zeros((8, 8), bool))
+
+
+def test_image_grid_wraps_a_long_label_onto_a_second_line():
+    black = [np.zeros((32, 32, 3), np.uint8)] * 2
+    short = image_grid(black, labels=["a", "b"], scale=2)
+    long = image_grid(black, labels=["a", "circle -> square + local blend"], scale=2)
+    assert long.height == short.height + 12 and long.width == short.width  # one more label row, same width
+    second_line = np.asarray(long)[2 + 64 + 12 : 2 + 64 + 24, 2 + 64 + 2 : 2 + 128 + 2]  # under the second image
+    assert (second_line < 128).any()  # the rest of the label is drawn there, not cut off
+    single_words = image_grid(black, labels=["triangle", "star"], scale=1)  # one word too long: cut, not wrapped
+    assert single_words.height == image_grid(black, labels=["a", "b"], scale=1).height

@@ -186,7 +186,7 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
             row_pictures.append(plain.edited_images[0])
             row_labels.append("no P2P")
         row_pictures.append(with_p2p.edited_images[0])
-        row_labels.append(title[:22])
+        row_labels.append(title)  # image_grid wraps it
         pictures.extend(row_pictures)
         labels.extend(row_labels)
         score = score_edit(with_p2p.source_image, with_p2p.edited_images[0], edit.target_prompts[0])
