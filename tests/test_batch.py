@@ -292,3 +292,20 @@ rows:
             assert name in text, (report, name)
     assert (out / "contact-sheet-01.png").is_file()
     assert not leftovers(out) and all_files_complete(out)
+
+
+def test_local_threads_leave_busy_cores_alone(monkeypatch):
+    """Kernels get the idle cores: 2 OpenMP threads on a 2-core machine whose other core is busy ran 17x slower."""
+    from diffusion_lab.batch import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.1, 1.0, 0.9))
+    assert runner.local_threads(workers=1) == 1
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert runner.local_threads(workers=1) == 2
+    assert runner.local_threads(workers=2) == 1
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (40.0, 40.0, 40.0))  # overloaded: still one thread each
+    assert runner.local_threads(workers=4) == 1
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (4.0, 4.0, 4.0))
+    assert runner.local_threads(workers=4) == 3
