@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .attention.controllers import AttentionController
@@ -162,8 +163,6 @@ def _cache_fingerprint(path: Path) -> Optional[str]:
     """The encoder_fingerprint a latent cache was written with (None: no cache, or one from before fingerprints)."""
     if not path.exists():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return (f.metadata() or {}).get("encoder_fingerprint")
 
@@ -420,7 +419,8 @@ def grow_text_encoder(text_encoder, num_layers: int):
     grown = CLIPTextModel(config)
     missing, unexpected = grown.load_state_dict(text_encoder.state_dict(), strict=False)
     new_prefixes = tuple(f"encoder.layers.{i}." for i in range(old_layers, num_layers))  # transformers 5: no text_model.
-    assert not unexpected and all(key.startswith(new_prefixes) for key in missing), (missing, unexpected)
+    if unexpected or not all(key.startswith(new_prefixes) for key in missing):  # not a CLIPTextModel of this layout
+        raise RuntimeError(f"cannot grow this text encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
     with torch.no_grad():
         for layer in grown.encoder.layers[old_layers:]:
             for projection in (layer.self_attn.out_proj, layer.mlp.fc2):
@@ -438,8 +438,6 @@ def text_layers_of_run(run_dir) -> Optional[int]:
 
     A run grown at seeding keeps no config of its own: its weights are the record, so every stage builds
     the pipeline that loads them (counts the distinct `text_encoder.encoder.layers.<i>.`)."""
-    from safetensors import safe_open
-
     for name in ("unet_text.safetensors", "unet_text_ema.safetensors"):
         path = Path(run_dir) / name
         if path.exists():
