@@ -121,6 +121,8 @@ class TrainingSettings:
     ema_decay: float = 0.999
     # --stage seed: grow the exported text encoder to this many transformer layers (grow_text_encoder; 0: keep its layers)
     text_layers: int = 0
+    # learning rate of the text encoder's transformer layers relative to --lr (a layer grown from zero learns slowly)
+    text_layer_lr_scale: float = 1.0
     grounding_weight: float = 0.0  # > 0: add the token grounding loss of the cross-attention maps (see grounding_loss)
     grounding_max_timestep: int = 1000  # ground only the noise levels t < this (layout is unknowable from pure noise)
     checkpoint_every: int = 250
@@ -619,7 +621,13 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
     unet, text_encoder, vae = pipe.unet.to(device), pipe.text_encoder.to(device), pipe.vae.to(device)
     modules = {"unet": unet, "text_encoder": text_encoder}
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
+    layer_params = list(text_encoder.encoder.layers.parameters())
+    layer_ids = {id(p) for p in layer_params}
+    groups = [{"params": [p for p in params if id(p) not in layer_ids]}]
+    if layer_params:  # a second group only where there are layers: runs without them keep their optimizer state
+        groups.append({"params": layer_params})
+    lr_scales = [1.0, settings.text_layer_lr_scale][: len(groups)]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=0.01)
     state_path, ema_path = run_dir / "unet_text.safetensors", run_dir / "unet_text_ema.safetensors"
     optim_path, meta_path = run_dir / "unet_optim.pt", run_dir / "unet_state.json"
     ema = ExponentialMovingAverage(modules, settings.ema_decay)
@@ -671,8 +679,8 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         lr = settings.min_lr + (settings.lr - settings.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
         if step - warmup_start < settings.warmup_steps:  # linear warm-up (at the start, or after a fresh optimizer)
             lr *= (step - warmup_start + 1) / settings.warmup_steps
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(optimizer.param_groups, lr_scales):
+            group["lr"] = lr * scale
         index = torch.from_numpy(rng.integers(0, len(latents), settings.batch_size))
         z0 = latents[index].to(device)
         prompts = training_captions([scenes[i] for i in index.tolist()], rng, settings.attribute_dropout, settings.caption_dropout)

@@ -306,10 +306,16 @@ def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path):
     assert [r["step"] for r in log if r["stage"] == "unet"] == [3, 4]
     trained = load_file(str(run / "unet_text.safetensors"))
     assert trained["text_encoder.encoder.layers.0.self_attn.out_proj.weight"].abs().max() > 0  # the new layer learns
+    # --text-layer-lr-scale 0 freezes the text encoder's layers (their own optimizer group) while the rest trains on
+    cli.main(["--stage", "unet", *common, "--unet-steps", "6", "--text-layer-lr-scale", "0"])
+    frozen = load_file(str(run / "unet_text.safetensors"))
+    layer_keys = [k for k in frozen if k.startswith("text_encoder.encoder.layers.")]
+    assert layer_keys and all(torch.equal(frozen[k], trained[k]) for k in layer_keys)
+    assert not all(torch.equal(frozen[k], trained[k]) for k in frozen if k.startswith("unet."))
     cli.main(["--stage", "export", "--run-dir", str(run), "--export-dir", str(export)])
     assert json.loads((export / "text_encoder" / "config.json").read_text())["num_hidden_layers"] == 1
     pipe = load_pipeline(str(export), device="cpu")
     assert pipe.text_encoder.config.num_hidden_layers == 1
     images = text_to_image(pipe, ["a small red circle and a large blue square"], num_steps=2, progress=False).images
     assert images.shape == (1, 64, 64, 3)
-    assert json.loads((export / "training_info.json").read_text())["unet_steps"] == 4
+    assert json.loads((export / "training_info.json").read_text())["unet_steps"] == 6
