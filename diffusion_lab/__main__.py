@@ -47,7 +47,9 @@ def main(argv=None) -> int:
         return 0
     if args.command == "lab":
         labs = _repo_root() / "labs"
-        command = [sys.executable, "-m", "jupyter", "lab", str(labs)]
+        from .kernels import jupyter_server_arguments
+
+        command = [sys.executable, "-m", "jupyter", "lab", str(labs), *jupyter_server_arguments()]
         if args.port:
             command += ["--port", str(args.port)]
         return subprocess.call(command, env={**os.environ})

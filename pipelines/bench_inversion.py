@@ -211,6 +211,8 @@ def main(argv=None) -> str:
     parser.add_argument("--exclude", nargs="*", default=[], help="leave out these METHOD:S:W patterns")
     parser.add_argument("--batch-size", type=int, default=50, help="scenes inverted together")
     parser.add_argument("--inner-steps", type=int, default=None, help="null-text Adam steps per timestep (10)")
+    parser.add_argument("--null-text-lr", type=float, default=None,
+                        help="null-text Adam learning rate (1e-2, the paper's; shapes-tiny at S = 10 needs about 0.1)")
     parser.add_argument("--fixed-point-iterations", type=int, default=None, help="fixed-point iterations (5)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
@@ -235,7 +237,9 @@ def main(argv=None) -> str:
     ceiling = score(vae, originals)
     options = {}
     if args.inner_steps is not None:
-        options["null_text"] = {"inner_steps": args.inner_steps}
+        options.setdefault("null_text", {})["inner_steps"] = args.inner_steps
+    if args.null_text_lr is not None:
+        options.setdefault("null_text", {})["learning_rate"] = args.null_text_lr
     if args.fixed_point_iterations is not None:
         options["fixed_point"] = {"fixed_point_iterations": args.fixed_point_iterations}
 

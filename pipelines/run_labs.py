@@ -79,10 +79,12 @@ def clean_notebook(path: Path) -> None:
 def execute(lab: str, output_path: Path, parameters: dict | None, cwd: Path, timeout: int | None) -> float:
     import papermill
 
+    from diffusion_lab.kernels import EncryptedKernelManager
+
     start = time.perf_counter()
     papermill.execute_notebook(
         str(LABS_DIR / f"{lab}.ipynb"), str(output_path), parameters=parameters or None, cwd=str(cwd),
-        kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+        kernel_name="python3", progress_bar=False, execution_timeout=timeout, kernel_manager_class=EncryptedKernelManager,
     )
     return time.perf_counter() - start
 

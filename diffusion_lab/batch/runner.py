@@ -183,6 +183,8 @@ def run_chunk(payload: dict) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from ..kernels import EncryptedKernelManager
+
     out = Path(payload["out_dir"])
     name = payload["name"]
     chunk_file = inside(out, "chunks", f"{name}.json")
@@ -201,7 +203,7 @@ def run_chunk(payload: dict) -> dict:
             str(payload.get("notebook_template") or NOTEBOOK), str(partial),
             parameters={"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]},
             kernel_name=payload.get("kernel_name") or DEFAULT_KERNEL, progress_bar=False, log_output=False,
-            cwd=str(out), execution_timeout=payload.get("timeout"),
+            cwd=str(out), execution_timeout=payload.get("timeout"), kernel_manager_class=EncryptedKernelManager,
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
