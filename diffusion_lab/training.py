@@ -717,7 +717,7 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
             torch.save(optimizer.state_dict(), optim_path)
             meta_path.write_text(json.dumps({"step": done, "settings": asdict(settings)}))
         if settings.export_dir and (done % settings.export_every == 0 or done == settings.unet_steps):
-            export_pipeline(pipe, ema, modules, settings.export_dir, {"unet_steps": done})
+            export_pipeline(pipe, ema, modules, settings.export_dir, run_training_info(run_dir, done))
         if settings.eval_every and (done % settings.eval_every == 0 or done == settings.unet_steps):
             metrics = evaluate_one_object(pipe, ema, modules, settings)
             _log(run_dir, {"stage": "eval", "step": done, **metrics})
@@ -807,13 +807,19 @@ def export_from_run(settings: TrainingSettings) -> int:
     ema = ExponentialMovingAverage(modules, settings.ema_decay)
     ema.shadow = load_file(str(run_dir / "unet_text_ema.safetensors"))
     step = json.loads((run_dir / "unet_state.json").read_text())["step"]
-    info = {"unet_steps": step, "vae_steps": json.loads((run_dir / "vae_state.json").read_text())["step"]}
-    if (run_dir / "vae_decoder_state.json").exists():
-        info["vae_decoder_steps"] = json.loads((run_dir / "vae_decoder_state.json").read_text())["step"]
-    if (run_dir / "vae_locality_state.json").exists():
-        info["vae_locality_steps"] = json.loads((run_dir / "vae_locality_state.json").read_text())["step"]
-    export_pipeline(pipe, ema, modules, settings.export_dir, info)
+    export_pipeline(pipe, ema, modules, settings.export_dir, run_training_info(run_dir, step))
     return step
+
+
+def run_training_info(run_dir, unet_steps: int) -> dict:
+    """training_info.json of an export of run_dir at `unet_steps`: the steps of every stage behind it."""
+    run_dir = Path(run_dir)
+    info = {"unet_steps": unet_steps}
+    for key, name in (("vae_steps", "vae_state.json"), ("vae_decoder_steps", "vae_decoder_state.json"),
+                      ("vae_locality_steps", "vae_locality_state.json")):
+        if (run_dir / name).exists():
+            info[key] = json.loads((run_dir / name).read_text())["step"]
+    return info
 
 
 def seed_run_from_export(settings: TrainingSettings, export_dir: str) -> int:

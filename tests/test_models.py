@@ -95,6 +95,9 @@ def test_training_smoke_run(tmp_path):
     assert steps[-1] == 4 and steps.count(1) == 1
     exported = load_pipeline(str(tmp_path / "export"), device="cpu")
     assert exported.unet.config.sample_size == 16
+    # the export written during training records every stage behind it, as --stage export does
+    info = json.loads((tmp_path / "export" / "training_info.json").read_text())
+    assert info == {"unet_steps": 4, "vae_steps": settings.vae_steps}
 
 
 def test_decoder_finetune_keeps_the_latent_space(tmp_path):
