@@ -638,9 +638,14 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
             m.load_state_dict({k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")})
         ema.shadow = {k: v.to(device) for k, v in load_file(str(ema_path)).items()}
         start = json.loads(meta_path.read_text())["step"]
+        restored = False
         if optim_path.exists():
-            optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
-        else:  # weights without optimizer state (e.g. brought back from another machine): warm Adam up again
+            try:
+                optimizer.load_state_dict(torch.load(optim_path, weights_only=True))
+                restored = True
+            except ValueError as error:  # saved before the text layers had a parameter group of their own
+                print(f"{optim_path.name} does not fit this optimizer ({error}): Adam starts afresh", flush=True)
+        if not restored:  # weights without optimizer state (e.g. brought back from another machine): warm Adam up again
             warmup_start = start
     if start >= settings.unet_steps:
         ema.copy_to(modules)

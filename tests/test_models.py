@@ -276,7 +276,7 @@ def test_grow_text_encoder_is_identity_then_learns():
         grow_text_encoder(grow_text_encoder(grown, 2), 1)
 
 
-def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path):
+def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path, capsys):
     """--stage seed --text-layers 1 grows the exported text encoder (raw and EMA weights alike, computing what the
     export does); --stage unet reads the layer count from the run and trains it; --stage export writes a config of
     1 layer that load_pipeline loads and samples from."""
@@ -315,10 +315,16 @@ def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path):
     layer_keys = [k for k in frozen if k.startswith("text_encoder.encoder.layers.")]
     assert layer_keys and all(torch.equal(frozen[k], trained[k]) for k in layer_keys)
     assert not all(torch.equal(frozen[k], trained[k]) for k in frozen if k.startswith("unet."))
+    # Adam state saved with one parameter group (before the layers had their own) is refused with a message, not a crash
+    one_group = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).state_dict()
+    torch.save(one_group, run / "unet_optim.pt")
+    cli.main(["--stage", "unet", *common, "--unet-steps", "7"])
+    assert "Adam starts afresh" in capsys.readouterr().out
+    assert json.loads((run / "unet_state.json").read_text())["step"] == 7
     cli.main(["--stage", "export", "--run-dir", str(run), "--export-dir", str(export)])
     assert json.loads((export / "text_encoder" / "config.json").read_text())["num_hidden_layers"] == 1
     pipe = load_pipeline(str(export), device="cpu")
     assert pipe.text_encoder.config.num_hidden_layers == 1
     images = text_to_image(pipe, ["a small red circle and a large blue square"], num_steps=2, progress=False).images
     assert images.shape == (1, 64, 64, 3)
-    assert json.loads((export / "training_info.json").read_text())["unet_steps"] == 6
+    assert json.loads((export / "training_info.json").read_text())["unet_steps"] == 7
