@@ -7,18 +7,19 @@ Everything is resumable: rerun the same command after an interruption and traini
 the last checkpoint in --run-dir. Runs on a GPU when there is one (--device auto).
 
 A run seeded with --text-layers N (below, --stage seed) has its text encoder grown to N causal transformer
-layers (the shipped one has none), identity at the start (diffusion_lab.training.grow_text_encoder); every
-later stage reads the run's layer count from its weights.
+layers (the shipped one has 1), identity at the start (diffusion_lab.training.grow_text_encoder); every
+later stage reads the run's layer count from its weights. --text-layer-lr-scale K trains those layers at K times
+--lr (3 for the shipped model's layer, grown from zero).
 
 To train the shipped model further (its EMA weights; Adam warms up again):
 
     python pipelines/train_shapes_tiny.py --stage seed --run-dir train_runs/more --seed-from shapes-tiny
-    python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 21000 --lr 1e-4 --min-lr 1e-4 \
-        --ema-decay 0.998 --grounding-weight 0.01
+    python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 27000 --lr 1e-4 --min-lr 1e-4 \
+        --ema-decay 0.998 --grounding-weight 0.01 --text-layer-lr-scale 3
 
 --locality-steps N fine-tunes the whole VAE for local latents first (finetune_vae_locality); the UNet
 stage then trains on the re-encoded dataset (pipelines/checkpoints/shapes-tiny-locality/README.md: the run behind
-the shipped 19,000-step model). A run folder with a locality-tuned VAE always trains in its latents.
+the 19,000-step model the shipped one grew from). A run folder with a locality-tuned VAE always trains in its latents.
 """
 
 from __future__ import annotations
