@@ -69,14 +69,21 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def training_captions(scenes, rng: np.random.Generator, drop_attribute: float = 0.1, drop_caption: float = 0.1) -> list[str]:
-    """Captions as training sees them: attributes left out at random, some captions empty (for CFG)."""
+def training_captions(
+    scenes, rng: np.random.Generator, drop_attribute: float = 0.1, drop_caption: float = 0.1, position_rate: float = 0.0
+) -> list[str]:
+    """Captions as training sees them: attributes left out at random, some captions empty (for CFG), and
+    with probability `position_rate` a caption that names every object's grid cell ("at the top left").
+    Scenes of three objects never name positions: their caption would pass the text encoder's 32 tokens.
+
+    With position_rate 0 the random draws are those of runs made before positions were trained."""
     out = []
     for scene in scenes:
         if rng.random() < drop_caption:
             out.append("")
         else:
-            out.append(caption(scene, drop_probability=drop_attribute, rng=rng))
+            with_position = position_rate > 0 and rng.random() < position_rate and len(scene.objects) <= 2
+            out.append(caption(scene, include_position=with_position, drop_probability=drop_attribute, rng=rng))
     return out
 
 
@@ -118,6 +125,7 @@ class TrainingSettings:
     min_snr_gamma: float = 5.0
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.1
+    position_caption_rate: float = 0.0  # share of captions that name each object's grid cell ("at the top left")
     ema_decay: float = 0.999
     # --stage seed: grow the exported text encoder to this many transformer layers (grow_text_encoder; 0: keep its layers)
     text_layers: int = 0
@@ -688,7 +696,10 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
             group["lr"] = lr * scale
         index = torch.from_numpy(rng.integers(0, len(latents), settings.batch_size))
         z0 = latents[index].to(device)
-        prompts = training_captions([scenes[i] for i in index.tolist()], rng, settings.attribute_dropout, settings.caption_dropout)
+        prompts = training_captions(
+            [scenes[i] for i in index.tolist()], rng, settings.attribute_dropout, settings.caption_dropout,
+            settings.position_caption_rate,
+        )
         text = text_encoder(tokenize(pipe.tokenizer, prompts).to(device))[0]
         noise = torch.randn(z0.shape, generator=generator).to(device)
         noise = noise + settings.offset_noise * torch.randn(z0.shape[:2] + (1, 1), generator=generator).to(device)

@@ -16,7 +16,12 @@ What it measures (every number comes from the analyzer on generated images, not 
    and of the colour word, averaged over steps and over the 16x16 and 8x8 layers, and the share of
    its mass inside the object's (dilated) mask, divided by the mask's share of the image (what a
    uniform map would hold). 1.0 = no better than uniform; the target is >= 2.0;
-5. speed: median wall time of a 50-step DDIM sample with guidance at batch 1 (--speed-runs).
+5. positions (--positions N): one-object captions naming the object's grid cell ("a red circle at the
+   top left on a white background"), cells drawn uniformly from the nine: the share of objects found in
+   the named cell (chance 1/9), per cell; and two-object captions with and without their position
+   phrases, for the same scenes and seeds: pairing, both objects in their named cells, and the share of
+   images with more than two objects;
+6. speed: median wall time of a 50-step DDIM sample with guidance at batch 1 (--speed-runs).
 The last line reads `min_attribute_accuracy=<value>`, the lowest one-object attribute accuracy.
 """
 
@@ -37,7 +42,7 @@ from diffusion_lab.attention.maps import mass_ratio_inside, upsample_map
 from diffusion_lab.attention.tokens import word_token_indices
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.models import load_pipeline
-from diffusion_lab.shapes import analyze, caption, match_objects, random_scene
+from diffusion_lab.shapes import COLUMNS, ROWS, analyze, caption, match_objects, random_scene
 from diffusion_lab.latents import image_size
 from diffusion_lab.training import dilate_cells, images_to_tensor, locality_pairs, make_dataset, vae_psnr
 from diffusion_lab.viz import image_grid
@@ -131,6 +136,48 @@ def two_object_study(pipe, count: int, steps: int, guidance: float, seed: int, b
     return {"object_count": counts / count, "pairing": pairing / count, "both_colours": colours / count, "both_shapes": shapes / count}
 
 
+def _generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int) -> list:
+    """Images for `prompts`, batch by batch; the initial noise of batch k depends only on (seed, k)."""
+    images = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        x_T = initial_noise(pipe, len(chunk), seed=seed + start)
+        images += list(text_to_image(pipe, chunk, num_steps=steps, guidance_scale=guidance, x_T=x_T, progress=False).images)
+    return images
+
+
+def position_study(pipe, count: int, steps: int, guidance: float, seed: int, batch: int, out: Path) -> dict:
+    """Item 5 of the module docstring: does the model put objects where the caption says?"""
+    rng = np.random.default_rng(seed + 2)
+    cells = [(row, column) for row in ROWS for column in COLUMNS]
+    wanted = [cells[i] for i in rng.integers(len(cells), size=count)]
+    scenes = [random_scene(rng, objects=[{"position": cell}]) for cell in wanted]
+    images = _generate(pipe, [caption(s, include_position=True) for s in scenes], steps, guidance, seed + 11, batch)
+    hits: dict[str, list[int]] = {f"{row} {column}": [] for row, column in cells}
+    for image, cell in zip(images, wanted):
+        found = analyze(image).objects
+        hits[f"{cell[0]} {cell[1]}"].append(int(len(found) == 1 and found[0].position == cell))
+    image_grid(images[:16], labels=[f"{r} {c}" for r, c in wanted[:16]], columns=8, scale=2).save(out / "position_samples.png")
+    result = {"one_object": float(np.mean(sum(hits.values(), []))),
+              "one_object_per_cell": {k: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}}
+
+    two = [random_scene(rng, num_objects=2) for _ in range(count)]
+    for named in (False, True):
+        images = _generate(pipe, [caption(s, include_position=named) for s in two], steps, guidance, seed + 13, batch)
+        pairing = in_cells = more = 0
+        for image, scene in zip(images, two):
+            found = analyze(image).objects
+            more += len(found) > 2
+            pairing += {(o.shape, o.colour) for o in scene.objects} <= {(o.shape, o.colour) for o in found}
+            in_cells += all(any((f.shape, f.colour, f.position) == (o.shape, o.colour, o.position) for f in found)
+                            for o in scene.objects)
+        key = "two_object_named" if named else "two_object_unnamed"
+        result[key] = {"pairing": pairing / count, "both_in_named_cells": in_cells / count, "more_than_two_objects": more / count}
+        if named:
+            image_grid(images[:16], columns=8, scale=2).save(out / "position_two_object_samples.png")
+    return result
+
+
 @torch.no_grad()
 def vae_study(pipe, count: int, seed: int) -> dict:
     images, scenes = make_dataset(count, seed=seed + 50_000)
@@ -185,6 +232,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="shapes-tiny")
     parser.add_argument("--one-object", type=int, default=200)
     parser.add_argument("--two-object", type=int, default=100)
+    parser.add_argument("--positions", type=int, default=100, help="captions per position study (0: skip it)")
     parser.add_argument("--vae-images", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -201,6 +249,8 @@ def main(argv=None) -> dict:
         results["one_object"] = one_object_study(pipe, args.one_object, args.steps, args.guidance, args.seed, args.batch, out)
     if args.two_object:
         results["two_object"] = two_object_study(pipe, args.two_object, args.steps, args.guidance, args.seed, args.batch, out)
+    if args.positions:
+        results["positions"] = position_study(pipe, args.positions, args.steps, args.guidance, args.seed, args.batch, out)
     if args.vae_images:
         results["vae"] = vae_study(pipe, args.vae_images, args.seed)
         results["latent_locality"] = latent_locality_study(pipe, args.vae_images, args.seed)
@@ -228,6 +278,14 @@ def main(argv=None) -> dict:
     if "two_object" in results:
         two = results["two_object"]
         lines.append(f"two objects: count {two['object_count']:.3f}, pairing {two['pairing']:.3f}, both colours {two['both_colours']:.3f}, both shapes {two['both_shapes']:.3f}")
+    if "positions" in results:
+        where = results["positions"]
+        lines.append(f"positions: one object in its named cell {where['one_object']:.3f} (chance 0.111); per cell "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in where["one_object_per_cell"].items()))
+        for key, label in (("two_object_unnamed", "without"), ("two_object_named", "with")):
+            two = where[key]
+            lines.append(f"two objects {label} position phrases: pairing {two['pairing']:.3f}, both in their named cells "
+                         f"{two['both_in_named_cells']:.3f}, more than two objects {two['more_than_two_objects']:.3f}")
     if "vae" in results:
         vae = results["vae"]
         lines.append(f"VAE round trip: PSNR {vae['psnr_db']:.2f} dB, analyzer accuracy {vae['analyzer_accuracy_all']:.3f} (small {vae['analyzer_accuracy_small']:.3f}, large {vae['analyzer_accuracy_large']:.3f})")

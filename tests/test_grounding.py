@@ -129,3 +129,30 @@ def test_training_with_grounding_logs_the_loss(tmp_path):
     unet_records = [r for r in log if r["stage"] == "unet"]
     assert unet_records and all(0 <= r["grounding_loss"] <= 1 for r in unet_records)
     assert (tmp_path / "run" / "coverage_16_0.safetensors").exists()
+
+
+def test_position_words_belong_to_their_object():
+    text = "a red circle at the top left and a star in the center on a white background"
+    owners = word_owners(text)
+    words = text.split()
+    assert [owners[i] for i, w in enumerate(words) if w in ("top", "left")] == [0, 0]
+    assert owners[words.index("center")] == 1
+    assert [owners[i] for i, w in enumerate(words) if w in ("at", "the", "in")] == [None] * 4
+
+
+def test_training_captions_name_positions_at_the_given_rate():
+    import numpy as np
+
+    from diffusion_lab.shapes import parse_caption
+    from diffusion_lab.training import training_captions
+
+    scenes = [random_scene(i, num_objects=1 + i % 3) for i in range(300)]
+    without = training_captions(scenes, np.random.default_rng(0), position_rate=0.0)
+    assert not any(" at the " in c or " in the center" in c for c in without)
+    with_positions = training_captions(scenes, np.random.default_rng(0), drop_attribute=0.0, drop_caption=0.0, position_rate=0.5)
+    named = [(c, s) for c, s in zip(with_positions, scenes) if " at the " in c or " in the center" in c]
+    two_or_fewer = sum(len(s.objects) <= 2 for s in scenes)
+    assert 0.35 * two_or_fewer < len(named) < 0.65 * two_or_fewer
+    assert all(len(s.objects) <= 2 for _, s in named)  # three objects with positions would pass 32 tokens
+    for text, scene in named:  # the named cells are the objects' own
+        assert [o.position for o in parse_caption(text).objects] == [o.position for o in scene.objects]

@@ -136,9 +136,9 @@ BACKGROUND_OWNER = "background"
 
 
 def word_owners(text: str) -> list:
-    """What each word of a caption describes: an object's index (0, 1, ...) for its size, colour and
-    shape words (or the placeholder "shape"), BACKGROUND_OWNER for the background colour, None for
-    the grammar's function words.
+    """What each word of a caption describes: an object's index (0, 1, ...) for its size, colour,
+    shape (or the placeholder "shape") and position words ("top", "left", "center", ...),
+    BACKGROUND_OWNER for the background colour, None for the grammar's function words.
 
     "a large red circle and a star on a gray background" -> [None, 0, 0, 0, None, None, 1, None, None, "background", None].
     Objects are counted in the order the caption names them, which is `scene.objects`' order for `caption(scene)`.
@@ -155,7 +155,7 @@ def word_owners(text: str) -> list:
         elif in_background:
             if word in BACKGROUNDS:
                 owners[i] = BACKGROUND_OWNER
-        elif word in SIZES or word in COLOURS or word in SHAPES or word == "shape":
+        elif word in SIZES or word in COLOURS or word in SHAPES or word == "shape" or word in POSITION_WORDS:
             owners[i] = object_index
     return owners
 
