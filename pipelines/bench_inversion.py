@@ -88,9 +88,11 @@ def run_cell(pipe, method, steps, guidance, latents, prompts, batch_size, option
         invert_seconds += inversion.seconds
         begin = time.perf_counter()
         with torch.no_grad():
-            denoiser = inversion.denoiser(pipe.unet)
+            denoiser = inversion.denoiser(pipe)
             reconstructed = sample(denoiser, inversion.z_T, schedule, inversion.timesteps, progress=False,
-                                   on_step_end=inversion.source_rectifier()).sample  # direct: back on the pivot
+                                   on_step_end=inversion.source_rectifier(),  # direct: back on the pivot
+                                   eta=inversion.eta, variance=inversion.variance,  # edit_friendly: its noise maps
+                                   noises=inversion.sampling_noises()).sample
         synchronize(reconstructed.device)
         reconstruct_seconds += time.perf_counter() - begin
         latent_errors.append(((reconstructed - z_0) ** 2).flatten(1).mean(dim=1).sqrt().cpu())
