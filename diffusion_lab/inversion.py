@@ -264,7 +264,9 @@ def invert_latents(
     |sqrt(1 - alpha_bar_t) - sqrt(alpha_bar_t / alpha_bar_{t_prev}) sqrt(1 - alpha_bar_{t_prev})| times that of
     eps_hat, small for small steps, larger under strong guidance. Anderson acceleration (`anderson_extrapolation`,
     AIDI's choice) converges much faster and more often. The iterate with the smallest residual ||F(z) - z|| is
-    kept (its image F(z) is returned), so a step that stops contracting is never made worse than its best iterate.
+    kept (its image F(z) is returned), so a step that stops contracting is never made worse than its best iterate;
+    each image of the batch keeps its own best iterate (Anderson solves each row on its own too), so an image gets
+    the same inversion alone or in a batch, up to iterates below the tolerance (prompt-to-prompt #47).
 
     eps_hat at a point z is `predict_epsilon(model_output, z, alpha_bar_t)` (the network's answer at noise level t;
     for epsilon-prediction this is the output itself, as in diffusers' DDIMInverseScheduler; for v-prediction
@@ -286,15 +288,17 @@ def invert_latents(
             return ddim_inversion_step(z, epsilon, alpha_bar_prev, alpha_bar_t)
 
         estimate = inverse_step_with_noise_at(z)  # plain DDIM inversion: eps_hat evaluated at z_{t_prev}
-        result, best_residual = estimate, math.inf
+        result = estimate
+        best_residual = torch.full((z.shape[0],), math.inf)  # (B,): each image keeps its own best iterate
         iterates, images = [], []
         for k in range(settings.iterations):
             image = inverse_step_with_noise_at(estimate)
-            residual = float(_rms_per_row(image - estimate).max())
-            residuals[step_index, k] = residual
-            if residual < best_residual:
-                result, best_residual = image, residual
-            if residual < settings.tolerance:
+            row_residuals = _rms_per_row(image - estimate).cpu()  # (B,)
+            residuals[step_index, k] = float(row_residuals.max())
+            better = row_residuals < best_residual
+            result = torch.where(better.to(image.device).view(-1, *([1] * (image.ndim - 1))), image, result)
+            best_residual = torch.minimum(best_residual, row_residuals)
+            if float(row_residuals.max()) < settings.tolerance:
                 break
             iterates.append(estimate)
             images.append(image)

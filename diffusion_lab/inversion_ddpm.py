@@ -69,13 +69,14 @@ def edit_friendly_noise_space(
     timesteps: Sequence[int] | Tensor,
     eta: float = DEFAULT_ETA,
     variance: str = "eta",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: bool = True,
 ) -> NoiseSpace:
     """Edit-friendly DDPM inversion of latents z_0 (B, C, H, W) for `denoiser` (with the guidance it will sample at).
 
-    x_t = forward_marginal_sample(z_0, alpha_bar_t, eps_t) with independent eps_t ~ N(0, I) drawn on the CPU from
-    `generator` (the same numbers on every device), then for each sampling step i from (t, t_prev):
+    x_t = forward_marginal_sample(z_0, alpha_bar_t, eps_t) with independent eps_t ~ N(0, I) drawn on the CPU (the
+    same numbers on every device) from `generator`, or from one generator per image (a list of B), which makes an
+    image's draws independent of the batch it is inverted in. Then for each sampling step i from (t, t_prev):
 
         mu_i = generalized_posterior_step(x_t, denoiser(x_t, t, i), t, t_prev, eta, variance, noise=0)   (the mean)
         z_i  = (x_{t_prev} - mu_i) / sigma_i
@@ -86,9 +87,16 @@ def edit_friendly_noise_space(
     timesteps = torch.as_tensor(timesteps, dtype=torch.long).cpu()
     pairs = timestep_pairs(timesteps)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    if isinstance(generator, torch.Generator):
+        draw = lambda: torch.randn(z_0.shape, generator=generator, dtype=torch.float32)  # noqa: E731
+    else:
+        if len(generator) != z_0.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {z_0.shape[0]} images; give one per image")
+        draw = lambda: torch.cat([  # noqa: E731
+            torch.randn((1, *z_0.shape[1:]), generator=row, dtype=torch.float32) for row in generator])
     noisy = []
     for t in timesteps.tolist():  # x_T first: the sampling order
-        epsilon = torch.randn(z_0.shape, generator=generator, dtype=torch.float32).to(z_0)  # (B, C, H, W)
+        epsilon = draw().to(z_0)  # (B, C, H, W)
         noisy.append(forward_marginal_sample(z_0, schedule.alpha_bar(t), noise=epsilon))
     latents = torch.stack(noisy + [z_0])  # (S + 1, B, C, H, W)
     noise_maps = []
@@ -131,6 +139,7 @@ def edit_friendly_inversion(
     `num_steps` unless `timesteps` is given), plus: eta (0 < eta <= 1; 1 = DDPM, the paper's), variance ("eta" or
     "sigma_hat"), seed (the x_t draws). guidance_scale: the w of the source branch (default 3.5, the paper's
     source scale); sampling at this w with the source prompt and the recorded noise maps reproduces the image.
+    Image b of the batch draws its x_t from seed + b, so it gets the same inversion alone with that seed.
     The Inversion's latents are the x_t, its `noise_maps` the z_t; reconstruct / edit_real / run_edit use them.
     """
     from diffusion_lab.inversion import (
@@ -168,7 +177,8 @@ def edit_friendly_inversion(
     synchronize(device)
     start = time.perf_counter()
     space = edit_friendly_noise_space(
-        denoiser, z_0, schedule, timesteps, eta, variance, torch.Generator().manual_seed(seed), progress
+        denoiser, z_0, schedule, timesteps, eta, variance,
+        [torch.Generator().manual_seed(seed + row) for row in range(z_0.shape[0])], progress,
     )
     synchronize(device)
     return Inversion(
