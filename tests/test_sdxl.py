@@ -119,3 +119,15 @@ def test_null_text_negative_prompt_and_the_edit_api(pipe, image, tmp_path):
     real = edit_real(pipe, image, "a red circle", ["a red circle"], inversion_method="negative_prompt", num_steps=3,
                      progress=False)
     assert torch.equal(real.latents[0], real.latents[1])
+
+
+def test_load_pipeline_recognises_an_sdxl_folder(pipe, tmp_path):
+    from diffusion_lab.models.loading import clear_pipeline_cache, load_pipeline
+
+    pipe.save_pretrained(tmp_path / "xl")
+    try:
+        loaded = load_pipeline(str(tmp_path / "xl"), device="cpu", dtype="float32")
+        assert isinstance(loaded, StableDiffusionXLPipeline) and type(loaded.scheduler).__name__ == "DDIMScheduler"
+        assert not any(p.requires_grad for p in loaded.text_encoder_2.parameters())
+    finally:
+        clear_pipeline_cache()
