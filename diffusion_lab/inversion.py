@@ -843,10 +843,10 @@ def invert(
     image: a path, PIL image or array (or a list of them): converted to RGB at the model's size with a warning,
         then VAE-encoded (latent_dist.mean * scaling_factor, fp32). Or pass `latents` (B, C, h, w) instead.
     prompt: the source prompt (one, or one per image). method: "ddim", "null_text", "negative_prompt",
-        "fixed_point" or "direct" (see the module docstring). num_steps: S, on the scheduler's own subsequence unless
-        `timesteps` (descending) is given. guidance_scale: the w edits will sample with; default per method
-        (DEFAULT_GUIDANCE: 1 for ddim, 7.5 otherwise). negative_prompt: the text whose embedding is the
-        unconditional one ("" = the null text of SD).
+        "fixed_point", "direct" or "edit_friendly" (see the module docstring). num_steps: S, on the scheduler's own
+        subsequence unless `timesteps` (descending) is given. guidance_scale: the w edits will sample with; default
+        per method (DEFAULT_GUIDANCE: 1 for ddim, 3.5 for edit_friendly, 7.5 otherwise). negative_prompt: the
+        text whose embedding is the unconditional one ("" = the null text of SD; zeros for SDXL).
     Null-text options (paper defaults): inner_steps 10, learning_rate 1e-2, early_stop_epsilon 1e-5.
     Fixed-point options: fixed_point_iterations 5, fixed_point_tolerance 1e-5, anderson_memory 2.
     eta must be 0 (None) for every method but "edit_friendly", which takes 0 < eta <= 1 (None: 1) and `seed` (the

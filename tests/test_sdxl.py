@@ -63,9 +63,12 @@ def test_packed_condition(pipe):
         encode_prompts(pipe, ["a " * 20])
 
 
-def test_text_to_image_equals_the_diffusers_sdxl_pipeline(pipe):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_text_to_image_equals_the_diffusers_sdxl_pipeline(pipe, prediction_type):
     """Our sampler with the packed condition equals StableDiffusionXLPipeline's own loop (pooled embeddings,
-    time ids, zero negative embeddings, classifier-free guidance)."""
+    time ids, zero negative embeddings, classifier-free guidance), also for a v-prediction SDXL."""
+    if prediction_type != "epsilon":
+        pipe = build_tiny_random_sdxl_pipeline(seed=0, prediction_type=prediction_type)
     x_T = initial_noise(pipe, 1, seed=2)
     ours = text_to_image(pipe, ["a red circle"], num_steps=4, guidance_scale=5.0, x_T=x_T, progress=False).latents
     reference = pipe("a red circle", num_inference_steps=4, guidance_scale=5.0, latents=x_T.clone(),
