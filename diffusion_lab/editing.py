@@ -50,6 +50,7 @@ from .attention import (
     prompt_word_tokens,
     word_token_indices,
 )
+from .conditioning import denoising_unet
 from .denoisers import TextConditionedDenoiser
 from .generation import initial_noise, sample_with_controller
 from .latents import decode_latents
@@ -326,7 +327,8 @@ def run_edit(
     Generated: x_T = initial_noise(pipe, 1, seed) for every prompt, unconditional embedding of
     `negative_prompt`, `num_steps` DDIM steps at `guidance_scale` (default 7.5).
     Real: x_T = inversion.z_T, the inversion's timesteps and (per-step) unconditional embeddings, at the
-    inversion's guidance unless `guidance_scale` is given (num_steps and seed are then unused).
+    inversion's guidance unless `guidance_scale` is given (num_steps and seed are then unused); an edit-friendly
+    inversion also gives its eta and noise maps, shared by every row (its P2P edit).
     """
     edit.check(pipe.tokenizer)
     prompts = edit.prompts
@@ -338,18 +340,22 @@ def run_edit(
         x_T = initial_noise(pipe, 1, seed)  # (1, C, h, w)
         timesteps = NoiseSchedule.from_scheduler_config(pipe.scheduler).timesteps(num_steps)
         uncond = encode_prompts(pipe, [negative_prompt]).to(device) if guidance != 1.0 else None
-        denoiser = TextConditionedDenoiser(pipe.unet, text_embeddings, uncond, guidance)
+        denoiser = TextConditionedDenoiser(denoising_unet(pipe), text_embeddings, uncond, guidance)
     else:
         _check_inversion(pipe, inversion, edit.source_prompt, guidance_scale)
         guidance = inversion.guidance_scale if guidance_scale is None else float(guidance_scale)
         x_T = inversion.z_T  # (1, C, h, w)
         timesteps = inversion.timesteps
-        denoiser = inversion.denoiser(pipe.unet, text_embeddings, guidance)
+        denoiser = inversion.denoiser(pipe, text_embeddings, guidance)
         seed = None
     rectifier = None if inversion is None else inversion.source_rectifier(1)  # direct inversion: row 0 on the pivot
     controller = edit.build_controller(pipe.tokenizer, int(x_T.shape[-1]), store_self_attention, per_step_resolutions)
+    # edit-friendly inversion: every row samples at its eta with the image's recorded noise maps
+    eta, variance, noises = (0.0, "eta", None) if inversion is None else (
+        inversion.eta, inversion.variance, inversion.sampling_noises(len(prompts), device))
     latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller,
-                                     progress=progress, source_rectifier=rectifier)
+                                     progress=progress, source_rectifier=rectifier, eta=eta, noises=noises,
+                                     variance=variance)
     return EditResult(
         images=decode_latents(pipe, latents),
         prompts=prompts,
@@ -426,7 +432,8 @@ def edit_real(
 
     image_or_inversion: a path, PIL image or uint8 array of ONE image, or an Inversion (from
         inversion.invert, or a previous result.inversion) to reuse; then source_prompt defaults to its prompt.
-    inversion_method: "null_text", "negative_prompt", "ddim", "fixed_point" or "direct" (inversion.invert);
+    inversion_method: "null_text", "negative_prompt", "ddim", "fixed_point", "direct" or "edit_friendly"
+        (inversion.invert; edit_friendly takes eta and seed as inversion_options);
         inversion_options go to invert (e.g. inner_steps=5). guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion.
     """

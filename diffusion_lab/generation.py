@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .conditioning import denoising_unet
 from .denoisers import TextConditionedDenoiser
 from .latents import decode_latents
 from .sampling import sample
@@ -47,12 +48,13 @@ class ControlledDenoiser:
         return self.denoiser(x_t, t, step_index)
 
 
-def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None, source_rectifier=None):
+def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None, source_rectifier=None, noises=None, variance: str = "eta"):
     """Sample the batch x_T (P, C, h, w) with `controller` registered on the UNet: told the step before every
     UNet call (`set_step`), and given the latents after every step (`blend_latents`, LocalBlend). Returns z_0.
 
     source_rectifier: an on_step_end of `sample` applied before the blend (a direct inversion's
-    Inversion.source_rectifier(1), which puts the source row back on its pivot)."""
+    Inversion.source_rectifier(1), which puts the source row back on its pivot). noises / variance: recorded
+    per-step noises to add instead of drawing them (edit-friendly inversion's Inversion.sampling_noises)."""
     from .attention import register_attention_control
 
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
@@ -67,7 +69,7 @@ def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: floa
     with register_attention_control(pipe.unet, controller):
         result = sample(
             controlled, x_T.to(pipe.unet.device).float(), schedule, timesteps, eta=eta, generator=generator,
-            progress=progress, callback=callback, on_step_end=on_step_end,
+            progress=progress, callback=callback, on_step_end=on_step_end, noises=noises, variance=variance,
         )
     return result.sample
 
@@ -96,7 +98,7 @@ def text_to_image(
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     timesteps = schedule.timesteps(num_steps)
     uncond = encode_prompts(pipe, [negative_prompt]) if guidance_scale != 1.0 else None
-    denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, prompts), uncond, guidance_scale=guidance_scale)
+    denoiser = TextConditionedDenoiser(denoising_unet(pipe), encode_prompts(pipe, prompts), uncond, guidance_scale=guidance_scale)
     generator = torch.Generator().manual_seed(seed + 1)
     if controller is None:
         latents = sample(denoiser, x_T.to(device).float(), schedule, timesteps, eta=eta, generator=generator, progress=progress, callback=callback).sample

@@ -23,14 +23,17 @@ same sampling produces. Five methods, all built on the same sampling step (poste
                      every step (`rectify_source_branch`). The reconstruction is the pivot itself (exact up to the
                      VAE), and the target branches of an edit are left alone: only the attention they take from the
                      source changes (unlike null-text, whose optimised embedding also steers the targets).
+    edit_friendly    Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, arXiv:2304.06140), for
+                     eta > 0: every x_t drawn independently from q(x_t | x_0), and the noise map z_t of each
+                     stochastic sampling step recorded so that it lands exactly on x_{t-1} (inversion_ddpm.py).
 
 The step itself (`ddim_inversion_step`) is the lecture's DDIM update read from t_{prev} up to t:
 
     x0_hat = (z_{t_prev} - sqrt(1 - alpha_bar_{t_prev}) eps_hat) / sqrt(alpha_bar_{t_prev})
     z_t    = sqrt(alpha_bar_t) x0_hat + sqrt(1 - alpha_bar_t) eps_hat           (generalized posterior mean, sigma=0)
 
-Only eta = 0 is invertible: with eta > 0 every sampling step adds fresh noise sigma_t eps_t that the image does not
-determine.
+Only eta = 0 is invertible by running the step backwards: with eta > 0 every sampling step adds fresh noise
+sigma_t eps_t that the image does not determine; edit-friendly inversion instead CHOOSES those noises and records them.
 
 Layers:
   * latent level, model-agnostic (works with `ClosedFormDenoiser` in pixel space, no VAE): `ConditionalModel`,
@@ -68,10 +71,11 @@ from diffusion_lab.progress import progress_bar
 from diffusion_lab.sampling import sample
 from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
 
-METHODS = ("ddim", "null_text", "negative_prompt", "fixed_point", "direct")
+METHODS = ("ddim", "null_text", "negative_prompt", "fixed_point", "direct", "edit_friendly")
 # Guidance each method inverts for when none is given: DDIM inversion is only reliable at w = 1; the others exist
 # to make the usual text-to-image guidance (7.5) work.
-DEFAULT_GUIDANCE = {"ddim": 1.0, "null_text": 7.5, "negative_prompt": 7.5, "fixed_point": 7.5, "direct": 7.5}
+DEFAULT_GUIDANCE = {"ddim": 1.0, "null_text": 7.5, "negative_prompt": 7.5, "fixed_point": 7.5, "direct": 7.5,
+                    "edit_friendly": 3.5}
 FORMAT_VERSION = 1
 ETA_ERROR = (
     "only eta = 0 (deterministic DDIM) is invertible by DDIM inversion: with eta > 0 every sampling step adds fresh "
@@ -160,8 +164,11 @@ class ConditionalModel:
 
     @classmethod
     def from_pipeline(cls, pipe) -> "ConditionalModel":
-        """The pipeline's UNet; conditions are text embeddings (B, L, D); one batched UNet call per guided step."""
-        unet = pipe.unet
+        """The pipeline's UNet; conditions are text embeddings (B, L, D); one batched UNet call per guided step.
+        (For SDXL the UNet is wrapped so that it also gets pooled embeddings and time ids: conditioning.py.)"""
+        from diffusion_lab.conditioning import denoising_unet
+
+        unet = denoising_unet(pipe)
 
         def conditional_output(x_t: Tensor, t: int, text_embeddings: Tensor) -> Tensor:
             return TextConditionedDenoiser(unet, text_embeddings)(x_t, t)
@@ -257,7 +264,9 @@ def invert_latents(
     |sqrt(1 - alpha_bar_t) - sqrt(alpha_bar_t / alpha_bar_{t_prev}) sqrt(1 - alpha_bar_{t_prev})| times that of
     eps_hat, small for small steps, larger under strong guidance. Anderson acceleration (`anderson_extrapolation`,
     AIDI's choice) converges much faster and more often. The iterate with the smallest residual ||F(z) - z|| is
-    kept (its image F(z) is returned), so a step that stops contracting is never made worse than its best iterate.
+    kept (its image F(z) is returned), so a step that stops contracting is never made worse than its best iterate;
+    each image of the batch keeps its own best iterate (Anderson solves each row on its own too), so an image gets
+    the same inversion alone or in a batch, up to iterates below the tolerance (prompt-to-prompt #47).
 
     eps_hat at a point z is `predict_epsilon(model_output, z, alpha_bar_t)` (the network's answer at noise level t;
     for epsilon-prediction this is the output itself, as in diffusers' DDIMInverseScheduler; for v-prediction
@@ -279,15 +288,17 @@ def invert_latents(
             return ddim_inversion_step(z, epsilon, alpha_bar_prev, alpha_bar_t)
 
         estimate = inverse_step_with_noise_at(z)  # plain DDIM inversion: eps_hat evaluated at z_{t_prev}
-        result, best_residual = estimate, math.inf
+        result = estimate
+        best_residual = torch.full((z.shape[0],), math.inf)  # (B,): each image keeps its own best iterate
         iterates, images = [], []
         for k in range(settings.iterations):
             image = inverse_step_with_noise_at(estimate)
-            residual = float(_rms_per_row(image - estimate).max())
-            residuals[step_index, k] = residual
-            if residual < best_residual:
-                result, best_residual = image, residual
-            if residual < settings.tolerance:
+            row_residuals = _rms_per_row(image - estimate).cpu()  # (B,)
+            residuals[step_index, k] = float(row_residuals.max())
+            better = row_residuals < best_residual
+            result = torch.where(better.to(image.device).view(-1, *([1] * (image.ndim - 1))), image, result)
+            best_residual = torch.minimum(best_residual, row_residuals)
+            if float(row_residuals.max()) < settings.tolerance:
                 break
             iterates.append(estimate)
             images.append(image)
@@ -417,6 +428,8 @@ class LatentInversion:
     condition: Any
     unconditional: Any
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    noise_maps: Tensor | None = None  # edit_friendly: (S, B, C, H, W), sampled at `eta`
+    eta: float = 0.0
 
 
 def _check_method(method: str) -> None:
@@ -442,6 +455,8 @@ def invert_with_model(
     null_text: NullTextSettings | None = None,
     fixed_point: FixedPointSettings | None = None,
     progress: bool = True,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> LatentInversion:
     """Invert latents z_0 (B, C, H, W) with any method (see the module docstring) for sampling at `guidance_scale`.
 
@@ -449,13 +464,22 @@ def invert_with_model(
     invert at w = 1 and change the unconditional branch so that sampling at w retraces that pivot; direct keeps the
     w = 1 pivot and the sampler is put back on it after each step (`rectify_source_branch`). At w = 1 the
     unconditional branch is never used: null-text skips its optimisation and all of them reduce to DDIM inversion
-    (fixed_point: its exact variant).
+    (fixed_point: its exact variant). edit_friendly records the noise maps of sampling at `eta` (> 0) from x_t
+    drawn with `generator` (inversion_ddpm.edit_friendly_noise_space); `eta` is used by no other method.
     """
     _check_method(method)
     guidance_scale = _check_guidance(guidance_scale)
     timesteps = torch.as_tensor(timesteps, dtype=torch.long).cpu()
     z_0 = z_0.float() if z_0.dtype in (torch.float16, torch.bfloat16) else z_0  # inversion arithmetic in fp32+
     diagnostics: dict[str, Tensor] = {}
+    if method == "edit_friendly":
+        from diffusion_lab.inversion_ddpm import edit_friendly_noise_space
+
+        denoiser = model.denoiser(condition, unconditional, guidance_scale)
+        space = edit_friendly_noise_space(denoiser, z_0, model.schedule, timesteps, eta, generator=generator,
+                                          progress=progress)
+        return LatentInversion(space.latents, timesteps, method, guidance_scale, condition, unconditional,
+                               diagnostics, space.noise_maps, float(eta))
     if method in ("ddim", "fixed_point"):
         denoiser = model.denoiser(condition, unconditional, guidance_scale)
         settings = (fixed_point or FixedPointSettings()) if method == "fixed_point" else None
@@ -492,7 +516,8 @@ def reconstruct_with_model(
     progress: bool = True,
     return_trajectory: bool = False,
 ):
-    """Sample (DDIM, eta = 0) from the inverted z_T with the inversion's unconditional condition(s).
+    """Sample (DDIM, eta = 0; edit_friendly: at its eta with its noise maps) from the inverted z_T with the
+    inversion's unconditional condition(s).
 
     condition: None = the source's (reconstruction); another one gives an edit. Returns a SamplingResult.
     """
@@ -501,9 +526,10 @@ def reconstruct_with_model(
     guidance_scale = inversion.guidance_scale if guidance_scale is None else guidance_scale
     denoiser = model.denoiser(condition, inversion.unconditional, guidance_scale)
     on_step_end = source_rectifier(inversion.latents, inversion.latents.shape[1]) if rectify else None
+    noises = None if inversion.noise_maps is None else list(inversion.noise_maps)
     return sample(
         denoiser, inversion.latents[0], model.schedule, inversion.timesteps, progress=progress,
-        return_trajectory=return_trajectory, on_step_end=on_step_end,
+        return_trajectory=return_trajectory, on_step_end=on_step_end, eta=inversion.eta, noises=noises,
     )
 
 
@@ -552,6 +578,8 @@ class Inversion:
     method, guidance_scale: how it was inverted (sample at this guidance to reconstruct).
     model_name: the pipeline it belongs to; settings: the method's settings; diagnostics: per-step tensors;
     seconds: wall time of the inversion (without VAE encoding).
+    noise_maps: float32 (S, B, C, h, w), edit-friendly inversion's z_t: the noise that sampling step i adds
+        (times sigma_t, at settings["eta"]) to land on latents[i + 1]; None for the deterministic (eta = 0) methods.
     """
 
     latents: Tensor
@@ -566,12 +594,19 @@ class Inversion:
     settings: dict = field(default_factory=dict)
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    noise_maps: Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_method(self.method)
         steps = len(self.timesteps)
         if self.latents.ndim != 5 or self.latents.shape[0] != steps + 1:
             raise ValueError(f"latents must be (S + 1, B, C, h, w) with S = {steps}, got {tuple(self.latents.shape)}")
+        if self.noise_maps is not None and self.noise_maps.shape != (steps, *self.latents.shape[1:]):
+            raise ValueError(
+                f"noise_maps must be (S, B, C, h, w) = {(steps, *self.latents.shape[1:])}, got {tuple(self.noise_maps.shape)}"
+            )
+        if (self.method == "edit_friendly") != (self.noise_maps is not None):
+            raise ValueError("an edit_friendly inversion has noise_maps, and only it has them")
         if self.uncond_embeddings.ndim != 4 or self.uncond_embeddings.shape[0] not in (1, steps):
             raise ValueError(
                 f"uncond_embeddings must be (1, B, L, D) or (S={steps}, B, L, D), got {tuple(self.uncond_embeddings.shape)}"
@@ -603,6 +638,27 @@ class Inversion:
         return self.latents[-1]
 
     @property
+    def eta(self) -> float:
+        """The eta sampling from this inversion must use: 0 (DDIM) except for edit-friendly inversion."""
+        return float(self.settings.get("eta", 0.0))
+
+    @property
+    def variance(self) -> str:
+        """"eta" or "sigma_hat" (posterior.mean_and_noise_sigma), the variance the noise maps were recorded for."""
+        return str(self.settings.get("variance", "eta"))
+
+    def sampling_noises(self, rows: int | None = None, device=None) -> list[Tensor] | None:
+        """`sample`'s `noises` for a batch of `rows` rows (default B): the recorded noise maps, each (B, C, h, w),
+        an image's map shared by all rows of an edit batch (B = 1); None when this inversion has none."""
+        if self.noise_maps is None:
+            return None
+        rows = self.batch_size if rows is None else int(rows)
+        if rows != self.batch_size and self.batch_size != 1:
+            raise ValueError(f"this inversion holds {self.batch_size} images; a batch of {rows} rows cannot share them")
+        maps = self.noise_maps.to(self.latents.device if device is None else device)
+        return [noise.expand(rows, *noise.shape[1:]) for noise in maps]  # S tensors (rows, C, h, w)
+
+    @property
     def per_step_uncond(self) -> bool:
         """True when each sampling step has its own unconditional embedding (null-text)."""
         return self.uncond_embeddings.shape[0] > 1
@@ -630,7 +686,11 @@ class Inversion:
     ) -> TextConditionedDenoiser:
         """A guided denoiser that samples from this inversion: the source prompt (reconstruction) or other text
         embeddings (an edit; (1 | B, L, D), e.g. [source, target] rows for Prompt-to-Prompt, whose unconditional
-        rows all get this inversion's per-step embeddings)."""
+        rows all get this inversion's per-step embeddings). `unet`: the pipeline (needed for SDXL, whose UNet
+        also takes pooled embeddings and time ids: conditioning.denoising_unet) or its UNet."""
+        from diffusion_lab.conditioning import denoising_unet
+
+        unet = denoising_unet(unet) if hasattr(unet, "unet") else unet
         device = unet.device
         text = self.text_embeddings if text_embeddings is None else text_embeddings
         uncond = self.uncond_embeddings_for_sampling()
@@ -645,6 +705,7 @@ class Inversion:
             move(self.latents), self.timesteps.clone(), move(self.text_embeddings), move(self.uncond_embeddings),
             list(self.prompts), self.method, self.guidance_scale, self.model_name, self.negative_prompt,
             dict(self.settings), {k: v.clone() for k, v in self.diagnostics.items()}, self.seconds,
+            None if self.noise_maps is None else move(self.noise_maps),
         )
 
     # -- persistence: safetensors for tensors, JSON for the rest (never pickle) ---------------------------------
@@ -663,6 +724,7 @@ class Inversion:
             "text_embeddings": self.text_embeddings,
             "uncond_embeddings": self.uncond_embeddings,
             **{f"diagnostics.{k}": v for k, v in self.diagnostics.items()},
+            **({} if self.noise_maps is None else {"noise_maps": self.noise_maps}),
         }
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / self.TENSORS_FILE))
         record = {
@@ -710,6 +772,7 @@ class Inversion:
             settings=record.get("settings", {}),
             diagnostics=diagnostics,
             seconds=float(record.get("seconds", 0.0)),
+            noise_maps=tensors.get("noise_maps"),
         )
 
 
@@ -763,7 +826,8 @@ def invert(
     *,
     timesteps: Sequence[int] | Tensor | None = None,
     negative_prompt: str = "",
-    eta: float = 0.0,
+    eta: float | None = None,
+    seed: int = 0,
     latents: Tensor | None = None,
     inner_steps: int | None = None,
     learning_rate: float | None = None,
@@ -779,18 +843,27 @@ def invert(
     image: a path, PIL image or array (or a list of them): converted to RGB at the model's size with a warning,
         then VAE-encoded (latent_dist.mean * scaling_factor, fp32). Or pass `latents` (B, C, h, w) instead.
     prompt: the source prompt (one, or one per image). method: "ddim", "null_text", "negative_prompt",
-        "fixed_point" or "direct" (see the module docstring). num_steps: S, on the scheduler's own subsequence unless
-        `timesteps` (descending) is given. guidance_scale: the w edits will sample with; default per method
-        (DEFAULT_GUIDANCE: 1 for ddim, 7.5 otherwise). negative_prompt: the text whose embedding is the
-        unconditional one ("" = the null text of SD).
+        "fixed_point", "direct" or "edit_friendly" (see the module docstring). num_steps: S, on the scheduler's own
+        subsequence unless `timesteps` (descending) is given. guidance_scale: the w edits will sample with; default
+        per method (DEFAULT_GUIDANCE: 1 for ddim, 3.5 for edit_friendly, 7.5 otherwise). negative_prompt: the
+        text whose embedding is the unconditional one ("" = the null text of SD; zeros for SDXL).
     Null-text options (paper defaults): inner_steps 10, learning_rate 1e-2, early_stop_epsilon 1e-5.
     Fixed-point options: fixed_point_iterations 5, fixed_point_tolerance 1e-5, anderson_memory 2.
-    eta must be 0: only deterministic DDIM is invertible.
+    eta must be 0 (None) for every method but "edit_friendly", which takes 0 < eta <= 1 (None: 1) and `seed` (the
+    x_t draws): see inversion_ddpm.edit_friendly_inversion.
     """
     from diffusion_lab.latents import encode_images
     from diffusion_lab.text import encode_prompts
 
-    check_eta(eta)
+    if method == "edit_friendly":
+        from diffusion_lab.inversion_ddpm import DEFAULT_ETA, edit_friendly_inversion
+
+        return edit_friendly_inversion(
+            pipe, image, prompt, num_steps, guidance_scale, eta=DEFAULT_ETA if eta is None else eta, seed=seed,
+            timesteps=timesteps, negative_prompt=negative_prompt, latents=latents, model_name=model_name,
+            progress=progress,
+        )
+    check_eta(0.0 if eta is None else eta)
     _check_method(method)
     guidance_scale = _check_guidance(DEFAULT_GUIDANCE[method] if guidance_scale is None else guidance_scale)
     null_text = NullTextSettings()
@@ -962,14 +1035,16 @@ def reconstruct(
 ):
     """Sample from an inversion's z_T with its per-step unconditional embeddings: the reconstruction (prompt None:
     the source prompt, at the inversion's guidance) or a plain prompt-swap edit (another prompt). A direct
-    inversion's reconstruction is its pivot (rectified every step); its prompt swap is not rectified.
+    inversion's reconstruction is its pivot (rectified every step); its prompt swap is not rectified. An
+    edit-friendly inversion samples at its own eta with its recorded noise maps (`eta` is then ignored).
 
     output_type: "pil" (list of PIL images), "uint8" (numpy (B, H, W, 3)), "latents" ((B, C, h, w) float32).
     """
     from diffusion_lab.latents import decode_latents
     from diffusion_lab.text import encode_prompts
 
-    check_eta(eta)
+    if inversion.noise_maps is None:
+        check_eta(eta)
     if output_type not in ("pil", "uint8", "latents"):
         raise ValueError(f"output_type must be 'pil', 'uint8' or 'latents', got {output_type!r}")
     _check_compatible(pipe, inversion)
@@ -977,12 +1052,13 @@ def reconstruct(
     text_embeddings = None
     if prompt is not None:
         text_embeddings = encode_prompts(pipe, _prompts_for(prompt, inversion.batch_size)).to(device)
-    denoiser = inversion.denoiser(pipe.unet, text_embeddings, guidance_scale)
+    denoiser = inversion.denoiser(pipe, text_embeddings, guidance_scale)
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     # direct inversion: the source prompt is put back on the pivot; another prompt samples freely from z_T
     rectifier = inversion.source_rectifier() if prompt is None else None
     result = sample(denoiser, inversion.z_T.to(device), schedule, inversion.timesteps, progress=progress,
-                    on_step_end=rectifier)
+                    on_step_end=rectifier, eta=inversion.eta, variance=inversion.variance,
+                    noises=inversion.sampling_noises(device=device))
     if output_type == "latents":
         return result.sample
     return decode_latents(pipe, result.sample, output_type)

@@ -53,8 +53,19 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Text embeddings (B, L, D) of the prompts: the last hidden state of the text encoder, as in SD."""
+    """Text embeddings (B, L, D) of the prompts: the last hidden state of the text encoder, as in SD.
+
+    For SDXL: the packed condition (B, L + 1, D) of conditioning.py (both encoders' token embeddings, and the
+    pooled embedding as one extra row), after checking the prompts against both tokenizers.
+    """
+    from diffusion_lab.conditioning import encode_sdxl_prompts, is_sdxl
+
     if isinstance(prompts, str):
         prompts = [prompts]
+    if is_sdxl(pipe):
+        for prompt in prompts:
+            check_prompt(pipe.tokenizer, prompt)
+            check_prompt(pipe.tokenizer_2, prompt)
+        return encode_sdxl_prompts(pipe, prompts)
     ids = tokenize_prompts(pipe.tokenizer, prompts).to(pipe.text_encoder.device)
     return pipe.text_encoder(ids)[0].float()

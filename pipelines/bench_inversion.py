@@ -3,10 +3,11 @@
     python pipelines/bench_inversion.py [--model shapes-tiny] [--scenes 50] [--steps 10 20 50 100 200]
         [--guidance 1 3 7.5] [--methods ddim null_text negative_prompt fixed_point]
         [--cells 'null_text:50:*' 'ddim:*:*'] [--exclude 'null_text:200:*'] [--out outputs/bench_inversion] [--quick]
+        [--eta 0.3 0.6 1]   (edit_friendly: one row per eta)
 
 For each held-out rendered scene (renders of random scenes with seeds from --seed on, never model samples), the
 render is VAE-encoded once; every (method, steps S, guidance w) cell inverts all scenes with the scene's own
-caption and reconstructs them by sampling at w (eta = 0). Reported against the original render, in pixel space:
+caption and reconstructs them by sampling at w (eta = 0; edit_friendly: at its eta with its recorded noise maps). Reported against the original render, in pixel space:
 PSNR (dB), SSIM (Wang et al. 2004, 11x11 Gaussian window), MSE per dimension in [0, 1] (as DDIM's Table 2), the
 latent RMSE (reconstructed z_0 vs encoded z_0), and seconds per image (inversion; reconstruction). The VAE round
 trip decode(encode(x)) is the ceiling no latent inversion can beat.
@@ -88,9 +89,11 @@ def run_cell(pipe, method, steps, guidance, latents, prompts, batch_size, option
         invert_seconds += inversion.seconds
         begin = time.perf_counter()
         with torch.no_grad():
-            denoiser = inversion.denoiser(pipe.unet)
+            denoiser = inversion.denoiser(pipe)
             reconstructed = sample(denoiser, inversion.z_T, schedule, inversion.timesteps, progress=False,
-                                   on_step_end=inversion.source_rectifier()).sample  # direct: back on the pivot
+                                   on_step_end=inversion.source_rectifier(),  # direct: back on the pivot
+                                   eta=inversion.eta, variance=inversion.variance,  # edit_friendly: its noise maps
+                                   noises=inversion.sampling_noises()).sample
         synchronize(reconstructed.device)
         reconstruct_seconds += time.perf_counter() - begin
         latent_errors.append(((reconstructed - z_0) ** 2).flatten(1).mean(dim=1).sqrt().cpu())
@@ -116,8 +119,9 @@ def markdown_table(results: list[dict], ceiling: dict, header: str) -> str:
     ]
     for r in results:
         gap = ceiling["psnr"]["mean"] - r["psnr"]["mean"]
+        method = r["method"] if "eta" not in r else f"{r['method']} (eta {r['eta']:g})"
         lines.append(
-            f"| {r['method']} | {r['steps']} | {r['guidance']:g} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} | "
+            f"| {method} | {r['steps']} | {r['guidance']:g} | {r['psnr']['mean']:.2f} ± {r['psnr']['std']:.2f} | "
             f"{gap:.2f} | {r['ssim']['mean']:.4f} | {r['mse']['mean']:.5f} | {r['latent_rmse']:.4f} | "
             f"{r['invert_seconds_per_image']:.3f} | {r['reconstruct_seconds_per_image']:.3f} |"
         )
@@ -151,6 +155,13 @@ def checks(results: list[dict], ceiling: dict) -> list[str]:
         lines.append(f"[{'PASS' if within else 'FAIL'}] null-text at w=7.5 within 1 dB of the VAE ceiling: {detail}")
     else:
         lines.append("[n/a] null-text at w=7.5 within 1 dB of the VAE ceiling: no null_text cell at w=7.5")
+    friendly = [r for r in results if r["method"] == "edit_friendly"]
+    if friendly:
+        gaps = [(r["steps"], r["guidance"], r["eta"], ceiling["psnr"]["mean"] - r["psnr"]["mean"]) for r in friendly]
+        exact = all(abs(g) <= 0.05 for *_, g in gaps)
+        detail = ", ".join(f"S={s} w={w:g} eta={e:g}: {g:.3f} dB" for s, w, e, g in gaps)
+        lines.append(f"[{'PASS' if exact else 'FAIL'}] edit-friendly reconstruction = VAE ceiling (within 0.05 dB) "
+                     f"at every eta: {detail}")
     return lines
 
 
@@ -164,9 +175,11 @@ def plot(results: list[dict], ceiling: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(guidances), figsize=(4.2 * len(guidances), 3.6), squeeze=False, sharey=True)
     for axis, guidance in zip(axes[0], guidances):
         for method in METHODS:
-            rows = sorted((r["steps"], r["psnr"]["mean"]) for r in results if r["method"] == method and r["guidance"] == guidance)
-            if rows:
-                axis.plot(*zip(*rows), marker="o", label=method)
+            for eta in sorted({r.get("eta", -1.0) for r in results if r["method"] == method}):
+                rows = sorted((r["steps"], r["psnr"]["mean"]) for r in results if r["method"] == method
+                              and r["guidance"] == guidance and r.get("eta", -1.0) == eta)
+                if rows:
+                    axis.plot(*zip(*rows), marker="o", label=method if eta < 0 else f"{method} eta={eta:g}")
         axis.axhline(ceiling["psnr"]["mean"], color="black", linestyle="--", label="VAE ceiling")
         axis.set_xscale("log")
         axis.set_xticks(sorted({r["steps"] for r in results}), [str(s) for s in sorted({r["steps"] for r in results})])
@@ -214,6 +227,8 @@ def main(argv=None) -> str:
     parser.add_argument("--null-text-lr", type=float, default=None,
                         help="null-text Adam learning rate (1e-2, the paper's; shapes-tiny at S = 10 needs about 0.1)")
     parser.add_argument("--fixed-point-iterations", type=int, default=None, help="fixed-point iterations (5)")
+    parser.add_argument("--eta", type=float, nargs="+", default=[1.0],
+                        help="edit_friendly: the eta values (0 < eta <= 1), one row each")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     parser.add_argument("--out", default="outputs/bench_inversion")
@@ -243,24 +258,28 @@ def main(argv=None) -> str:
     if args.fixed_point_iterations is not None:
         options["fixed_point"] = {"fixed_point_iterations": args.fixed_point_iterations}
 
-    cells = [(m, s, w) for m in args.methods for s in sorted(args.steps) for w in args.guidance
+    cells = [(m, s, w, eta) for m in args.methods for s in sorted(args.steps) for w in args.guidance
+             for eta in (args.eta if m == "edit_friendly" else [None])
              if selected(cell_name(m, s, w), args.cells, args.exclude)]
     print(f"{len(cells)} cells x {args.scenes} scenes on {args.model} ({pipe.device}); VAE ceiling "
           f"PSNR {ceiling['psnr']['mean']:.2f} dB", flush=True)
     results, examples = [], {}
     largest_guidance = max(args.guidance)
-    for method, steps, guidance in cells:
+    for method, steps, guidance, eta in cells:
+        cell_options = dict(options.get(method, {}), **({} if eta is None else {"eta": eta}))
         reconstructions, timing = run_cell(pipe, method, steps, guidance, latents, prompts, args.batch_size,
-                                           options.get(method, {}))
-        row = {"method": method, "steps": steps, "guidance": guidance, **score(reconstructions, originals), **timing}
+                                           cell_options)
+        row = {"method": method, "steps": steps, "guidance": guidance, **({} if eta is None else {"eta": eta}),
+               **score(reconstructions, originals), **timing}
         results.append(row)
-        print(f"  {cell_name(method, steps, guidance):>22}  PSNR {row['psnr']['mean']:6.2f} dB  SSIM "
+        print(f"  {cell_name(method, steps, guidance) + ('' if eta is None else f' eta={eta:g}'):>22}  PSNR {row['psnr']['mean']:6.2f} dB  SSIM "
               f"{row['ssim']['mean']:.4f}  {row['invert_seconds_per_image']:.3f} s/image", flush=True)
         if guidance == largest_guidance:  # cells come in increasing S: keep each method's largest S
             examples[method] = (f"S={steps} w={guidance:g}", reconstructions[:NUM_EXAMPLES])
 
     header = (f"Inversion fidelity of {args.model} on {args.scenes} held-out renders (seeds {args.seed}..."
-              f"{args.seed + args.scenes - 1}), eta = 0, reconstruction sampled at the inversion's guidance")
+              f"{args.seed + args.scenes - 1}), eta = 0 (edit_friendly: its eta), reconstruction sampled at the "
+              "inversion's guidance")
     table = markdown_table(results, ceiling, header)
     verdicts = checks(results, ceiling)
     text = table + "\n\n" + "\n".join(verdicts) + "\n"

@@ -95,3 +95,19 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     ids = pipe.tokenizer(["a cat"], padding="max_length", max_length=16, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(loaded.text_encoder(ids)[0], pipe.text_encoder(ids)[0])
+
+
+def test_tiny_sdxl_is_deterministic_and_leaves_the_global_rng_alone():
+    from diffusion_lab.models.tiny_random import build_tiny_random_sdxl_pipeline
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first, again = build_tiny_random_sdxl_pipeline(seed=0), build_tiny_random_sdxl_pipeline(seed=0)
+    assert torch.equal(torch.rand(3), expected)  # building draws nothing from the global RNG
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        for a, b in zip(getattr(first, name).parameters(), getattr(again, name).parameters()):
+            assert torch.equal(a, b), name
+    assert first.vae.config.scaling_factor == 0.13025 and first.tokenizer_2.model_max_length == 16
+    with pytest.raises(ValueError, match="prediction_type"):
+        build_tiny_random_sdxl_pipeline(prediction_type="sample")

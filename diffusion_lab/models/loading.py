@@ -1,4 +1,4 @@
-"""`load_pipeline`: the built-in model offline, or any SD 1.x/2.x checkpoint through from_pretrained.
+"""`load_pipeline`: the built-in model offline, or any SD 1.x/2.x or SDXL checkpoint through from_pretrained.
 
 Security: weights are loaded only from safetensors (`use_safetensors=True`) and never with
 `trust_remote_code`. Loading is cached per (name, device, dtype) so widgets and batch chunks do not reload.
@@ -48,8 +48,20 @@ def _resolve_dtype(dtype, device: str):
     return dtype
 
 
+def pipeline_class(path: str, local: bool):
+    """StableDiffusionXLPipeline when the checkpoint's model_index.json names an SDXL pipeline, else
+    StableDiffusionPipeline (SD 1.x / 2.x). Only these two classes are ever instantiated."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(path, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
+    except (OSError, EnvironmentError, ValueError):
+        return StableDiffusionPipeline  # from_pretrained below reports what is missing
+    return StableDiffusionXLPipeline if "XL" in str(config.get("_class_name", "")) else StableDiffusionPipeline
+
+
 def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device: Optional[str] = None, dtype=None):
-    """Load a StableDiffusionPipeline.
+    """Load a StableDiffusionPipeline (or a StableDiffusionXLPipeline for an SDXL checkpoint).
 
     name_or_path: "shapes-tiny" (built in, offline), a local diffusers folder, or a hub id such as
     "stable-diffusion-v1-5/stable-diffusion-v1-5" (needs network or the local hub cache).
@@ -77,7 +89,10 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
     local = Path(path).is_dir()
     if not local and (Path(name).is_absolute() or name.startswith(".") or os.sep in name and name.count("/") != 1):
         raise ModelNotFoundError(f"no model folder at {name!r}; give an existing diffusers folder or a hub id like 'owner/name'")
-    kwargs = dict(dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False, low_cpu_mem_usage=False)
+    kwargs = dict(dtype=torch_dtype, use_safetensors=True, low_cpu_mem_usage=False)
+    cls = StableDiffusionPipeline if builtin else pipeline_class(str(path), local)
+    if cls is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     from diffusers.utils import logging as diffusers_logging
 
     from ..progress import progress_disabled_by_env
@@ -88,7 +103,7 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **kwargs)
+        pipe = cls.from_pretrained(str(path), local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **kwargs)
     except (OSError, EnvironmentError, ValueError) as error:
         raise ModelNotFoundError(
             f"could not load {name!r}: it is not a local diffusers folder and could not be fetched from the hub "
@@ -98,7 +113,8 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.vae, pipe.unet, pipe.text_encoder):
-        module.eval().requires_grad_(False)
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.eval().requires_grad_(False)
     _CACHE[key] = pipe
     return pipe

@@ -238,3 +238,82 @@ def build_tiny_random_pipeline(
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def build_tiny_random_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 16):
+    """A randomly initialised StableDiffusionXLPipeline of the real SDXL architecture, tiny and fast (no download).
+
+    Like SDXL (Podell et al. 2023, arXiv:2307.01952): two text encoders, a CLIPTextModel and a
+    CLIPTextModelWithProjection (hidden size 32 each), whose penultimate layers are concatenated into the
+    cross-attention context (width 64) and whose second one's projected pooled embedding, with the six "time ids"
+    (original size, crop, target size), is added to the timestep embedding (addition_embed_type "text_time",
+    projection_class_embeddings_input_dim = 32 + 6 x 8). The UNet starts with a block WITHOUT attention (as SDXL's
+    does) and has two transformer layers per attention block at side sample_size / 2 (SDXL: 2 and 10), where all
+    its cross-attention lives (down block 1, mid block, up block 0). Both tokenizers are the tiny CLIP BPE one of
+    `build_tiny_tokenizer`. The scheduler is DDIM with SDXL's schedule (that of SD 1.x: scaled_linear
+    0.00085..0.012, "leading", steps_offset 1). Its images are noise: use it to test code paths, never quality.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    if sample_size % 2:
+        raise ValueError(f"sample_size must be even (the UNet downsamples once), got {sample_size}")
+    tokenizer = build_tiny_tokenizer()
+    hidden, time_embed_dim = 32, 8
+
+    def text_config():
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, projection_dim=hidden, hidden_act="gelu",
+        )
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(text_config())
+        text_encoder_2 = CLIPTextModelWithProjection(text_config())
+        unet = UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),  # side s (no attention), then s/2
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            cross_attention_dim=2 * hidden,  # the two encoders' token embeddings, concatenated
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed_dim,
+            projection_class_embeddings_input_dim=hidden + 6 * time_embed_dim,  # pooled + 6 time ids
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            latent_channels=LATENT_CHANNELS,
+            norm_num_groups=4,
+            sample_size=2 * sample_size,
+            scaling_factor=0.13025,  # SDXL's
+        )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=build_tiny_tokenizer(), unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2):
+        module.eval()
+    return pipeline
