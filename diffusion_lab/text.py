@@ -11,7 +11,7 @@ import torch
 
 
 class PromptError(ValueError):
-    """A prompt the model cannot read: unknown words for a closed vocabulary, or too long."""
+    """A prompt the model cannot read: unknown words for a closed vocabulary, words it was never trained on, or too long."""
 
 
 def _word_level_vocabulary(tokenizer) -> list[str]:
@@ -33,6 +33,13 @@ def check_prompt(tokenizer, prompt: str) -> list[int]:
         raise PromptError(
             f"word(s) {', '.join(repr(w) for w in unknown)} are not in this model's vocabulary; "
             f"use only: {' '.join(_word_level_vocabulary(tokenizer))}"
+        )
+    untrained, why = getattr(tokenizer, "untrained_words", ((), ""))
+    named = [w for w in prompt.lower().replace(",", " ").replace(".", " ").split() if w in untrained]
+    if named:
+        raise PromptError(
+            f"word(s) {', '.join(repr(w) for w in dict.fromkeys(named))} were never used in this model's training: "
+            f"{why} Leave them out of the prompt: {prompt!r}"
         )
     limit = tokenizer.model_max_length
     if len(ids) > limit:

@@ -244,6 +244,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
+    if args.positions:  # measure what the model does with position words, also where its card says it ignores them
+        pipe.tokenizer.untrained_words = ((), "")
     results = {"model": args.model, "steps": args.steps, "guidance": args.guidance}
     if args.one_object:
         results["one_object"] = one_object_study(pipe, args.one_object, args.steps, args.guidance, args.seed, args.batch, out)

@@ -328,3 +328,24 @@ def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path, capsys):
     images = text_to_image(pipe, ["a small red circle and a large blue square"], num_steps=2, progress=False).images
     assert images.shape == (1, 64, 64, 3)
     assert json.loads((export / "training_info.json").read_text())["unet_steps"] == 7
+
+
+def test_words_the_model_was_never_trained_on_are_refused_with_the_reason(tmp_path):
+    import shutil
+
+    from diffusion_lab.editing import EditError, PromptEdit
+    from diffusion_lab.generation import text_to_image
+    from diffusion_lab.models.shapes_tiny import MODEL_DIR
+    from diffusion_lab.text import PromptError, check_prompt
+
+    pipe = load_pipeline("shapes-tiny")
+    with pytest.raises(PromptError, match=r"'top', 'left' were never used in this model's training: .*positions.* Leave them out"):
+        text_to_image(pipe, ["a red circle at the top left on a white background"], num_steps=1)
+    with pytest.raises(EditError, match="never used"):
+        PromptEdit("a red circle in the center", ["a blue circle in the center"], edit="replace").check(pipe.tokenizer)
+    check_prompt(pipe.tokenizer, "a red circle on a white background")  # every other word is fine
+    # a model folder whose training_info.json lists no untrained words takes them
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    (folder / "training_info.json").write_text('{"unet_steps": 1}')
+    assert check_prompt(load_pipeline(str(folder)).tokenizer, "a red circle at the top left")

@@ -6,6 +6,7 @@ Security: weights are loaded only from safetensors (`use_safetensors=True`) and 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -111,6 +112,7 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
             f"`huggingface-cli download {name}` and pass the folder, or use 'shapes-tiny'. Cause: {error}"
         ) from error
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    _mark_untrained_words(pipe, path)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
@@ -118,3 +120,15 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
             module.eval().requires_grad_(False)
     _CACHE[key] = pipe
     return pipe
+
+
+def _mark_untrained_words(pipe, folder: Path) -> None:
+    """Words the model's tokenizer knows but its training never used (training_info.json's "untrained_words":
+    {"words": [...], "why": "..."}): text.check_prompt refuses them, saying why, rather than letting the model
+    silently ignore them."""
+    info_path = Path(folder) / "training_info.json"
+    if not info_path.is_file():
+        return
+    untrained = json.loads(info_path.read_text()).get("untrained_words")
+    if untrained:
+        pipe.tokenizer.untrained_words = (tuple(untrained["words"]), untrained.get("why", ""))
