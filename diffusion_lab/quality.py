@@ -20,7 +20,7 @@ comparable within this project only (not with CIFAR10 FIDs); lower is better, 0 
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg, ndimage
+from scipy import ndimage
 
 from .shapes import BACKGROUNDS, COLOURS, analyze
 
@@ -60,9 +60,20 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         raise ValueError("the Frechet distance needs at least 2 samples in each set")
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     sigma_a, sigma_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    covariance_mean, _ = linalg.sqrtm(sigma_a @ sigma_b, disp=False)
-    if not np.isfinite(covariance_mean).all():  # near-singular product: regularize, as the FID reference code does
-        offset = np.eye(len(sigma_a)) * 1e-6
-        covariance_mean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    covariance_mean = covariance_mean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a + sigma_b - 2 * covariance_mean))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2 * _trace_sqrt_product(sigma_a, sigma_b))
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance matrix (eigenvalues below 0, rounding errors, set to 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+
+
+def _trace_sqrt_product(sigma_a: np.ndarray, sigma_b: np.ndarray) -> float:
+    """Tr((S_a S_b)^(1/2)) = Tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)): the two matrices are similar, and the second is
+    symmetric positive semi-definite, so its eigenvalues give the trace without a general matrix square root. A
+    constant feature makes S_a S_b singular, which scipy's sqrtm warns about (LinAlgWarning); this form does not
+    need the product to be invertible."""
+    root_a = _psd_sqrt(sigma_a)
+    values = np.linalg.eigvalsh(root_a @ sigma_b @ root_a)
+    return float(np.sqrt(values.clip(min=0)).sum())
