@@ -1,5 +1,5 @@
-"""The Frechet distance of lab 2's Table 1 with few samples or constant features (issue 17: quick mode printed a
-LinAlgWarning from scipy's sqrtm of a singular covariance product)."""
+"""Metrics the labs quote: the Frechet distance of lab 2's Table 1 with few samples or constant features (issue 17:
+quick mode printed a LinAlgWarning from scipy's sqrtm of a singular covariance product) and the mask IoU of lab 4."""
 
 import warnings
 
@@ -26,3 +26,13 @@ def test_no_warning_with_a_constant_feature_or_few_samples():
         value = frechet_distance(a, b)
         assert np.isfinite(value) and value > 0
         assert abs(frechet_distance(b, b)) < 1e-6
+
+
+def test_mask_iou():
+    from diffusion_lab.metrics import mask_iou
+
+    a = np.zeros((8, 8), bool)
+    b = np.zeros((8, 8), bool)
+    a[:4, :4], b[2:6, :4] = True, True
+    assert mask_iou(a, b) == 8 / 24
+    assert mask_iou(a, a) == 1.0 and mask_iou(a, ~a) == 0.0
