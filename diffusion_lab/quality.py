@@ -43,10 +43,17 @@ def shapes_features(image, analysis=None) -> np.ndarray:
     gradient = np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1)) / 8.0
     edges = gradient > 10
     sharpness = float(gradient[edges].mean() / 100.0) if edges.any() else 0.0
-    high_frequency = float((pixels - ndimage.median_filter(pixels, size=(3, 3, 1))).std() / 50.0)
+    high_frequency = high_frequency_energy(pixels)
     analysis = analyze(image) if analysis is None else analysis
     match = float(np.mean([o.match for o in analysis.objects])) if analysis.objects else 0.0
     return np.concatenate([shares, [off_palette, sharpness, high_frequency, len(analysis.objects) / 3.0, match]]).astype(np.float64)
+
+
+def high_frequency_energy(image) -> float:
+    """Std of the image minus its 3x3 median, / 50: noise a sampler left (0 for a clean render; one of the 16
+    features, and on its own a per-image measure that can be averaged with error bars)."""
+    pixels = np.asarray(image, np.float32)
+    return float((pixels - ndimage.median_filter(pixels, size=(3, 3, 1))).std() / 50.0)
 
 
 def feature_matrix(images, analyses=None) -> np.ndarray:

@@ -16,8 +16,11 @@ Conventions of every lab:
   network (schedules, the Monte Carlo check) start with `# NBVAL_CHECK_OUTPUT` (the labs are checked with
   nbval-lax, which compares only those); check cells (`assert ...`) must run without error;
 - INTERACTIVE=False displays no widget; the same computations run and figures + metrics.json go to OUT_DIR;
+- the cell after `parameters` is tagged `setup`, the first cell of the exercises section `exercises`, the last
+  cell `finish` (grading runs parameters + setup + the exercises section, see diffusion_lab/course/grade.py);
 - exercises (see diffusion_lab/course) are cells with nbgrader metadata; solution regions sit between
-  `### BEGIN SOLUTION` and `### END SOLUTION` and are removed from the student version.
+  `### BEGIN SOLUTION` and `### END SOLUTION` and are removed from the student version, hidden checks sit between
+  `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`.
 """
 
 from __future__ import annotations
@@ -26,28 +29,10 @@ import sys
 from pathlib import Path
 
 LABS = Path(__file__).resolve().parent
+sys.path.insert(0, str(LABS.parent))  # this checkout's diffusion_lab, also when run as a script
+from diffusion_lab.course.build import cell_signature, lab_names, notebook_from_source  # noqa: E402
+
 SOURCES = LABS / "src"
-LANGUAGE_INFO = {"name": "python", "pygments_lexer": "ipython3"}
-
-
-def lab_names() -> list[str]:
-    """The labs' stems (01_naive_noising, ...), from the sources in labs/src."""
-    return sorted(path.stem for path in SOURCES.glob("[0-9][0-9]_*.py"))
-
-
-def notebook_from_source(source: Path):
-    """The notebook (no outputs) that a jupytext percent source describes."""
-    import jupytext
-    import nbformat
-
-    nb = jupytext.read(source, fmt="py:percent")
-    nb.metadata.pop("jupytext", None)
-    nb.metadata["language_info"] = dict(LANGUAGE_INFO)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.validate(nb)
-    return nb
 
 
 def keep_outputs(new, old) -> int:
@@ -68,12 +53,6 @@ def keep_outputs(new, old) -> int:
         else:
             missing += 1
     return missing
-
-
-def cell_signature(nb) -> list[tuple]:
-    """What a notebook and its source must agree on: each cell's type, text and tags (and nbgrader metadata)."""
-    return [(cell.cell_type, cell.source.strip("\n"), tuple(cell.metadata.get("tags", ())),
-             repr(sorted(cell.metadata.get("nbgrader", {}).items()))) for cell in nb.cells]
 
 
 def main(argv=None) -> int:

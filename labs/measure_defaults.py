@@ -137,6 +137,36 @@ def lab4(args) -> None:
                                  f"match {score['target_matched']:.2f} psnr {score['psnr_to_source']:.1f} "
                                  f"bg {background_psnr_of(result.edited_images[0], result.source_image):.1f}")
                 print(f"{old}->{new} seed {seed} [{source}] " + " | ".join(cells), flush=True)
+    if "blend" in args.parts:  # local blend under a short injection (the layout is left free after 20%)
+        for source, old, new in [("a large blue square on a gray background", "blue", "red"),
+                                 ("a large blue square on a gray background", "square", "circle")]:
+            target = source.replace(old, new)
+            for seed in args.image_seeds:
+                cells = []
+                for blend in (None, [old, new]):
+                    spec = {"source_prompt": source, "target_prompts": [target], "edit": "replace",
+                            "cross_replace_steps": 0.2, "self_replace_steps": 0.0, "blend_words": blend}
+                    result = run_edit(pipe, PromptEdit.from_dict(spec), seed=seed, **run)
+                    score = score_edit(result.source_image, result.edited_images[0], target)
+                    cells.append(f"{'blend' if blend else 'no blend'}: IoU "
+                                 f"{object_iou(result.edited_images[0], result.source_image):.2f} match "
+                                 f"{score['target_matched']:.2f} bg {background_psnr_of(result.edited_images[0], result.source_image):.1f}")
+                print(f"short injection {old}->{new} seed {seed}: " + " | ".join(cells), flush=True)
+    if "blend2" in args.parts:  # local blend on two objects: does the other object stay?
+        for source, old, new, words in [
+                ("a large red circle and a small blue square on a gray background", "red", "green", ["circle"]),
+                ("a large red circle and a small blue square on a gray background", "circle", "triangle", ["circle", "triangle"]),
+                ("a large yellow square and a small red circle on a gray background", "yellow", "blue", ["square"])]:
+            target = source.replace(old, new)
+            for seed in args.image_seeds:
+                cells = []
+                for blend in (None, words):
+                    spec = {"source_prompt": source, "target_prompts": [target], "edit": "replace", "blend_words": blend}
+                    result = run_edit(pipe, PromptEdit.from_dict(spec), seed=seed, **run)
+                    score = score_edit(result.source_image, result.edited_images[0], target)
+                    cells.append(f"{'blend' if blend else 'no blend'}: match {score['target_matched']:.2f} outside-edit "
+                                 f"{background_psnr_of(result.edited_images[0], result.source_image):.1f} dB")
+                print(f"two objects {old}->{new} seed {seed}: " + " | ".join(cells), flush=True)
     if "refine" in args.parts:
         for source, target in [("a red circle on a gray background", "a small red circle on a gray background"),
                                ("a red circle on a gray background", "a large red circle on a gray background"),
