@@ -1,7 +1,8 @@
 """Measure candidate default examples of the labs with the package's own scorers (how the defaults were chosen).
 
-    python labs/measure_defaults.py lab1 [--steps 50 --seeds 4]
-    python labs/measure_defaults.py lab4
+    python labs/measure_defaults.py lab1 --steps 20 --seeds 4          # eight candidate edits, strength sweep
+    python labs/measure_defaults.py lab2 --samples 48                  # Table 1 at S = 10, 20, 50 with bootstrap FD
+    python labs/measure_defaults.py lab4 --steps 20 --parts swap refine reweight blend blend2
 
 Prints one line per candidate; the numbers are what the labs' README and check cells quote.
 """
@@ -86,28 +87,8 @@ LAB4_SWAPS = [
 ]
 
 
-def main_object_mask(image):
-    from diffusion_lab.shapes import analyze
-
-    analysis = analyze(image)
-    return max(analysis.objects, key=lambda o: o.mask.sum()).mask if analysis.objects else None
-
-
-def object_iou(image, reference) -> float:
-    from diffusion_lab.metrics import mask_iou
-
-    a, b = main_object_mask(image), main_object_mask(reference)
-    return 0.0 if a is None or b is None else mask_iou(a, b)
-
-
-def background_psnr_of(image, reference) -> float:
-    """PSNR outside the main objects of both images (where an edit should change nothing)."""
-    import numpy as np
-
-    from diffusion_lab.metrics import background_psnr
-
-    masks = [m for m in (main_object_mask(image), main_object_mask(reference)) if m is not None]
-    return float(background_psnr(image, reference, np.stack(masks))) if masks else float("nan")
+from diffusion_lab.course.measures import main_object_mask, object_iou  # noqa: E402
+from diffusion_lab.course.measures import outside_edit_psnr as background_psnr_of  # noqa: E402
 
 
 def lab4(args) -> None:
