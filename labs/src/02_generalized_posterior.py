@@ -61,13 +61,14 @@ FULL_TABLE = False          # True: DDIM Table 1 with S up to 1000 and TABLE_SAM
 TABLE_STEPS = [10, 20, 50, 100]   # S of the default table (FULL_TABLE adds 1000)
 TABLE_SAMPLES = 6           # samples per cell of the default table (FULL_TABLE: TABLE_SAMPLES_FULL)
 TABLE_SAMPLES_FULL = 256
+NOISE_SAMPLES = 32          # samples per setting of the noise check at the smallest S (error bars)
 TABLE_GUIDANCE = 1.0        # 1: one UNet call per step (no unconditional branch)
 REFERENCE_RENDERS = 128     # renders the Frechet distance compares with (FULL_TABLE: 512)
 DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/02_generalized_posterior
 
-# %%
+# %% tags=["setup"]
 # Derived values (computed from the parameters above: edit those, not these)
 import os, time
 from IPython.display import display
@@ -88,10 +89,11 @@ pipe = common.get_pipeline(MODEL, device=DEVICE)
 from diffusion_lab.images import pil_to_tensor
 from diffusion_lab.shapes import caption, random_scene
 from diffusion_lab.widgets import posterior as lab
+from diffusion_lab.course import measures
 if FULL_TABLE:
     TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20, 50, 100, 1000], TABLE_SAMPLES_FULL, 512
 if QUICK:
-    TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20], 4, 64
+    TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20], 4, 64  # NOISE_SAMPLES stays: its check needs them
 schedule = lab.schedule_of(pipe)
 prompts = [caption(random_scene(SEED + i, num_objects=1)) for i in range(NUM_PROMPTS)]
 
@@ -183,6 +185,36 @@ common.save_outputs(OUT, {"table1": table_plot, "table1_samples": table_samples}
                                 "data_fd": table["data_fd"], "accuracy": table["accuracy"]}})
 
 # %% [markdown]
+# ### What the shapes world can and cannot show: error bars
+#
+# A Fréchet distance of a few samples is mostly noise: with 48 samples per cell at $S = 10, 20, 50$ its bootstrap
+# standard deviation was 0.02-0.04 while the cells differed by 0.02 (measured with `python labs/measure_defaults.py
+# lab2`: $S = 10$: FD 0.025 for $\eta = 0$, 0.023 for 0.2 and 0.5, 0.034 for $\eta = 1$, 0.040 for sigma-hat). So the
+# table above cannot rank the samplers, and with the default 6 samples even less. A per-image measure can be
+# averaged with honest error bars: the noise a sampler leaves in its images (`quality.high_frequency_energy`, the
+# std of an image minus its 3x3 median). Below, `NOISE_SAMPLES` captions sampled with every setting at the
+# smallest $S$ from the same $x_T$, mean $\pm$ standard error.
+#
+# What it shows, and what the cell checks: **sigma-hat is by far the noisiest at small $S$**, as in the paper's
+# catastrophic sigma-hat row. What it does not show: the paper's ordering $\eta = 0 < 0.2 < 0.5 < 1$. In the
+# shapes world these four are equal within their error bars (measured at 32 samples, $S = 10$: 0.0305, 0.0305,
+# 0.0296, 0.0305, each $\pm 0.002$; sigma-hat 0.0473 $\pm$ 0.0023): flat shapes leave nothing for the extra noise
+# of $\eta = 1$ to blur that the remaining steps do not restore, while CIFAR10's textures do. The ordering is a
+# property of the data as much as of the sampler.
+
+# %%
+noise_rows = measures.sampler_noise(pipe, NOISE_SAMPLES, min(TABLE_STEPS), seed=SEED)
+show_table(common.markdown_table(noise_rows, digits=4))
+common.save_outputs(OUT, metrics={"sampler_noise": noise_rows})
+noise = {row["setting"]: row for row in noise_rows}
+hat, others = noise["sigma-hat"], [row for label, row in noise.items() if label != "sigma-hat"]
+for row in others:  # sigma-hat is noisier than every eta, by more than 3 standard errors of the difference
+    margin = 3 * (hat["standard_error"] ** 2 + row["standard_error"] ** 2) ** 0.5
+    assert hat["noise"] - row["noise"] > margin, f"sigma-hat should be the noisiest at S={min(TABLE_STEPS)}: {row}"
+spread = max(r["noise"] for r in others) - min(r["noise"] for r in others)
+print(f"eta = 0 .. 1 span {spread:.4f}; sigma-hat exceeds them by {hat['noise'] - max(r['noise'] for r in others):.4f}")
+
+# %% [markdown]
 # ### Try it: $\eta$, sigma-hat and $S$ (press *Run sampler*)
 
 # %%
@@ -193,13 +225,87 @@ if INTERACTIVE:
     display(lab.SamplerPanel(pipe, prompts, num_steps=20, guidance_scale=GUIDANCE, seed=SEED))
 
 # %% [markdown]
-# **Questions.** (1) In the paper, DDIM ($\eta = 0$) with $S = 10$ beats DDPM ($\eta = 1$) at $S = 100$. Does the
-# shapes world agree, within the noise of a small table? (2) On CIFAR10 sigma-hat is catastrophic at small $S$ and
+# **Questions.** (1) The paper's CIFAR10 rows (under the table) do *not* say that DDIM at $S = 10$ beats DDPM at
+# $S = 100$: 13.36 against 5.78. What they say is that at the **same** small $S$ DDIM is far better (13.36 against
+# 41.07 at $S = 10$), and that DDIM at $S = 20$ (6.84) comes close to DDPM at $S = 100$ with a fifth of the steps.
+# Which of these two statements does the shapes-world table reproduce, given its error bars? (2) On CIFAR10 sigma-hat is catastrophic at small $S$ and
 # the best at $S = 1000$. How much larger than $\sigma_t(\eta = 1)$ is $\hat\sigma_t$ in the plot above, for this
 # model's schedule (scaled linear, $\beta_t \le 0.012$, in latent space) compared with the paper's (linear,
 # $\beta_t \le 0.02$, in pixel space)? (3) What does the *renders* row tell you about comparing FDs of a few samples?
 
-# %%
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 2.1 — $\sigma_t$ from $\eta$
+#
+# $\sigma_t(\eta) = \eta \sqrt{(1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t)}\,\sqrt{1 - \bar\alpha_t/\bar\alpha_{t-1}}$.
+# Arguments are floats or 0-dim tensors; return a tensor. Reference: `diffusion_lab.posterior.sigma_from_eta`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_1_sigma_from_eta", "locked": false, "schema_version": 3, "solution": true}
+def sigma_from_eta(alpha_bar_t, alpha_bar_prev, eta):
+    ### BEGIN SOLUTION
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_sigma_from_eta(sigma_from_eta)
+
+# %% [markdown]
+# ### Exercise 2.2 — sigma-hat
+#
+# $\hat\sigma_t = \sqrt{1 - \bar\alpha_t / \bar\alpha_{t-1}}$ (the lecture's $\sqrt{\beta_t}$ over a subsequence).
+# Reference: `diffusion_lab.posterior.sigma_hat`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_2_sigma_hat", "locked": false, "schema_version": 3, "solution": true}
+def sigma_hat(alpha_bar_t, alpha_bar_prev):
+    ### BEGIN SOLUTION
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    return (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_sigma_hat(sigma_hat)
+
+# %% [markdown]
+# ### Exercise 2.3 — one step of the generalized sampler
+#
+# For an $\epsilon$-predicting network's output `epsilon` $= \hat\epsilon_\theta(x_t, t)$, return
+# $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\,\hat\epsilon + \sigma_t\,
+# \epsilon_t$ with $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon)/\sqrt{\bar\alpha_t}$ and $\epsilon_t$ = `noise`
+# ($\sigma_t = 0$: DDIM). Reference: `diffusion_lab.posterior.generalized_posterior_step`. The hidden check also
+# samples it many times with the true $x_0$ and measures the marginal it keeps.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_3_ddim_step", "locked": false, "schema_version": 3, "solution": true}
+def ddim_step(x_t, epsilon, alpha_bar_t, alpha_bar_prev, sigma_t, noise):
+    """x_t, epsilon, noise: (B, C, H, W); alpha_bar_t, alpha_bar_prev, sigma_t: 0-dim tensors -> x_(t-1)."""
+    ### BEGIN SOLUTION
+    alpha_bar_t, alpha_bar_prev, sigma_t = (torch.as_tensor(v, dtype=torch.float64) for v in (alpha_bar_t, alpha_bar_prev, sigma_t))
+    x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * epsilon) / alpha_bar_t.sqrt()
+    direction = (1 - alpha_bar_prev - sigma_t**2).clamp(min=0).sqrt() * epsilon
+    return (alpha_bar_prev.sqrt() * x0_hat + direction + sigma_t * noise).to(x_t.dtype)
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_ddim_step(ddim_step)
+### BEGIN HIDDEN TESTS
+checks.check_ddim_step_marginals(ddim_step)
+### END HIDDEN TESTS
+
+# %% tags=["finish"]
 # NBVAL_IGNORE_OUTPUT
 seconds = time.perf_counter() - START
 common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})

@@ -56,7 +56,7 @@ DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diff
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/03_ddim_inversion
 
-# %%
+# %% tags=["setup"]
 # Derived values (computed from the parameters above: edit those, not these)
 import os, time
 from IPython.display import display
@@ -154,7 +154,85 @@ if INTERACTIVE:
 # error in $z_T$ grow under guidance $w > 1$? (3) Negative-prompt inversion makes $\hat\epsilon_\varnothing =
 # \hat\epsilon_c$ for the source: what does guidance then do to the reconstruction, and to an edit?
 
-# %%
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises", "needs-setup"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 3.1 — one DDIM inversion step
+#
+# From the less noisy $z_{t'}$ (`z_prev`, noise level `alpha_bar_prev`) and a noise estimate $\hat\epsilon$ (`epsilon`),
+# return $z_t = \sqrt{\bar\alpha_t}\,\hat x_0 + \sqrt{1 - \bar\alpha_t}\,\hat\epsilon$ with
+# $\hat x_0 = (z_{t'} - \sqrt{1 - \bar\alpha_{t'}}\,\hat\epsilon)/\sqrt{\bar\alpha_{t'}}$.
+# Reference: `diffusion_lab.inversion.ddim_inversion_step`; the check also runs the sampling step on your $z_t$.
+
+# %% nbgrader={"grade": false, "grade_id": "ex3_1_ddim_inversion_step", "locked": false, "schema_version": 3, "solution": true}
+def ddim_inversion_step(z_prev, epsilon, alpha_bar_prev, alpha_bar_t):
+    ### BEGIN SOLUTION
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    x0_hat = (z_prev - (1 - alpha_bar_prev).sqrt() * epsilon) / alpha_bar_prev.sqrt()
+    return (alpha_bar_t.sqrt() * x0_hat + (1 - alpha_bar_t).sqrt() * epsilon).to(z_prev.dtype)
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex3_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_ddim_inversion_step(ddim_inversion_step)
+
+# %% [markdown]
+# ### Exercise 3.2 — your inversion reconstructs the image
+#
+# Nothing new to write: the check inverts the first test image with **your** step (10 steps, $w = 1$), samples it
+# back with the library's DDIM sampler and decodes it. Its PSNR must reach the library's DDIM inversion (minus 0.5 dB).
+
+# %% nbgrader={"grade": true, "grade_id": "ex3_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_inversion_reconstruction(ddim_inversion_step, pipe, images[0], prompts[0], num_steps=10)
+
+# %% [markdown]
+# ### Exercise 3.3 — the inner loop of null-text inversion
+#
+# One timestep of Algorithm 1 (Mokady et al. 2022): starting from `uncond_embedding`, take `inner_steps` Adam steps
+# (learning rate `learning_rate`) on the embedding $\varnothing$ to minimise
+# $\lVert \mathrm{step}(\bar z_t, \hat\epsilon_w(\varnothing), t \to t') - z^*_{t'} \rVert^2$ (mean squared error), where
+# $\hat\epsilon_w(\varnothing) = \hat\epsilon(\bar z_t, \varnothing) + w\,(\hat\epsilon(\bar z_t, c) - \hat\epsilon(\bar z_t, \varnothing))$ and
+# step is the DDIM step ($\eta = 0$). The network: `model.conditional_output(z, t, embeddings)`; the step:
+# `diffusion_lab.posterior.generalized_posterior_step(z, output, t, t_prev, model.schedule).prev_sample`.
+# Return the optimised embedding. Reference: `diffusion_lab.inversion.optimize_null_text` (no early stop here).
+
+# %% nbgrader={"grade": false, "grade_id": "ex3_3_null_text_inner_loop", "locked": false, "schema_version": 3, "solution": true}
+from diffusion_lab.posterior import generalized_posterior_step
+
+
+def null_text_inner_loop(model, z_bar, target, t, t_prev, text_embeddings, uncond_embedding, guidance_scale,
+                         inner_steps, learning_rate):
+    ### BEGIN SOLUTION
+    with torch.no_grad():
+        cond_output = model.conditional_output(z_bar, t, text_embeddings)
+    embedding = uncond_embedding.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([embedding], lr=learning_rate)
+    for _ in range(inner_steps):
+        with torch.enable_grad():
+            uncond_output = model.conditional_output(z_bar, t, embedding)
+            guided = uncond_output + guidance_scale * (cond_output - uncond_output)
+            z_prev = generalized_posterior_step(z_bar, guided, t, t_prev, model.schedule).prev_sample
+            loss = torch.nn.functional.mse_loss(z_prev, target)
+            (embedding.grad,) = torch.autograd.grad(loss, [embedding])  # gradients for the embedding only
+        optimizer.step()
+    return embedding.detach()
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex3_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_null_text_inner_loop(null_text_inner_loop, pipe)
+
+# %% tags=["finish"]
 # NBVAL_IGNORE_OUTPUT
 seconds = time.perf_counter() - START
 common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})

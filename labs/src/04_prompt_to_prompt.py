@@ -50,9 +50,13 @@ MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1
 SEED = 0                    # seed of the generated source image
 STEPS = None                # DDIM steps S (None: the model's default, 50)
 GUIDANCE = None             # w (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
-SOURCE_PROMPT = "a large red circle on a gray background"
-SHAPE_SWAP = ("circle", "square")
-COLOUR_SWAP = ("red", "blue")
+SOURCE_PROMPT = "a large blue square on a gray background"
+SHAPE_SWAP = ("square", "circle")
+COLOUR_SWAP = ("blue", "red")
+REFINE_PROMPTS = ("a large circle on a gray background", "a large green circle on a gray background")  # adds a colour
+BLEND_PROMPT = "a large red circle and a small blue square on a gray background"   # two objects: edit one
+BLEND_SWAP = ("circle", "triangle")
+REWEIGHT_PROMPT = "a large red circle on a gray background"
 REWEIGHT_WORD = "red"
 REWEIGHT_SCALES = [0.0, 0.5, 1.0, 2.0, 4.0]
 REAL_SCENE_SEED = 3         # the real image: a rendered scene with the source prompt's object
@@ -62,7 +66,7 @@ DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diff
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/04_prompt_to_prompt
 
-# %%
+# %% tags=["setup"]
 # Derived values (computed from the parameters above: edit those, not these)
 import os, time
 from IPython.display import display
@@ -83,8 +87,20 @@ pipe = common.get_pipeline(MODEL, device=DEVICE)
 from diffusion_lab.shapes import parse_caption
 from diffusion_lab.widgets import prompt_to_prompt as lab
 if QUICK:
-    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS = 20, [0.0, 2.0], 3
-edits = lab.examples(SOURCE_PROMPT, SHAPE_SWAP, COLOUR_SWAP, reweight=(REWEIGHT_WORD, 0.3))
+    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS = 20, [0.0, 1.0, 4.0], 3
+from diffusion_lab.course import measures
+edits = [  # PromptEdit dicts (diffusion_lab.editing.PromptEdit) plus a title
+    {"title": " -> ".join(SHAPE_SWAP), "source_prompt": SOURCE_PROMPT,
+     "target_prompts": [SOURCE_PROMPT.replace(*SHAPE_SWAP)], "edit": "replace"},
+    {"title": " -> ".join(COLOUR_SWAP), "source_prompt": SOURCE_PROMPT,
+     "target_prompts": [SOURCE_PROMPT.replace(*COLOUR_SWAP)], "edit": "replace"},
+    {"title": "refine: " + REFINE_PROMPTS[1], "source_prompt": REFINE_PROMPTS[0], "target_prompts": [REFINE_PROMPTS[1]],
+     "edit": "refine"},
+    {"title": "two objects: " + " -> ".join(BLEND_SWAP), "source_prompt": BLEND_PROMPT,
+     "target_prompts": [BLEND_PROMPT.replace(*BLEND_SWAP)], "edit": "replace"},
+    {"title": "two objects: " + " -> ".join(BLEND_SWAP) + " + local blend", "source_prompt": BLEND_PROMPT,
+     "target_prompts": [BLEND_PROMPT.replace(*BLEND_SWAP)], "edit": "replace", "blend_words": list(BLEND_SWAP)},
+]
 wanted = parse_caption(SOURCE_PROMPT)
 objects = [{k: getattr(o, k) for k in ("shape", "colour", "size") if getattr(o, k)} for o in wanted.objects]
 real_image, real_prompt, _ = common.source_scene(pipe, REAL_SCENE_SEED, objects=objects, background=wanted.background)
@@ -133,25 +149,87 @@ common.save_outputs(OUT, {"word_maps_by_size": sizes_figure}, {"word_maps_by_siz
 # Each row: the source, the target prompt sampled from the same $x_T$ **without** attention injection (the layout
 # is free to change), and **with** Prompt-to-Prompt (the source's maps during the first 80% of the steps,
 # self-attention during the first 40%). The analyzer scores each edit: did the target's attributes appear, did the
-# object stay in place, how far is the edit from the source (PSNR).
+# object stay in place (IoU of the main object between source and edit), how much changed outside the edited object
+# (PSNR in dB).
 
 # %%
-generated_rows, generated_figure = lab.run_examples(pipe, edits, seed=SEED, num_steps=STEPS, guidance_scale=GUIDANCE)
+results = {edit["title"]: measures.compare_edit(pipe, edit, SEED, STEPS, GUIDANCE) for edit in edits}
+pictures, labels, generated_rows = [], [], []
+for title, runs in results.items():
+    pictures += [runs["P2P"]["source"], runs["no P2P"]["edited"], runs["P2P"]["edited"]]
+    labels += ["source", "no P2P", title]
+    generated_rows.append({"edit": title, **{f"{run} {key}": runs[run][key] for run in ("no P2P", "P2P")
+                                             for key in ("target_matched", "iou", "outside_psnr")}})
+generated_figure = common.image_row(pictures, labels, columns=3)
 show(generated_figure)
-show_table(lab.rows_markdown(generated_rows))
+show_table(common.markdown_table(generated_rows, digits=2))
 common.save_outputs(OUT, {"edits_generated": generated_figure}, {"edits_generated": generated_rows})
+
+# %% [markdown]
+# **Check: the word swaps keep the object with P2P and not without.** The IoU of the main object between the
+# source and the edit (1 = same place and outline; `diffusion_lab.course.measures.compare_edit`) must be higher with
+# Prompt-to-Prompt, and the edit must be made. A circle is not a square, so a perfect shape swap in place still has
+# IoU below 1 (a disc inscribed in a square: 0.79). The defaults were chosen among eight word swaps measured with
+# `python labs/measure_defaults.py lab4`: "red -> blue" on the old default red circle moved the object too (IoU
+# 0.14 / 0.05 without P2P, 0.96 / 0.94 with it, seeds 0 / 1), while "circle -> square" came out in place with or
+# without P2P (0.79 vs 0.81), which is why this lab no longer uses it.
+
+# %%
+for title, runs in list(results.items())[:2]:
+    print(f"{title:18s} IoU no P2P {runs['no P2P']['iou']:.2f}  P2P {runs['P2P']['iou']:.2f}   "
+          f"edit made: no P2P {runs['no P2P']['target_matched']:.2f}  P2P {runs['P2P']['target_matched']:.2f}")
+    assert runs["P2P"]["target_matched"] == 1.0, f"{title}: P2P did not make the edit"
+    assert runs["P2P"]["iou"] >= runs["no P2P"]["iou"] + 0.15, f"{title}: P2P should keep the object in place"
+
+# %% [markdown]
+# **Check: refine adds what the source lacks.** The source prompt names no colour, so the model picks one; the
+# refined prompt adds "green". Its analyzer score against the *target* prompt must rise (the colour appears) while
+# the object keeps its place.
+
+# %%
+refine = results[edits[2]["title"]]["P2P"]
+source_against_target = lab.score_edit(refine["source"], refine["source"], REFINE_PROMPTS[1])["target_matched"]
+print(f"source matches the refined prompt {source_against_target:.2f}; the refined image {refine['target_matched']:.2f}; "
+      f"object IoU {refine['iou']:.2f}")
+assert source_against_target < 1.0 and refine["target_matched"] == 1.0 and refine["iou"] >= 0.6
+
+# %% [markdown]
+# **Local blend, where it matters.** In a one-object scene Prompt-to-Prompt already keeps everything outside the
+# object (the flat background comes back from the same $x_T$: measured 32-36 dB outside the object with or without
+# local blend, so the old default's local-blend rows looked like the rows without it). It matters when something
+# else must stay untouched: here a second object. Local blend keeps the source's latents outside the maps of
+# "circle" and "triangle"; the PSNR outside the edited object (the small square and the background) rises. The
+# gain is modest on shapes-tiny (measured at 20 steps: +1.8 dB and +0.6 dB for seeds 0 and 1; colour swaps of two
+# objects gained between -0.6 and +0.5 dB) because its maps are 16x16 and P2P alone keeps most of the scene.
+
+# %%
+blend_scores = {"without local blend": results[edits[3]["title"]]["P2P"], "with local blend": results[edits[4]["title"]]["P2P"]}
+for label, scores in blend_scores.items():
+    print(f"{label:20s} PSNR outside the edited object {scores['outside_psnr']:.1f} dB, edit made {scores['target_matched']:.2f}")
+assert blend_scores["with local blend"]["outside_psnr"] >= blend_scores["without local blend"]["outside_psnr"]
 
 # %% [markdown]
 # ### Reweighting one word
 #
 # Scaling the column of one word in every cross-attention map strengthens or weakens its effect without changing
-# the prompt (P2P's *attention re-weighting*).
+# the prompt (P2P's *attention re-weighting*; `diffusion_lab.attention.controllers.AttentionReweight`). **On
+# shapes-tiny it is weak, and this is why.** Below, "red" in "a large red circle" scaled from 0 to 4, with the share
+# of red pixels measured: from 0 to 2 it hardly moves (0.178, 0.179, 0.178, 0.179 at seed 0, 50 steps), and at 4
+# the circle leaves the palette (orange: red share 0.005). The text encoder is causal: "circle" comes after "red" and
+# its embedding already carries the colour, so removing the column of "red" does not remove red. And the scaled
+# rows of the attention no longer sum to 1: a large factor inflates the output of the layer instead of moving
+# attention, and the colour goes off the palette. (In Stable Diffusion, whose maps are sharper and whose words
+# are read over 77 tokens of a deep encoder, the same scaling does change how much of an attribute appears.)
 
 # %%
-strip = lab.reweight_strip(pipe, SOURCE_PROMPT, REWEIGHT_WORD, REWEIGHT_SCALES, seed=SEED, num_steps=STEPS,
-                           guidance_scale=GUIDANCE)
+reweight_images, reweight_rows = measures.reweight_sweep(pipe, REWEIGHT_PROMPT, REWEIGHT_WORD, REWEIGHT_SCALES, SEED, STEPS,
+                                                        GUIDANCE, colour=REWEIGHT_WORD)
+strip = common.image_row(reweight_images, [f"{REWEIGHT_WORD} x{s:g}" for s in REWEIGHT_SCALES], len(reweight_images))
 show(strip)
-common.save_outputs(OUT, {"reweight": strip})
+show_table(common.markdown_table(reweight_rows, digits=3))
+common.save_outputs(OUT, {"reweight": strip}, {"reweight": reweight_rows})
+shares = {row["scale"]: row[f"{REWEIGHT_WORD}_share"] for row in reweight_rows}
+assert max(shares[s] for s in shares if s <= 2) - min(shares[s] for s in shares if s <= 2) < 0.05, "reweight is no longer weak: update the text"
 
 # %% [markdown]
 # ## 3. Edits of a real image
@@ -167,7 +245,7 @@ common.save_outputs(OUT, {"reweight": strip})
 
 # %%
 real_rows, real_figure = lab.run_examples(
-    pipe, lab.examples(real_prompt, SHAPE_SWAP, COLOUR_SWAP, reweight=(REWEIGHT_WORD, 0.3)), guidance_scale=GUIDANCE,
+    pipe, lab.examples(real_prompt, SHAPE_SWAP, COLOUR_SWAP)[:2], guidance_scale=GUIDANCE,  # the two word swaps
     real_image=real_image, inversion_method=REAL_INVERSION, num_steps=STEPS, inversion_guidance=inversion_guidance,
     inversion_options=inversion_options)
 show(real_figure)
@@ -193,20 +271,106 @@ if INTERACTIVE:
     display(panel)
 
 # %% [markdown]
-# **What the tiny model cannot do.** The faint strokes beside the blue circle in the "red $\to$ blue" rows come
-# from shapes-tiny's VAE, not from Prompt-to-Prompt: encoding and decoding a *rendered* large blue circle shows the
-# same kind of ghost (the model card measures it). The recoloured circle also drifts a little towards where the
-# prompt alone puts it (the "no P2P" column): the injected maps are $16 \times 16$ and leave the last 20% of the
-# steps free. Local blend keeps the source's latents outside the maps of the swapped words; that works because
-# shapes-tiny's VAE was fine-tuned for *local* latents (a recoloured object no longer changes the background's
-# latents; before that fine-tune the "red $\to$ blue + local blend" row decoded to noise). Stable Diffusion's VAE
-# is local enough for local blend as it comes (the Prompt-to-Prompt paper's edits use it).
+# **What the tiny model cannot do.** Faint strokes beside a recoloured object come from shapes-tiny's VAE, not
+# from Prompt-to-Prompt: encoding and decoding a *rendered* object of that colour shows the same kind of ghost (the
+# model card measures it). A recoloured object can also drift a little towards where the prompt alone puts it (the
+# "no P2P" column): the injected maps are $16 \times 16$ and leave the last 20% of the steps free. Local blend keeps
+# the source's latents outside the maps of the swapped words; that works because shapes-tiny's VAE was fine-tuned
+# for *local* latents (before that fine-tune a local-blend row decoded to noise). Stable Diffusion's VAE is local
+# enough for local blend as it comes (the Prompt-to-Prompt paper's edits use it).
 #
-# **Questions.** (1) Without P2P, why does "circle $\to$ square" also move the object or change the background?
-# (2) What happens with `cross-attn steps` = 0 and = 1? (3) Why does local blend keep the background *exactly*?
+# **Questions.** (1) Without P2P, why does "blue $\to$ red" move the object, although only a colour word changed?
+# (Hint: the text encoder is causal.) (2) What happens with `cross-attn steps` = 0 and = 1? (3) Why does local
+# blend keep what lies outside its mask *exactly*, and why did it barely matter for one object?
 # (4) On the real image, which inversion keeps the reconstruction and still lets the edit happen?
 
-# %%
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises", "needs-setup"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 4.1 — the word swap's cross-attention
+#
+# Given the source prompt's maps `source` (heads, HW, tokens) and a mapper (targets, tokens, tokens) with
+# `mapper[k, i, j] = 1` when column $j$ of target $k$ takes the source's column $i$, return the targets' new maps
+# (targets, heads, HW, tokens): $M^{(k)}_{:, :, j} = \sum_i M^{\text{src}}_{:, :, i}\,\text{mapper}[k, i, j]$.
+# Reference: `diffusion_lab.attention.controllers.AttentionReplace.replace_cross_attention`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4_1_replace_cross_attention", "locked": false, "schema_version": 3, "solution": true}
+def replace_cross_attention(source, mapper):
+    ### BEGIN SOLUTION
+    return torch.einsum("hqi,kij->khqj", source, mapper)
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_replace_cross_attention(replace_cross_attention, pipe.tokenizer)
+
+# %% [markdown]
+# ### Exercise 4.2 — token alignment for *refine*
+#
+# For a refinement the target prompt adds words. Given the token ids of both prompts (start and end tokens
+# included: `diffusion_lab.attention.tokens.prompt_token_ids`), return one entry per target token: the position of
+# the same token in the source, in order, or $-1$ for a token the source lacks. (The library aligns by global
+# sequence alignment, which also handles replaced words; for added words, walking both lists is enough.)
+# Reference: `diffusion_lab.attention.tokens.refinement_alignment`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4_2_refine_alignment", "locked": false, "schema_version": 3, "solution": true}
+def refine_alignment(source_ids, target_ids):
+    ### BEGIN SOLUTION
+    mapper, i = [], 0
+    for token in target_ids:
+        if i < len(source_ids) and source_ids[i] == token:
+            mapper.append(i)
+            i += 1
+        elif token in source_ids[i:] and len(source_ids) - i >= len(target_ids) - len(mapper):
+            i = source_ids.index(token, i)
+            mapper.append(i)
+            i += 1
+        else:
+            mapper.append(-1)
+    return mapper
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_refine_alignment(refine_alignment, pipe.tokenizer)
+
+# %% [markdown]
+# ### Exercise 4.3 — the local-blend mask
+#
+# `word_maps` holds, for each cross-attention layer, the attention of the chosen words (prompts, 1, h, w), averaged
+# over the steps so far. Build the mask of local blend: upsample every layer's map to `latent_size` (bilinear,
+# `align_corners=False`), average over layers, divide each prompt's map by its maximum, keep what is above
+# `threshold`, and dilate by `dilation` latent pixels (max-pooling, kernel $2d + 1$, stride 1). Return booleans
+# (prompts, 1, H, W). Reference: `diffusion_lab.attention.controllers.LocalBlend.mask`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4_3_local_blend_mask", "locked": false, "schema_version": 3, "solution": true}
+import torch.nn.functional as F
+
+
+def local_blend_mask(word_maps, latent_size, threshold, dilation):
+    ### BEGIN SOLUTION
+    upsampled = [F.interpolate(m, size=latent_size, mode="bilinear", align_corners=False) for m in word_maps]
+    average = torch.stack(upsampled).mean(dim=0)
+    average = average / average.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    mask = (average > threshold).float()
+    if dilation > 0:
+        mask = F.max_pool2d(mask, 2 * dilation + 1, stride=1, padding=dilation)
+    return mask > 0
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_local_blend_mask(local_blend_mask, pipe)
+
+# %% tags=["finish"]
 # NBVAL_IGNORE_OUTPUT
 seconds = time.perf_counter() - START
 common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})
