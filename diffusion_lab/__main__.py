@@ -4,6 +4,8 @@
                                                          then the four labs run by papermill (outputs/labs)
     python -m diffusion_lab lab                          JupyterLab on labs/
     python -m diffusion_lab batch MANIFEST --out DIR     batch editing through papermill (README: Batch editing)
+    python -m diffusion_lab course build --out DIR       student / instructor / autograder versions of the labs
+    python -m diffusion_lab course grade --submissions DIR --out scores.csv   grade submitted labs (README: Teaching)
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def main(argv=None) -> int:
     from .batch.runner import add_arguments as add_batch_arguments
 
     add_batch_arguments(sub.add_parser("batch", help="edit many images from a CSV/YAML manifest (papermill, Dask)"))
+    from .course.grade import add_arguments as add_course_arguments
+
+    add_course_arguments(sub.add_parser("course", help="build the course's lab versions; grade submissions"))
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -57,6 +62,10 @@ def main(argv=None) -> int:
         from .batch.runner import run_from_args
 
         return run_from_args(args)
+    if args.command == "course":
+        from .course.grade import run_from_args as run_course
+
+        return run_course(args)
     return 1
 
 

@@ -199,3 +199,13 @@ def background_mask(object_masks) -> np.ndarray:
 def background_psnr(image, reference, object_masks, data_range: DataRange = 255.0, channel_axis: int = -1):
     """PSNR outside the objects: how well an edit keeps the background (PIE-Bench's "background PSNR")."""
     return masked_psnr(image, reference, background_mask(object_masks), data_range, channel_axis)
+
+
+def mask_iou(mask, reference) -> float:
+    """Intersection over union |A & B| / |A | B| of two boolean (H, W) masks, e.g. the analyzer's object masks of a
+    source and of its edit (1: the object kept its place and outline). Two empty masks give 1 (nothing moved)."""
+    mask, reference = np.asarray(mask, dtype=bool), np.asarray(reference, dtype=bool)
+    if mask.shape != reference.shape:
+        raise ValueError(f"masks of different shapes {mask.shape} and {reference.shape}: resize one first")
+    union = np.logical_or(mask, reference).sum()
+    return 1.0 if union == 0 else float(np.logical_and(mask, reference).sum() / union)

@@ -20,7 +20,7 @@ comparable within this project only (not with CIFAR10 FIDs); lower is better, 0 
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg, ndimage
+from scipy import ndimage
 
 from .shapes import BACKGROUNDS, COLOURS, analyze
 
@@ -43,10 +43,17 @@ def shapes_features(image, analysis=None) -> np.ndarray:
     gradient = np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1)) / 8.0
     edges = gradient > 10
     sharpness = float(gradient[edges].mean() / 100.0) if edges.any() else 0.0
-    high_frequency = float((pixels - ndimage.median_filter(pixels, size=(3, 3, 1))).std() / 50.0)
+    high_frequency = high_frequency_energy(pixels)
     analysis = analyze(image) if analysis is None else analysis
     match = float(np.mean([o.match for o in analysis.objects])) if analysis.objects else 0.0
     return np.concatenate([shares, [off_palette, sharpness, high_frequency, len(analysis.objects) / 3.0, match]]).astype(np.float64)
+
+
+def high_frequency_energy(image) -> float:
+    """Std of the image minus its 3x3 median, / 50: noise a sampler left (0 for a clean render; one of the 16
+    features, and on its own a per-image measure that can be averaged with error bars)."""
+    pixels = np.asarray(image, np.float32)
+    return float((pixels - ndimage.median_filter(pixels, size=(3, 3, 1))).std() / 50.0)
 
 
 def feature_matrix(images, analyses=None) -> np.ndarray:
@@ -60,9 +67,20 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         raise ValueError("the Frechet distance needs at least 2 samples in each set")
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     sigma_a, sigma_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    covariance_mean, _ = linalg.sqrtm(sigma_a @ sigma_b, disp=False)
-    if not np.isfinite(covariance_mean).all():  # near-singular product: regularize, as the FID reference code does
-        offset = np.eye(len(sigma_a)) * 1e-6
-        covariance_mean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    covariance_mean = covariance_mean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a + sigma_b - 2 * covariance_mean))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2 * _trace_sqrt_product(sigma_a, sigma_b))
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance matrix (eigenvalues below 0, rounding errors, set to 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+
+
+def _trace_sqrt_product(sigma_a: np.ndarray, sigma_b: np.ndarray) -> float:
+    """Tr((S_a S_b)^(1/2)) = Tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)): the two matrices are similar, and the second is
+    symmetric positive semi-definite, so its eigenvalues give the trace without a general matrix square root. A
+    constant feature makes S_a S_b singular, which scipy's sqrtm warns about (LinAlgWarning); this form does not
+    need the product to be invertible."""
+    root_a = _psd_sqrt(sigma_a)
+    values = np.linalg.eigvalsh(root_a @ sigma_b @ root_a)
+    return float(np.sqrt(values.clip(min=0)).sum())

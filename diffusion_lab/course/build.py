@@ -1,0 +1,134 @@
+"""Build the course from the lab sources: student, instructor and autograder versions of every lab.
+
+    python -m diffusion_lab course build --out DIR
+
+writes
+    DIR/student/NN_name.ipynb      solutions removed (nbgrader's ClearSolutions: `# YOUR CODE HERE` +
+                                   `raise NotImplementedError()`), hidden checks removed (ClearHiddenTests), no outputs
+    DIR/instructor/NN_name.ipynb   solutions and outputs: the committed labs/NN_name.ipynb (executed by
+                                   `python pipelines/run_labs.py --in-place`, checked by nbval)
+    DIR/autograder/NN_name.ipynb   solutions, hidden checks, no outputs: where `course grade` takes the check cells from
+    DIR/autograder/manifest.json   per lab: the graded exercises (grade_id, points) and which cells grading runs
+    DIR/STUDENTS.md                how a student sets up, works and submits
+
+Exercise cells carry nbgrader's metadata (`# %% nbgrader={...}` in labs/src): solution cells
+(`"solution": true`) with the solution between `### BEGIN SOLUTION` and `### END SOLUTION`, check cells
+(`"grade": true, "points": N`) that call diffusion_lab.course.checks, optionally with more checks between
+`### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS`. nbgrader (pinned in pyproject.toml) does the stripping; its
+course database and exchange are not needed (see `grade`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+LABS = REPO / "labs"
+SOURCES = LABS / "src"
+LANGUAGE_INFO = {"name": "python", "pygments_lexer": "ipython3"}
+SETUP_TAG = "setup"  # the cell that loads the model and the lab's inputs: grading runs it before the exercises
+EXERCISES_TAG = "exercises"  # the first cell of the exercises section (imports torch and the checks)
+NEEDS_SETUP_TAG = "needs-setup"  # on that cell when the exercises use the model or the lab's inputs
+
+
+def lab_names(sources: Path = SOURCES) -> list[str]:
+    """The labs' stems (01_naive_noising, ...), from the sources."""
+    names = sorted(path.stem for path in Path(sources).glob("[0-9][0-9]_*.py"))
+    if not names:
+        raise FileNotFoundError(f"no lab sources (NN_name.py) in {sources}")
+    return names
+
+
+def notebook_from_source(source: Path):
+    """The notebook (no outputs) that a jupytext percent source describes."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(source, fmt="py:percent")
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["language_info"] = dict(LANGUAGE_INFO)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    return nb
+
+
+def cell_signature(nb) -> list[tuple]:
+    """What a notebook and its source must agree on: each cell's type, text, tags and nbgrader metadata."""
+    return [(cell.cell_type, cell.source.strip("\n"), tuple(cell.metadata.get("tags", ())),
+             json.dumps(cell.metadata.get("nbgrader", {}), sort_keys=True)) for cell in nb.cells]
+
+
+def is_grade_cell(cell) -> bool:
+    return bool(cell.metadata.get("nbgrader", {}).get("grade")) and cell.cell_type == "code"
+
+
+def is_solution_cell(cell) -> bool:
+    return bool(cell.metadata.get("nbgrader", {}).get("solution"))
+
+
+def grade_id(cell) -> str | None:
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def exercises(nb) -> list[dict]:
+    """The graded check cells of a lab: [{grade_id, points}] in order."""
+    return [{"grade_id": grade_id(c), "points": float(c.metadata["nbgrader"].get("points", 1))}
+            for c in nb.cells if is_grade_cell(c)]
+
+
+def student_version(nb):
+    """Solutions and hidden checks removed, outputs cleared (nbgrader's preprocessors)."""
+    import copy
+
+    from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions
+
+    nb = copy.deepcopy(nb)
+    resources: dict = {}
+    for preprocessor in (ClearSolutions(), ClearHiddenTests(), ClearOutput()):
+        nb, resources = preprocessor.preprocess(nb, resources)
+    for cell in nb.cells:
+        text = cell.source
+        for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+            if marker in text:
+                raise RuntimeError(f"{marker} left in the student version of a cell: {text[:80]!r}")
+    return nb
+
+
+def check_sources_match_notebooks(labs: Path = LABS) -> None:
+    """Refuse to build from notebooks that were not rebuilt after their source changed."""
+    import nbformat
+
+    for name in lab_names(labs / "src"):
+        committed = nbformat.read(labs / f"{name}.ipynb", as_version=4)
+        if cell_signature(committed) != cell_signature(notebook_from_source(labs / "src" / f"{name}.py")):
+            raise RuntimeError(f"labs/{name}.ipynb does not match labs/src/{name}.py: run `python labs/build_labs.py` "
+                               "and `python pipelines/run_labs.py --in-place` first")
+
+
+def build_course(out: str | Path, labs: str | Path = LABS) -> Path:
+    """Write the student, instructor and autograder versions of every lab under `out` (see the module docstring)."""
+    import nbformat
+
+    out, labs = Path(out), Path(labs)
+    check_sources_match_notebooks(labs)
+    manifest = {}
+    for flavour in ("student", "instructor", "autograder"):
+        (out / flavour).mkdir(parents=True, exist_ok=True)
+    for name in lab_names(labs / "src"):
+        source_nb = notebook_from_source(labs / "src" / f"{name}.py")
+        graded = exercises(source_nb)
+        if not graded:
+            raise RuntimeError(f"labs/src/{name}.py has no graded check cell")
+        nbformat.write(student_version(source_nb), out / "student" / f"{name}.ipynb")
+        shutil.copyfile(labs / f"{name}.ipynb", out / "instructor" / f"{name}.ipynb")
+        nbformat.write(source_nb, out / "autograder" / f"{name}.ipynb")
+        manifest[name] = {"exercises": graded, "max_score": sum(e["points"] for e in graded)}
+    (out / "autograder" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    students = REPO / "STUDENTS.md"
+    if students.exists():
+        shutil.copyfile(students, out / "STUDENTS.md")
+    return out

@@ -1,0 +1,502 @@
+"""Checks of the labs' exercises: the student's function against the library's reference, with feedback.
+
+Each `check_*` calls the student's function on seeded inputs, compares the result with the reference function
+of diffusion_lab that implements the same equation (named in the check's docstring) within a tolerance, and
+raises `ExerciseFailed` (an AssertionError, so nbgrader scores the cell 0) with a message that says what is
+wrong: not implemented yet, wrong shape, a known mistake recognised (square roots forgotten, alpha_bar_t and
+alpha_bar_{t-1} swapped, ...), or how far off the result is. Stochastic results are checked with metric
+thresholds (statistics of many draws, reconstruction PSNR). On success a check prints one line and returns True.
+
+The exercise cells of labs/src/*.py call these checks; `python -m diffusion_lab course build` writes the student
+notebooks (solutions removed) and `course grade` runs the same checks on the submissions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+ATOL = 1e-5
+
+
+class ExerciseFailed(AssertionError):
+    """An exercise's check failed; the message says what is wrong."""
+
+
+def _call(name: str, function: Callable, *args, **kwargs):
+    """Call the student's function; turn 'not done yet' and crashes into feedback."""
+    try:
+        return function(*args, **kwargs)
+    except NotImplementedError:
+        raise ExerciseFailed(f"{name}: not implemented yet. Replace `raise NotImplementedError()` by your code.") from None
+    except ExerciseFailed:
+        raise
+    except Exception as error:  # the student's code crashed: say where, not just that it failed
+        raise ExerciseFailed(f"{name} raised {type(error).__name__}: {error}") from error
+
+
+def _as_tensor(name: str, value, like: torch.Tensor | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value, dtype=torch.float64)
+        except Exception:
+            raise ExerciseFailed(f"{name} must return a torch.Tensor, got {type(value).__name__}") from None
+    if like is not None and tuple(value.shape) != tuple(like.shape):
+        raise ExerciseFailed(f"{name} returned shape {tuple(value.shape)}, expected {tuple(like.shape)}")
+    return value
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL, rtol: float = 1e-4) -> bool:
+    return bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol))
+
+
+def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+def _compare(name: str, result, expected: torch.Tensor, mistakes: dict[str, torch.Tensor] | None = None,
+             atol: float = ATOL, what: str = "") -> None:
+    """Raise with a specific message when `result` is one of the known `mistakes`, else with the error size."""
+    result = _as_tensor(name, result, expected)
+    if _close(result, expected, atol):
+        return
+    for message, wrong in (mistakes or {}).items():
+        if _close(result, wrong, atol):
+            raise ExerciseFailed(f"{name}{what}: {message}")
+    raise ExerciseFailed(f"{name}{what}: differs from the reference by up to {_max_error(result, expected):.3g} "
+                         f"(tolerance {atol:g}); compare your formula with the one in the text above")
+
+
+def _passed(message: str) -> bool:
+    print(f"passed: {message}")
+    return True
+
+
+def _example_schedule():
+    from diffusion_lab.schedules import NoiseSchedule
+
+    return NoiseSchedule.create("scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lab 1: the forward process and naive editing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_forward_marginal_sample(student: Callable) -> bool:
+    """student(x_0, alpha_bar_t, noise) -> x_t; reference: posterior.forward_marginal_sample (DDPM eq. 4)."""
+    from diffusion_lab.posterior import forward_marginal_sample
+
+    name = "forward_marginal_sample"
+    generator = torch.Generator().manual_seed(0)
+    x_0 = torch.randn(2, 4, 8, 8, generator=generator)
+    noise = torch.randn(2, 4, 8, 8, generator=generator)
+    for alpha_bar in (0.9, 0.3, 0.02):
+        expected = forward_marginal_sample(x_0, alpha_bar, noise=noise)
+        a = torch.tensor(alpha_bar, dtype=torch.float64)
+        mistakes = {
+            "the square roots are missing: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps":
+                (a * x_0 + (1 - a) * noise).float(),
+            "x_0 and eps have each other's coefficients: x_0 is scaled by sqrt(alpha_bar_t), the noise by "
+            "sqrt(1 - alpha_bar_t)": ((1 - a).sqrt() * x_0 + a.sqrt() * noise).float(),
+            "the noise term is sqrt(1 - alpha_bar_t) eps, a standard deviation, not sqrt(alpha_bar_t) eps":
+                (a.sqrt() * x_0 + a.sqrt() * noise).float(),
+            "the noise is ignored: add sqrt(1 - alpha_bar_t) * noise": (a.sqrt() * x_0).float(),
+        }
+        result = _call(name, student, x_0, alpha_bar, noise)
+        _compare(name, result, expected, mistakes, what=f" at alpha_bar_t={alpha_bar}")
+    return _passed("x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps matches posterior.forward_marginal_sample")
+
+
+def check_forward_marginal_statistics(student: Callable, num_draws: int = 4000) -> bool:
+    """Metric threshold on a stochastic result: draws of the student's x_t ~ q(x_t | x_0) (fresh noise each) must
+    have mean sqrt(alpha_bar_t) x_0 and standard deviation sqrt(1 - alpha_bar_t) (posterior.forward_marginal_mean_std)."""
+    from diffusion_lab.posterior import forward_marginal_mean_std
+
+    name = "forward_marginal_sample"
+    generator = torch.Generator().manual_seed(1)
+    x_0 = torch.randn(1, 3, 4, 4, generator=generator).expand(num_draws, -1, -1, -1)
+    alpha_bar = 0.4
+    noise = torch.randn(x_0.shape, generator=generator)
+    draws = _as_tensor(name, _call(name, student, x_0, alpha_bar, noise), x_0)
+    mean, std = forward_marginal_mean_std(x_0[:1], alpha_bar)
+    mean_error = float((draws.mean(0) - mean[0]).abs().max())
+    std_error = float((draws.std(0) - std).abs().max())
+    bound = 5 / math.sqrt(num_draws)  # five standard errors of a mean of unit-variance draws
+    if mean_error > bound:
+        raise ExerciseFailed(f"{name}: the mean of {num_draws} draws is off by {mean_error:.3f} (allowed {bound:.3f}); "
+                             "it must be sqrt(alpha_bar_t) x_0")
+    if std_error > bound:
+        raise ExerciseFailed(f"{name}: the standard deviation of {num_draws} draws is off by {std_error:.3f} "
+                             f"(allowed {bound:.3f}); it must be sqrt(1 - alpha_bar_t) = {float(std):.3f}")
+    return _passed(f"{num_draws} draws have mean and std of q(x_t | x_0) within {bound:.3f}")
+
+
+def check_noise_to_strength(student: Callable) -> bool:
+    """student(z_0, schedule, num_steps, strength, noise) -> (z_t, timesteps left); reference:
+    naive_noising.noise_latents_to_strength (z_t at the first timestep left; z_0 itself when none is left)."""
+    from diffusion_lab.naive_noising import noise_latents_to_strength
+
+    name = "noise_to_strength"
+    schedule = _example_schedule()
+    generator = torch.Generator().manual_seed(6)
+    z_0 = torch.randn(2, 4, 8, 8, generator=generator)
+    noise = torch.randn(2, 4, 8, 8, generator=generator)
+    for num_steps, strength in ((50, 0.0), (50, 0.3), (20, 0.75), (10, 1.0)):
+        expected = noise_latents_to_strength(z_0, schedule, strength, num_steps, noise=noise)
+        result = _call(name, student, z_0, schedule, num_steps, strength, noise)
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise ExerciseFailed(f"{name} must return a pair (z_t, timesteps), got {type(result).__name__}")
+        z_t, timesteps = result
+        timesteps = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+        if timesteps.tolist() != expected.timesteps.tolist():
+            raise ExerciseFailed(f"{name}(S={num_steps}, strength={strength}): timesteps left {timesteps.tolist()[:5]}..., "
+                                 f"expected {expected.timesteps.tolist()[:5]}... (use your strength_timesteps)")
+        wrong_level = {}
+        if len(expected.timesteps) > 1:
+            a = schedule.alpha_bar(int(expected.timesteps[-1]))
+            wrong_level["z_t is noised to the LAST timestep left; noise to the first (largest) one, where sampling "
+                        "starts"] = (a.sqrt() * z_0 + (1 - a).sqrt() * noise).float()
+        _compare(name, z_t, expected.latents, wrong_level, what=f"(S={num_steps}, strength={strength})")
+    return _passed("noising to a strength matches naive_noising.noise_latents_to_strength")
+
+
+def check_strength_timesteps(student: Callable) -> bool:
+    """student(timesteps, strength) -> the timesteps still to run; reference: naive_noising.strength_timesteps."""
+    from diffusion_lab.naive_noising import strength_timesteps
+
+    name = "strength_timesteps"
+    schedule = _example_schedule()
+    for num_steps in (10, 50):
+        timesteps = schedule.timesteps(num_steps)
+        for strength in (0.0, 0.1, 0.25, 0.5, 0.77, 1.0):
+            expected = strength_timesteps(schedule, num_steps, strength)
+            result = _call(name, student, timesteps, strength)
+            result = torch.as_tensor(result, dtype=torch.long).flatten()
+            if result.tolist() != expected.tolist():
+                hint = ""
+                if len(result) == len(expected) and len(result) and result[0] != expected[0]:
+                    hint = "; keep the LAST int(S * strength) timesteps (the least noisy ones), not the first"
+                elif len(result) != len(expected):
+                    hint = f"; S={num_steps}, strength={strength}: int(S * strength) = {len(expected)} steps"
+                raise ExerciseFailed(f"{name}(S={num_steps}, strength={strength}) gave {result.tolist()[:6]}..., "
+                                     f"expected {expected.tolist()[:6]}...{hint}")
+    return _passed("the timesteps left after noising match naive_noising.strength_timesteps")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lab 2: sigma_t, eta and the DDIM step
+# ---------------------------------------------------------------------------------------------------------------
+
+_ALPHA_PAIRS = ((0.5, 0.6), (0.05, 0.3), (0.9, 0.95), (0.001, 0.02))
+
+
+def check_sigma_from_eta(student: Callable) -> bool:
+    """student(alpha_bar_t, alpha_bar_prev, eta) -> sigma_t; reference: posterior.sigma_from_eta (DDIM eq. 16)."""
+    from diffusion_lab.posterior import sigma_from_eta
+
+    name = "sigma_from_eta"
+    for alpha_bar_t, alpha_bar_prev in _ALPHA_PAIRS:
+        for eta in (0.0, 0.5, 1.0):
+            expected = sigma_from_eta(alpha_bar_t, alpha_bar_prev, eta)
+            t, p = torch.tensor(alpha_bar_t, dtype=torch.float64), torch.tensor(alpha_bar_prev, dtype=torch.float64)
+            mistakes = {
+                "alpha_bar_t and alpha_bar_{t-1} are swapped (alpha_bar_{t-1} > alpha_bar_t: the earlier step is "
+                "less noisy)": eta * ((1 - t) / (1 - p) * (1 - p / t).clamp(min=0)).sqrt(),
+                "the square root is missing: sigma_t is a standard deviation": eta * (1 - p) / (1 - t) * (1 - t / p),
+                "eta multiplies the standard deviation, not the variance": (eta * (1 - p) / (1 - t) * (1 - t / p)).sqrt(),
+            }
+            result = _call(name, student, alpha_bar_t, alpha_bar_prev, eta)
+            _compare(name, result, expected, mistakes, what=f"(alpha_bar_t={alpha_bar_t}, alpha_bar_prev={alpha_bar_prev}, eta={eta})")
+    return _passed("sigma_t(eta) matches posterior.sigma_from_eta")
+
+
+def check_sigma_hat(student: Callable) -> bool:
+    """student(alpha_bar_t, alpha_bar_prev) -> sigma-hat_t; reference: posterior.sigma_hat (DDIM appendix D.3)."""
+    from diffusion_lab.posterior import sigma_from_eta, sigma_hat
+
+    name = "sigma_hat"
+    for alpha_bar_t, alpha_bar_prev in _ALPHA_PAIRS:
+        expected = sigma_hat(alpha_bar_t, alpha_bar_prev)
+        t, p = torch.tensor(alpha_bar_t, dtype=torch.float64), torch.tensor(alpha_bar_prev, dtype=torch.float64)
+        mistakes = {
+            "that is sigma_t(eta=1), DDPM's posterior std; sigma-hat is the larger sqrt(1 - alpha_bar_t / alpha_bar_{t-1})":
+                sigma_from_eta(alpha_bar_t, alpha_bar_prev, 1.0),
+            "the square root is missing": 1 - t / p,
+            "the ratio is upside down: alpha_bar_t / alpha_bar_{t-1}, with alpha_bar_t the smaller":
+                (1 - p / t).abs().sqrt(),
+        }
+        result = _call(name, student, alpha_bar_t, alpha_bar_prev)
+        _compare(name, result, expected, mistakes, what=f"(alpha_bar_t={alpha_bar_t}, alpha_bar_prev={alpha_bar_prev})")
+    return _passed("sigma-hat matches posterior.sigma_hat")
+
+
+def check_ddim_step(student: Callable) -> bool:
+    """student(x_t, epsilon, alpha_bar_t, alpha_bar_prev, sigma_t, noise) -> x_{t-1};
+    reference: posterior.generalized_posterior_step (an epsilon-predicting model's output is epsilon)."""
+    from diffusion_lab.posterior import generalized_posterior_step, sigma_from_eta, x0_from_epsilon
+
+    name = "ddim_step"
+    schedule = _example_schedule()
+    generator = torch.Generator().manual_seed(2)
+    x_t = torch.randn(2, 4, 8, 8, generator=generator)
+    epsilon = torch.randn(2, 4, 8, 8, generator=generator)
+    noise = torch.randn(2, 4, 8, 8, generator=generator)
+    for t, t_prev in ((981, 961), (501, 401), (101, 1), (1, -1)):
+        for eta in (0.0, 0.5, 1.0):
+            a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+            sigma = sigma_from_eta(a_t, a_prev, eta)
+            expected = generalized_posterior_step(x_t, epsilon, t, t_prev, schedule, eta=eta,
+                                                  noise=noise if eta > 0 else None).prev_sample
+            x0_hat = x0_from_epsilon(x_t, epsilon, a_t)
+            mistakes = {
+                "the noise term sigma_t * noise is missing": (a_prev.sqrt() * x0_hat + (1 - a_prev - sigma**2).sqrt() * epsilon).float(),
+                "the direction pointing to x_t must use sqrt(1 - alpha_bar_{t-1} - sigma_t^2), not sqrt(1 - alpha_bar_{t-1})":
+                    (a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * epsilon + sigma * noise).float(),
+                "predicted x_0 is (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): check its square roots":
+                    (a_prev.sqrt() * (x_t - (1 - a_t) * epsilon) / a_t + (1 - a_prev - sigma**2).sqrt() * epsilon + sigma * noise).float(),
+            }
+            result = _call(name, student, x_t, epsilon, a_t, a_prev, sigma, noise)
+            _compare(name, result, expected, mistakes, atol=1e-4, what=f"(t={t} -> {t_prev}, eta={eta})")
+    return _passed("x_{t-1} = predicted x_0 + direction to x_t + noise matches posterior.generalized_posterior_step")
+
+
+def check_ddim_step_marginals(student: Callable, num_draws: int = 4000) -> bool:
+    """Metric threshold on a stochastic result: with the TRUE x_0 (eps_hat = the eps that made x_t), draws of the
+    student's x_{t-1} at eta = 0.5 must have the marginal of q(x_{t-1} | x_0): mean sqrt(alpha_bar_{t-1}) x_0, std
+    sqrt(1 - alpha_bar_{t-1}) (the lecture's claim that q_sigma keeps the marginals; posterior.forward_marginal_mean_std)."""
+    from diffusion_lab.posterior import forward_marginal_mean_std, forward_marginal_sample, sigma_from_eta
+
+    name = "ddim_step"
+    schedule = _example_schedule()
+    generator = torch.Generator().manual_seed(7)
+    x_0 = torch.randn(1, 3, 4, 4, generator=generator).expand(num_draws, -1, -1, -1)
+    t, t_prev = 601, 401
+    a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+    epsilon = torch.randn(x_0.shape, generator=generator)
+    x_t = forward_marginal_sample(x_0, a_t, noise=epsilon)
+    noise = torch.randn(x_0.shape, generator=generator)
+    draws = _as_tensor(name, _call(name, student, x_t, epsilon, a_t, a_prev, sigma_from_eta(a_t, a_prev, 0.5), noise), x_0)
+    mean, std = forward_marginal_mean_std(x_0[:1], a_prev)
+    bound = 5 / math.sqrt(num_draws)
+    mean_error, std_error = float((draws.mean(0) - mean[0]).abs().max()), float((draws.std(0) - std).abs().max())
+    if mean_error > bound or std_error > bound:
+        raise ExerciseFailed(f"{name}: with the true x_0, {num_draws} draws of x_{{t-1}} should have mean "
+                             f"sqrt(alpha_bar_(t-1)) x_0 and std {float(std):.3f}; off by {mean_error:.3f} (mean) and "
+                             f"{std_error:.3f} (std), allowed {bound:.3f}")
+    return _passed(f"{num_draws} draws of your x_(t-1) keep the marginal q(x_(t-1) | x_0) within {bound:.3f}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lab 3: DDIM inversion and null-text inversion
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_ddim_inversion_step(student: Callable) -> bool:
+    """student(z_prev, epsilon, alpha_bar_prev, alpha_bar_t) -> z_t; reference: inversion.ddim_inversion_step, and
+    the sampling step (posterior.generalized_posterior_step, eta = 0) must undo it exactly."""
+    from diffusion_lab.inversion import ddim_inversion_step
+    from diffusion_lab.posterior import generalized_posterior_step
+
+    name = "ddim_inversion_step"
+    schedule = _example_schedule()
+    generator = torch.Generator().manual_seed(3)
+    z_prev = torch.randn(2, 4, 8, 8, generator=generator).double()
+    epsilon = torch.randn(2, 4, 8, 8, generator=generator).double()
+    for t_prev, t in ((-1, 1), (1, 101), (401, 501), (961, 981)):
+        a_prev, a_t = schedule.alpha_bar(t_prev), schedule.alpha_bar(t)
+        expected = ddim_inversion_step(z_prev, epsilon, a_prev, a_t)
+        mistakes = {
+            "alpha_bar_prev and alpha_bar_t are swapped: x0_hat comes from z_prev with alpha_bar_prev, z_t uses alpha_bar_t":
+                ddim_inversion_step(z_prev, epsilon, a_t, a_prev),
+            "that is z_prev again: inversion moves to the NOISIER timestep t": z_prev,
+        }
+        result = _call(name, student, z_prev, epsilon, a_prev, a_t)
+        _compare(name, result, expected, mistakes, atol=1e-6, what=f"(t_prev={t_prev} -> t={t})")
+        back = generalized_posterior_step(_as_tensor(name, result), epsilon, t, t_prev, schedule).prev_sample
+        if not _close(back, z_prev, 1e-6):
+            raise ExerciseFailed(f"{name}: the DDIM sampling step does not bring z_t back to z_prev")
+    return _passed("one inversion step matches inversion.ddim_inversion_step and the sampling step undoes it")
+
+
+def check_null_text_inner_loop(student: Callable, pipe, inner_steps: int = 3, learning_rate: float = 1e-2) -> bool:
+    """student(model, z_bar, target, t, t_prev, text_embeddings, uncond_embedding, guidance_scale, inner_steps,
+    learning_rate) -> optimised unconditional embedding; reference: one timestep of inversion.optimize_null_text
+    (Mokady et al. 2022, Algorithm 1; no early stop, constant learning rate)."""
+    from diffusion_lab.inversion import ConditionalModel, NullTextSettings, optimize_null_text
+    from diffusion_lab.text import encode_prompts
+
+    name = "null_text_inner_loop"
+    model = ConditionalModel.from_pipeline(pipe)
+    device = pipe.unet.device
+    generator = torch.Generator().manual_seed(4)
+    shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    z_bar = torch.randn(shape, generator=generator).to(device)
+    target = (0.98 * z_bar + 0.05 * torch.randn(shape, generator=generator).to(device))
+    t, t_prev = 101, -1  # the last sampling step (a one-step subsequence [t]: t_prev = -1, alpha_bar = final)
+    text = encode_prompts(pipe, ["a large red circle on a gray background"]).to(device)
+    uncond = encode_prompts(pipe, [""]).to(device)
+    settings = NullTextSettings(inner_steps=inner_steps, learning_rate=learning_rate, learning_rate_decay=0.0,
+                                early_stop_epsilon=-1.0, early_stop_growth=0.0)
+    reference = optimize_null_text(model, torch.stack([z_bar, target]), [t], text, uncond, 7.5, settings,
+                                   progress=False)
+    expected = reference.uncond_embeddings[0]
+    result = _call(name, student, model, z_bar, target, t, t_prev, text, uncond.clone(), 7.5, inner_steps, learning_rate)
+    result = _as_tensor(name, result, expected).detach()
+    if _close(result, uncond, 1e-7):
+        raise ExerciseFailed(f"{name}: the embedding did not change: return the optimised embedding, and step the "
+                             "optimizer after computing the loss's gradient")
+    if not _close(result, expected, 1e-4, 1e-3):
+        raise ExerciseFailed(
+            f"{name}: after {inner_steps} Adam steps the embedding differs from the reference by up to "
+            f"{_max_error(result, expected):.3g}. The loss is the MSE between step(z_bar, eps_w(embedding)) and the "
+            "target, with eps_w = eps_uncond + w (eps_cond - eps_uncond) and step the DDIM step (eta = 0) from t to "
+            "t_prev; only the embedding is optimised (Adam, the given learning rate)")
+    return _passed(f"{inner_steps} inner steps match one timestep of inversion.optimize_null_text")
+
+
+def check_inversion_reconstruction(student: Callable, pipe, image, prompt: str, num_steps: int = 10,
+                                   margin_db: float = 0.5) -> bool:
+    """Metric threshold: invert the image's latents with the student's inversion step (w = 1, `num_steps` steps, the
+    loop of inversion.invert_latents), sample back with the library (DDIM, eta = 0) and decode: the PSNR to the
+    image must reach the library's own DDIM inversion (inversion.invert_latents) minus `margin_db`."""
+    import numpy as np
+
+    from diffusion_lab.denoisers import TextConditionedDenoiser
+    from diffusion_lab.inversion import invert_latents
+    from diffusion_lab.latents import decode_latents, encode_images
+    from diffusion_lab.metrics import psnr
+    from diffusion_lab.posterior import predict_epsilon
+    from diffusion_lab.sampling import sample
+    from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
+    from diffusion_lab.text import encode_prompts
+
+    name = "ddim_inversion_step"
+    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
+    timesteps = schedule.timesteps(num_steps)
+    denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, [prompt]).to(pipe.unet.device))
+    reference_image = np.asarray(image.convert("RGB"))
+    with torch.no_grad():
+        z_0 = encode_images(pipe, [image])  # (1, C, h, w)
+        z = z_0
+        for step_index, (t, t_prev) in reversed(list(enumerate(timestep_pairs(timesteps)))):
+            alpha_bar_t, alpha_bar_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+            epsilon = predict_epsilon(denoiser(z, t, step_index), z, alpha_bar_t, schedule.prediction_type)
+            z = _as_tensor(name, _call(name, student, z, epsilon, alpha_bar_prev, alpha_bar_t), z).to(z_0)
+        library_z_T = invert_latents(denoiser, z_0, schedule, timesteps, progress=False).latents[0]
+        psnrs = {}
+        for label, z_T in (("yours", z), ("library", library_z_T)):
+            z_back = sample(denoiser, z_T, schedule, timesteps, progress=False).sample
+            psnrs[label] = float(psnr(decode_latents(pipe, z_back)[0], reference_image))
+    if not psnrs["yours"] >= psnrs["library"] - margin_db:
+        raise ExerciseFailed(f"{name}: inverting with your step and sampling back gives {psnrs['yours']:.1f} dB, the "
+                             f"library's DDIM inversion {psnrs['library']:.1f} dB (allowed: {margin_db} dB less)")
+    return _passed(f"reconstruction through your inversion: {psnrs['yours']:.1f} dB (library {psnrs['library']:.1f} dB)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lab 4: Prompt-to-Prompt
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_replace_cross_attention(student: Callable, tokenizer) -> bool:
+    """student(source_maps (heads, HW, tokens), mapper (targets, tokens, tokens)) -> target maps (targets, heads, HW,
+    tokens); reference: attention.controllers.AttentionReplace.replace_cross_attention."""
+    from diffusion_lab.attention.controllers import AttentionReplace
+    from diffusion_lab.attention.tokens import max_tokens
+
+    name = "replace_cross_attention"
+    prompts = ["a large red circle on a gray background", "a large red square on a gray background",
+               "a large blue circle on a gray background"]
+    controller = AttentionReplace(tokenizer, prompts)
+    tokens = max_tokens(tokenizer)
+    generator = torch.Generator().manual_seed(5)
+    source = torch.softmax(torch.randn(2, 16, tokens, generator=generator), dim=-1)  # (heads, HW, tokens)
+    targets = torch.softmax(torch.randn(2, 2, 16, tokens, generator=generator), dim=-1)  # (targets, heads, HW, tokens)
+    expected = controller.replace_cross_attention(source, targets)
+    mapper = controller.mapper.clone()
+    permuted = torch.stack([torch.eye(tokens)[torch.randperm(tokens, generator=generator)] for _ in range(2)])
+    result = _call(name, student, source, mapper)
+    if isinstance(result, torch.Tensor) and tuple(result.shape) == tuple(targets.shape) and _close(result, targets):
+        raise ExerciseFailed(f"{name}: these are the targets' own maps; the word swap gives each target the SOURCE's maps")
+    _compare(name, result, expected, {
+        "the targets must take the source's maps through the mapper: target[:, :, :, j] = sum_i source[:, :, i] mapper[i, j]":
+            source[None].expand_as(targets) * 0 + torch.einsum("hqw,tnw->thqn", source, mapper),
+    })
+    # a mapper that is not the identity (the check's own): columns must follow it
+    expected = torch.einsum("hqw,twn->thqn", source, permuted)
+    _compare(name, _call(name, student, source, permuted), expected, {
+        "the mapper is applied transposed: use source @ mapper (source column i goes to every target column j with "
+        "mapper[i, j] = 1)": torch.einsum("hqw,tnw->thqn", source, permuted),
+    }, what=" (with a permutation as mapper)")
+    return _passed("the word swap's maps match AttentionReplace.replace_cross_attention")
+
+
+def check_refine_alignment(student: Callable, tokenizer) -> bool:
+    """student(source_ids, target_ids) -> list, for each target token, the aligned source position or -1 (a new
+    token); reference: the prompt positions of attention.tokens.refinement_alignment (P2P's seq_aligner)."""
+    from diffusion_lab.attention.tokens import prompt_token_ids, refinement_alignment
+
+    name = "refine_alignment"
+    pairs = [("a red circle on a gray background", "a large red circle on a gray background"),
+             ("a circle on a gray background", "a blue circle on a gray background"),
+             ("a large red circle", "a large red circle on a white background"),
+             ("a red circle on a gray background", "a small red circle on a white background")]
+    for source, target in pairs:
+        source_ids, target_ids = prompt_token_ids(tokenizer, source), prompt_token_ids(tokenizer, target)
+        expected = refinement_alignment(tokenizer, source, target)[0][: len(target_ids)].tolist()
+        result = _call(name, student, list(source_ids), list(target_ids))
+        try:
+            result = [int(v) for v in result]
+        except Exception:
+            raise ExerciseFailed(f"{name} must return a list of ints, got {result!r}") from None
+        if result != expected:
+            tokens = [tokenizer.decode([i]).strip() or "<special>" for i in target_ids]
+            wrong = [f"{tok!r}: {r} (expected {e})" for tok, r, e in zip(tokens, result, expected) if r != e]
+            length = "" if len(result) == len(expected) else f" it has {len(result)} entries, expected {len(expected)};"
+            raise ExerciseFailed(f"{name}({source!r} -> {target!r}):{length} wrong positions: {', '.join(wrong[:4])}. "
+                                 "A target token that is new gets -1, every other token the position of the same "
+                                 "token in the source (in order)")
+    return _passed("the refine alignment matches attention.tokens.refinement_alignment on every prompt pair")
+
+
+def _word_maps_per_layer(store, word_columns: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs of the local-blend exercise: per cross-attention layer, the attention of the chosen words
+    (prompts, 1, h, w), read from an AttentionStore as LocalBlend.mask reads it."""
+    maps = []
+    for name, layer in store.layers.items():
+        if layer.is_cross:
+            averaged = store.sums[name] / layer.calls  # (prompts, HW, tokens)
+            maps.append((averaged * word_columns[:, None, :]).sum(-1).reshape(-1, 1, *layer.size))
+    return maps
+
+
+def check_local_blend_mask(student: Callable, pipe, num_steps: int = 10) -> bool:
+    """student(word_maps [per layer (prompts, 1, h, w)], latent_size (H, W), threshold, dilation) -> boolean masks
+    (prompts, 1, H, W); reference: attention.controllers.LocalBlend.mask on the maps of a real word swap."""
+    from diffusion_lab.attention.controllers import LocalBlend
+    from diffusion_lab.editing import PromptEdit, run_edit
+
+    name = "local_blend_mask"
+    prompts = ["a large red circle on a gray background", "a large red square on a gray background"]
+    result = run_edit(pipe, PromptEdit.from_dict({"source_prompt": prompts[0], "target_prompts": prompts[1:],
+                                                  "edit": "replace"}), seed=0, num_steps=num_steps, progress=False)
+    store = result.controller
+    latent_size = tuple(result.latents.shape[-2:])
+    for threshold, dilation in ((0.3, 1), (0.5, 0), (0.2, 2)):
+        blend = LocalBlend(pipe.tokenizer, prompts, (("circle",), ("square",)), threshold=threshold, dilation=dilation)
+        expected = blend.mask(store, latent_size)
+        word_maps = _word_maps_per_layer(store, blend.word_columns)
+        mask = _call(name, student, [m.clone() for m in word_maps], latent_size, threshold, dilation)
+        mask = _as_tensor(name, mask, expected).bool()
+        if not torch.equal(mask, expected):
+            differ = float((mask != expected).float().mean())
+            inside, wanted = float(mask.float().mean()), float(expected.float().mean())
+            hint = ("too large: upsample each layer's map to the latent size, average, divide by the maximum, then "
+                    "threshold" if inside > wanted else "too small: did you dilate (max-pool with kernel 2 * dilation + 1)?")
+            raise ExerciseFailed(f"{name}(threshold={threshold}, dilation={dilation}): {differ:.0%} of the pixels differ "
+                                 f"from LocalBlend.mask; your mask covers {inside:.0%}, the reference {wanted:.0%} "
+                                 f"({hint})")
+    return _passed("the local-blend mask matches LocalBlend.mask at three thresholds and dilations")

@@ -1,0 +1,278 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 1 — Naive image editing by noising and denoising
+#
+# *Deep Generative Models: Image Editing with Diffusion Models* — the lecture's first idea:
+# instead of starting from pure noise, run the **forward process** on a fixed image up to some $t$, then the
+# **reverse process** with a new prompt. How much noise to add is a trade-off: *"depending on how much noise is
+# added, we can change a lot of features in the image or not enough features"*, and noising then denoising does
+# **not** give $x_0$ back.
+#
+# You will
+# 1. look at the forward process $q(x_t \mid x_0)$ on a real image (a rendered scene of the shapes world);
+# 2. edit it naively at several noise levels and measure the trade-off;
+# 3. see that noising then denoising with the *same* prompt does not return the image.
+#
+# **How to use this lab.** Run all cells (*Run > Run All Cells*). The panels marked *Try it* have sliders that
+# update when you release them and **Run** buttons for the expensive work; pipelines and inversions are cached, so a
+# second edit of the same image is quick. Headless (`INTERACTIVE = False`, e.g. `python pipelines/run_labs.py`) no
+# panel is shown, the same experiments run, and the figures plus a `metrics.json` are written to `OUT_DIR`.
+# Every computation is a call into `diffusion_lab`; read the functions' docstrings (`help(...)`) for the details.
+
+# %% tags=["parameters"]
+# Parameters (papermill can override every name in this cell)
+INTERACTIVE = True          # show the panels; False: headless, figures + metrics.json go to OUT_DIR
+MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SEED = 0                    # noise seed
+STEPS = None                # DDIM steps S of the reverse process (None: the model's default, 50)
+GUIDANCE = None             # classifier-free guidance w (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
+OBJECT = {"shape": "triangle", "colour": "blue", "size": "large"}   # the object of the "real" image
+BACKGROUND = "gray"
+SCENE_SEED = 3              # where the object is placed
+EDIT_KIND = "shape"         # the edit asked for in the new prompt: shape, colour, size or background
+EDIT_VALUE = "square"
+FORWARD_T = [0, 100, 250, 500, 750, 999]     # noise levels shown of the forward process
+STRENGTHS = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]  # fractions of the S steps re-run after noising
+NUM_SEEDS = 3               # noise draws per strength
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
+OUT_DIR = None              # None: outputs/labs/01_naive_noising
+
+# %% tags=["setup"]
+# Derived values (computed from the parameters above: edit those, not these)
+import os, time
+from IPython.display import display
+from diffusion_lab.widgets import common
+from diffusion_lab.widgets.common import show, show_table
+
+START = time.perf_counter()
+QUICK = os.environ.get("DIFFUSION_LAB_QUICK") == "1"  # tests and CI: smaller experiments, same code
+defaults = common.model_defaults(MODEL)
+STEPS = int(STEPS or defaults["num_steps"])
+GUIDANCE = float(GUIDANCE or defaults["guidance_scale"])
+LAB = "01_naive_noising"
+OUT = common.lab_out_dir(OUT_DIR, LAB)
+common.reset_metrics(OUT)
+common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop: faster than 2 when shared)
+pipe = common.get_pipeline(MODEL, device=DEVICE)
+
+from diffusion_lab.shapes import caption, edit_scene
+from diffusion_lab.widgets import naive_noising as lab
+if QUICK:
+    STRENGTHS, NUM_SEEDS, STEPS = [0.1, 0.5, 1.0], 2, 20
+image, source_prompt, scene = common.source_scene(pipe, SCENE_SEED, objects=[OBJECT], background=BACKGROUND)
+target_scene = edit_scene(scene, EDIT_KIND, EDIT_VALUE).target
+target_prompt = caption(target_scene)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+
+print("input caption:", source_prompt)
+print("edit prompt:  ", target_prompt)
+
+# %%
+show(image)
+
+# %% [markdown]
+# ## 1. The forward process on a real image
+#
+# The forward process adds Gaussian noise; its marginal at any $t$ is known in closed form,
+#
+# $$q(x_t \mid x_0) = \mathcal{N}\!\left(\sqrt{\bar\alpha_t}\, x_0,\ (1 - \bar\alpha_t) I\right),
+# \qquad x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon,\quad \epsilon \sim \mathcal{N}(0, I),$$
+#
+# with $\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)$ decreasing from about 1 to about 0. (The slides write
+# $\alpha_t$ for this cumulative product; the code calls it `alpha_bar`.)
+#
+# *Implemented by* `diffusion_lab.posterior.forward_marginal_sample` (mean and standard deviation:
+# `posterior.forward_marginal_mean_std`; $\bar\alpha_t$: `diffusion_lab.schedules.NoiseSchedule.alpha_bar`). Stable Diffusion and `shapes-tiny` are
+# *latent* diffusion models: the process runs on the VAE latents $z_0 = E(x_0)$, not on pixels. Below, the same
+# $\epsilon$-recipe on the pixels (top) and on the latents, decoded so we can look at them (bottom).
+
+# %%
+show(lab.noise_levels_figure(pipe))
+
+# %%
+strip, alpha_bars = lab.forward_process_strip(pipe, image, FORWARD_T, seed=SEED)
+show(strip)
+common.save_outputs(OUT, {"forward_process": strip})
+
+# %%
+# NBVAL_CHECK_OUTPUT
+
+for t, alpha_bar in alpha_bars.items():
+    print(f"t={t:4d}  alpha_bar_t={alpha_bar:.4f}  signal sqrt(alpha_bar_t)={alpha_bar ** 0.5:.3f}")
+
+# %% [markdown]
+# ### Try it: move $t$ (release the slider to update)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+if INTERACTIVE:
+    display(lab.ForwardProcessPanel(pipe, image, t=250, seed=SEED))
+
+# %% [markdown]
+# ## 2. Naive editing: noise to $t$, denoise with a new prompt
+#
+# With *strength* $s \in [0, 1]$ we noise $z_0$ to the timestep where the last $\lfloor sS \rfloor$ of the $S$
+# DDIM steps begin, and run only those steps with the **new** prompt (SDEdit; `diffusers`' img2img). Small $s$:
+# the sampler starts close to the image and cannot change much. Large $s$: it follows the prompt but has forgotten
+# the image. Each row below is one draw of the noise $\epsilon$.
+#
+# *Implemented by* `diffusion_lab.naive_noising.naive_noising_edit` (the timesteps that are re-run:
+# `naive_noising.strength_timesteps`; the noising: `naive_noising.noise_latents_to_strength`, which calls
+# `posterior.forward_marginal_sample`).
+
+# %%
+sweep = lab.strength_sweep(pipe, image, source_prompt, target_prompt, STRENGTHS, NUM_SEEDS, STEPS, GUIDANCE,
+                           SEED, source_scene=scene, target_scene=target_scene)
+edits = lab.sweep_figure(image, sweep, "edits")
+show(edits)
+
+# %% [markdown]
+# The analyzer of the shapes world reads every edited image back into a scene, so the trade-off can be measured:
+# *edit done* = the object has the new attribute; *layout kept* = it is still where it was.
+
+# %%
+tradeoff = lab.tradeoff_figure(sweep)
+show(tradeoff)
+show_table(lab.sweep_table(sweep))
+common.save_outputs(OUT, {"naive_edits": edits, "tradeoff": tradeoff}, {"strength_sweep": sweep["rows"]})
+
+# %% [markdown]
+# **Check: the default example shows the trade-off.** The cell below fails if it does not: at the smallest strength
+# the edit must fail and the layout stay; at the largest the edit must succeed and the layout be lost; somewhere in
+# between both must hold (the sweet spot a naive editor has to find by hand, per image and per edit).
+# The example (a large blue triangle to a square) was chosen among eight candidate edits measured with the same
+# scorer (`python labs/measure_defaults.py lab1`): circle to square, for instance, already succeeds at $s = 0.2$,
+# while a colour change (red to blue) never succeeds until $s = 1$, where the layout is gone.
+
+# %%
+first, last = sweep["rows"][0], sweep["rows"][-1]
+for row in sweep["rows"]:
+    print(f"s={row['strength']:.1f}  edit done {row['edit_success']:.2f}  layout kept {row['layout_kept']:.2f}")
+assert first["edit_success"] <= 0.34 and first["layout_kept"] >= 0.66, f"small s should keep the image: {first}"
+assert last["edit_success"] >= 0.66 and last["layout_kept"] <= 0.34, f"s=1 should follow the prompt only: {last}"
+assert any(r["edit_success"] >= 0.66 and r["layout_kept"] >= 0.66 for r in sweep["rows"][1:-1]), "no sweet spot"
+
+# %% [markdown]
+# ## 3. Noising then denoising does not give the image back
+#
+# Same experiment with the **source** prompt. If the reverse process inverted the forward process, every strength
+# would return the input. It does not: the noise $\epsilon$ is random and the reverse process is a different random
+# process — the lecture's *randomness in the model* problem — and the error grows with the noise level. (The VAE
+# round trip alone costs a little too; lab 3 measures it.) Labs 2 and 3 fix this with a deterministic sampler
+# (DDIM, $\sigma_t = 0$) and its inversion.
+
+# %%
+round_trips = lab.sweep_figure(image, sweep, "round_trips")
+show(round_trips)
+common.save_outputs(OUT, {"round_trips": round_trips})
+
+# %% [markdown]
+# ### Try it: strength, prompt and noise seed
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+if INTERACTIVE:
+    display(lab.NaiveEditPanel(pipe, image, source_prompt, target_prompt, strength=0.6, num_steps=STEPS,
+                               guidance_scale=GUIDANCE, seed=SEED))
+
+# %% [markdown]
+# **Questions.** (1) At which strength does the edit first succeed, and is the object still where it was? Try
+# `EDIT_KIND = "colour"`, `EDIT_VALUE = "red"`: is there still a sweet spot?
+# (2) Why does the round trip at strength 1 look like a *different* image with the same caption?
+# (3) The slides call the reverse process slow because it needs $T$ sequential steps; how many UNet calls did one
+# edit at strength $s$ cost here?
+
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 1.1 — a sample of the forward process
+#
+# Return $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$ for a given noise $\epsilon$ (`noise`).
+# `alpha_bar_t` is a float (or a 0-dim tensor). Reference: `diffusion_lab.posterior.forward_marginal_sample`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex1_1_forward_marginal_sample", "locked": false, "schema_version": 3, "solution": true}
+def forward_marginal_sample(x_0, alpha_bar_t, noise):
+    """x_0, noise: (B, C, H, W) -> x_t (B, C, H, W)."""
+    ### BEGIN SOLUTION
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=x_0.dtype)
+    return alpha_bar_t.sqrt() * x_0 + (1 - alpha_bar_t).sqrt() * noise
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex1_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_forward_marginal_sample(forward_marginal_sample)
+### BEGIN HIDDEN TESTS
+checks.check_forward_marginal_statistics(forward_marginal_sample)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 1.2 — which steps does a naive edit run?
+#
+# Given the $S$ descending timesteps of the sampler (`timesteps`, e.g. `schedule.timesteps(50)`) and a strength
+# $s \in [0, 1]$, return the timesteps still to run after noising: the last $\lfloor sS \rfloor$ of them (none for
+# $s = 0$, all for $s = 1$). Reference: `diffusion_lab.naive_noising.strength_timesteps`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex1_2_strength_timesteps", "locked": false, "schema_version": 3, "solution": true}
+def strength_timesteps(timesteps, strength):
+    """timesteps: (S,) descending long tensor -> (int(S * strength),) the steps left, descending."""
+    ### BEGIN SOLUTION
+    kept = int(len(timesteps) * strength)
+    return timesteps[len(timesteps) - kept :]
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex1_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_strength_timesteps(strength_timesteps)
+
+# %% [markdown]
+# ### Exercise 1.3 — noise the latents to a strength
+#
+# Combine the two: return `(z_t, timesteps_left)`, where `timesteps_left` are the steps still to run and $z_t$ is
+# $z_0$ noised to the **first** of them (where sampling starts); with no step left, $z_t = z_0$. Use
+# `schedule.timesteps(num_steps)` and `schedule.alpha_bar(t)`. Reference:
+# `diffusion_lab.naive_noising.noise_latents_to_strength`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex1_3_noise_to_strength", "locked": false, "schema_version": 3, "solution": true}
+def noise_to_strength(z_0, schedule, num_steps, strength, noise):
+    ### BEGIN SOLUTION
+    left = strength_timesteps(schedule.timesteps(num_steps), strength)
+    if len(left) == 0:
+        return z_0, left
+    return forward_marginal_sample(z_0, schedule.alpha_bar(int(left[0])), noise), left
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex1_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_noise_to_strength(noise_to_strength)
+
+# %% tags=["finish"]
+# NBVAL_IGNORE_OUTPUT
+seconds = time.perf_counter() - START
+common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})
+print(f"lab ran in {seconds:.0f} s; figures and metrics.json are in OUT_DIR ({OUT.name})")

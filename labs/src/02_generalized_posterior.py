@@ -1,0 +1,312 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 2 — The generalized posterior: $\sigma_t$, $\eta$, and faster sampling (DDIM)
+#
+# The lecture generalizes DDPM's Markovian forward process to a family of non-Markovian processes with the same
+# marginals $q(x_t \mid x_0)$, indexed by $\sigma_t \ge 0$:
+#
+# $$q_\sigma(x_{t-1} \mid x_t, x_0) = \mathcal{N}\!\left(\sqrt{\bar\alpha_{t-1}}\, x_0
+# + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\;\frac{x_t - \sqrt{\bar\alpha_t}\, x_0}{\sqrt{1 - \bar\alpha_t}},\ \sigma_t^2 I\right).$$
+#
+# *Implemented by* `diffusion_lab.posterior.generalized_posterior_mean` (the mean) and
+# `posterior.sample_generalized_posterior` (a draw with the true $x_0$).
+#
+# Sampling replaces $x_0$ by the network's prediction $\hat x_\theta(x_t, t)$:
+#
+# $$x_{t-1} = \underbrace{\sqrt{\bar\alpha_{t-1}}\, \hat x_\theta(x_t, t)}_{\text{predicted } x_0}
+# + \underbrace{\sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\; \frac{x_t - \sqrt{\bar\alpha_t}\,\hat x_\theta(x_t, t)}{\sqrt{1 - \bar\alpha_t}}}_{\text{direction pointing to } x_t}
+# + \underbrace{\sigma_t \epsilon_t}_{\text{random noise}}.$$
+#
+# *Implemented by* `diffusion_lab.posterior.generalized_posterior_step` ($\hat x_\theta$ and $\hat\epsilon_\theta$ from
+# the network's output: `posterior.predict_x0_and_epsilon`).
+#
+# DDIM writes $\sigma_t(\eta) = \eta \sqrt{\tfrac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}}\sqrt{1 - \tfrac{\bar\alpha_t}{\bar\alpha_{t-1}}}$:
+# $\eta = 0$ is **DDIM** (deterministic), $\eta = 1$ is DDPM's posterior. The larger
+# $\hat\sigma_t = \sqrt{1 - \bar\alpha_t / \bar\alpha_{t-1}}$ (the lecture's "$\sigma_t = \sqrt{\beta_t}$") is the paper's
+# *sigma-hat* row. *Implemented by* `diffusion_lab.posterior.sigma_from_eta` and `posterior.sigma_hat`.
+# Any subsequence $\tau_1 < \dots < \tau_S$ of the $T$ steps can be sampled: $S \ll T$ is fast.
+#
+# You will check numerically that the marginals are kept, then reproduce the DDIM paper's **Table 1** in the
+# shapes world, with its samples for every $\eta$ and $S$ side by side.
+#
+# **How to use this lab.** Run all cells (*Run > Run All Cells*). The panels marked *Try it* have sliders that
+# update when you release them and **Run** buttons for the expensive work; pipelines and inversions are cached, so a
+# second edit of the same image is quick. Headless (`INTERACTIVE = False`, e.g. `python pipelines/run_labs.py`) no
+# panel is shown, the same experiments run, and the figures plus a `metrics.json` are written to `OUT_DIR`.
+# Every computation is a call into `diffusion_lab`; read the functions' docstrings (`help(...)`) for the details.
+
+# %% tags=["parameters"]
+# Parameters (papermill can override every name in this cell)
+INTERACTIVE = True          # show the panels; False: headless, figures + metrics.json go to OUT_DIR
+MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SEED = 0
+STEPS = None                # S of the interactive sampler (None: the model's default, 50)
+GUIDANCE = None             # w of the interactive sampler (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
+MARGINAL_DRAWS = 2000       # Monte Carlo draws of the marginal check
+NUM_PROMPTS = 4             # prompts of the interactive sampler
+FULL_TABLE = False          # True: DDIM Table 1 with S up to 1000 and TABLE_SAMPLES_FULL samples (long)
+TABLE_STEPS = [10, 20, 50, 100]   # S of the default table (FULL_TABLE adds 1000)
+TABLE_SAMPLES = 6           # samples per cell of the default table (FULL_TABLE: TABLE_SAMPLES_FULL)
+TABLE_SAMPLES_FULL = 256
+NOISE_SAMPLES = 32          # samples per setting of the noise check at the smallest S (error bars)
+TABLE_GUIDANCE = 1.0        # 1: one UNet call per step (no unconditional branch)
+REFERENCE_RENDERS = 128     # renders the Frechet distance compares with (FULL_TABLE: 512)
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
+OUT_DIR = None              # None: outputs/labs/02_generalized_posterior
+
+# %% tags=["setup"]
+# Derived values (computed from the parameters above: edit those, not these)
+import os, time
+from IPython.display import display
+from diffusion_lab.widgets import common
+from diffusion_lab.widgets.common import show, show_table
+
+START = time.perf_counter()
+QUICK = os.environ.get("DIFFUSION_LAB_QUICK") == "1"  # tests and CI: smaller experiments, same code
+defaults = common.model_defaults(MODEL)
+STEPS = int(STEPS or defaults["num_steps"])
+GUIDANCE = float(GUIDANCE or defaults["guidance_scale"])
+LAB = "02_generalized_posterior"
+OUT = common.lab_out_dir(OUT_DIR, LAB)
+common.reset_metrics(OUT)
+common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop: faster than 2 when shared)
+pipe = common.get_pipeline(MODEL, device=DEVICE)
+
+from diffusion_lab.images import pil_to_tensor
+from diffusion_lab.shapes import caption, random_scene
+from diffusion_lab.widgets import posterior as lab
+from diffusion_lab.course import measures
+if FULL_TABLE:
+    TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20, 50, 100, 1000], TABLE_SAMPLES_FULL, 512
+if QUICK:
+    TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20], 4, 64  # NOISE_SAMPLES stays: its check needs them
+schedule = lab.schedule_of(pipe)
+prompts = [caption(random_scene(SEED + i, num_objects=1)) for i in range(NUM_PROMPTS)]
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(schedule)
+
+# %% [markdown]
+# ## 1. $\sigma_t$ along the subsequence
+#
+# For $0 \le \eta \le 1$, $\sigma_t^2 \le 1 - \bar\alpha_{t-1}$, so the "direction pointing to $x_t$" keeps a real
+# coefficient. Sigma-hat exceeds that bound at large skips (small $S$): it is **not** a member of the $q_\sigma$
+# family; the paper keeps the $\eta = 1$ mean and only adds the larger noise.
+
+# %%
+sigma_10, sigma_50 = lab.sigma_figure(schedule, 10), lab.sigma_figure(schedule, 50)
+show(sigma_10, sigma_50)
+common.save_outputs(OUT, {"sigma_S10": sigma_10, "sigma_S50": sigma_50})
+
+# %% [markdown]
+# ## 2. A numerical check: $q_\sigma$ keeps the marginals
+#
+# Take an image $x_0$ (a $16 \times 16$ copy, so that thousands of draws fit in memory), draw $x_t \sim q(x_t \mid x_0)$ many times, then
+# $x_{t-1} \sim q_\sigma(x_{t-1} \mid x_t, x_0)$ with the **true** $x_0$. If the family keeps the marginals, the
+# draws of $x_{t-1}$ have mean $\sqrt{\bar\alpha_{t-1}}\,x_0$ and standard deviation $\sqrt{1 - \bar\alpha_{t-1}}$
+# whatever $\eta$ is. Sigma-hat is too noisy where it leaves the family.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+
+image, _, _ = common.source_scene(pipe, SEED)
+x_0 = pil_to_tensor(image.resize((16, 16)))  # any x_0 will do: a 16x16 copy of an image, in [-1, 1]
+marginals = lab.marginal_check(schedule, x_0, num_steps=10, num_draws=MARGINAL_DRAWS, seed=SEED)
+show_table(common.markdown_table(marginals))
+common.save_outputs(OUT, metrics={"marginal_check": marginals})
+
+# %% [markdown]
+# ## 3. DDIM's Table 1 in the shapes world
+#
+# The paper compares samplers by FID: the Fréchet distance between Gaussians fitted to Inception features of
+# samples and of real images,
+# $\mathrm{FD} = \lVert \mu_g - \mu_r \rVert^2 + \operatorname{Tr}\!\big(\Sigma_g + \Sigma_r - 2(\Sigma_g\Sigma_r)^{1/2}\big)$
+# (*implemented by* `diffusion_lab.quality.frechet_distance`).
+# Here the features are the shapes world's own 16 numbers per image (`diffusion_lab.quality.shapes_features`:
+# palette shares, off-palette pixels, edge sharpness, high-frequency noise, object count and template match — see
+# its docstring), computed on samples and on renders; lower is better. Its scale is this project's, **not** CIFAR10's:
+# compare the *pattern* across the table with the paper's row under it. The analyzer's attribute accuracy
+# (shape, colour, size, background against the caption) is a second, readable measure.
+#
+# Every cell samples the same captions from the same $x_T$, with the same seed for the added noise, at guidance
+# `TABLE_GUIDANCE`. The default run is small (`TABLE_SAMPLES` samples, $S \le 100$: two minutes on a laptop CPU);
+# `FULL_TABLE = True` adds $S = 1000$ (every timestep, $999, \dots, 0$) and uses `TABLE_SAMPLES_FULL` samples:
+# about 5,900 sequential UNet calls per batch of samples, hours on a 2-core CPU, minutes on a GPU
+# (`DEVICE = "cuda"`, or `python pipelines/run_labs.py --labs 02 --full-table -p DEVICE cuda`). With few samples the FD has a floor (the
+# *renders* row: the same number of renders against the reference).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+table = lab.table1(pipe, TABLE_STEPS, num_samples=TABLE_SAMPLES, guidance_scale=TABLE_GUIDANCE, seed=SEED,
+                   reference_count=REFERENCE_RENDERS)
+print(f"{len(TABLE_STEPS) * len(lab.SETTINGS)} cells of {TABLE_SAMPLES} samples in {table['seconds']:.0f} s")
+
+# %% [markdown]
+# ### Samples for $\eta$ and $S$, side by side
+#
+# The first samples of every cell: one row per sampler setting, one block per $S$. With few steps, the noise added
+# by large $\eta$ (and more by sigma-hat) is not removed again by the remaining steps.
+
+# %%
+table_samples = lab.table1_samples_figure(table)
+show(table_samples)
+
+# %% [markdown]
+# ### The table: Fréchet distance per cell, the paper's CIFAR10 FID under each row
+
+# %%
+show_table(lab.table1_markdown(table))
+table_plot = lab.table1_figure(table)
+show(table_plot)
+
+# %% [markdown]
+# Analyzer accuracy (mean of shape, colour, size and background) per cell:
+
+# %%
+show_table(lab.accuracy_markdown(table))
+common.save_outputs(OUT, {"table1": table_plot, "table1_samples": table_samples},
+                    {"table1": {"steps": table["steps"], "samples": table["num_samples"], "fd": table["fd"],
+                                "data_fd": table["data_fd"], "accuracy": table["accuracy"]}})
+
+# %% [markdown]
+# ### What the shapes world can and cannot show: error bars
+#
+# A Fréchet distance of a few samples is mostly noise: with 48 samples per cell at $S = 10, 20, 50$ its bootstrap
+# standard deviation was 0.02-0.04 while the cells differed by 0.02 (measured with `python labs/measure_defaults.py
+# lab2`: $S = 10$: FD 0.025 for $\eta = 0$, 0.023 for 0.2 and 0.5, 0.034 for $\eta = 1$, 0.040 for sigma-hat). So the
+# table above cannot rank the samplers, and with the default 6 samples even less. A per-image measure can be
+# averaged with honest error bars: the noise a sampler leaves in its images (`quality.high_frequency_energy`, the
+# std of an image minus its 3x3 median). Below, `NOISE_SAMPLES` captions sampled with every setting at the
+# smallest $S$ from the same $x_T$, mean $\pm$ standard error.
+#
+# What it shows, and what the cell checks: **sigma-hat is by far the noisiest at small $S$**, as in the paper's
+# catastrophic sigma-hat row. What it does not show: the paper's ordering $\eta = 0 < 0.2 < 0.5 < 1$. In the
+# shapes world these four are equal within their error bars (measured at 32 samples, $S = 10$: 0.0305, 0.0305,
+# 0.0296, 0.0305, each $\pm 0.002$; sigma-hat 0.0473 $\pm$ 0.0023): flat shapes leave nothing for the extra noise
+# of $\eta = 1$ to blur that the remaining steps do not restore, while CIFAR10's textures do. The ordering is a
+# property of the data as much as of the sampler.
+
+# %%
+noise_rows = measures.sampler_noise(pipe, NOISE_SAMPLES, min(TABLE_STEPS), seed=SEED)
+show_table(common.markdown_table(noise_rows, digits=4))
+common.save_outputs(OUT, metrics={"sampler_noise": noise_rows})
+noise = {row["setting"]: row for row in noise_rows}
+hat, others = noise["sigma-hat"], [row for label, row in noise.items() if label != "sigma-hat"]
+for row in others:  # sigma-hat is noisier than every eta, by more than 3 standard errors of the difference
+    margin = 3 * (hat["standard_error"] ** 2 + row["standard_error"] ** 2) ** 0.5
+    assert hat["noise"] - row["noise"] > margin, f"sigma-hat should be the noisiest at S={min(TABLE_STEPS)}: {row}"
+spread = max(r["noise"] for r in others) - min(r["noise"] for r in others)
+print(f"eta = 0 .. 1 span {spread:.4f}; sigma-hat exceeds them by {hat['noise'] - max(r['noise'] for r in others):.4f}")
+
+# %% [markdown]
+# ### Try it: $\eta$, sigma-hat and $S$ (press *Run sampler*)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+if INTERACTIVE:
+    print("\n".join(prompts))
+    display(lab.SamplerPanel(pipe, prompts, num_steps=20, guidance_scale=GUIDANCE, seed=SEED))
+
+# %% [markdown]
+# **Questions.** (1) The paper's CIFAR10 rows (under the table) do *not* say that DDIM at $S = 10$ beats DDPM at
+# $S = 100$: 13.36 against 5.78. What they say is that at the **same** small $S$ DDIM is far better (13.36 against
+# 41.07 at $S = 10$), and that DDIM at $S = 20$ (6.84) comes close to DDPM at $S = 100$ with a fifth of the steps.
+# Which of these two statements does the shapes-world table reproduce, given its error bars? (2) On CIFAR10 sigma-hat is catastrophic at small $S$ and
+# the best at $S = 1000$. How much larger than $\sigma_t(\eta = 1)$ is $\hat\sigma_t$ in the plot above, for this
+# model's schedule (scaled linear, $\beta_t \le 0.012$, in latent space) compared with the paper's (linear,
+# $\beta_t \le 0.02$, in pixel space)? (3) What does the *renders* row tell you about comparing FDs of a few samples?
+
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 2.1 — $\sigma_t$ from $\eta$
+#
+# $\sigma_t(\eta) = \eta \sqrt{(1 - \bar\alpha_{t-1})/(1 - \bar\alpha_t)}\,\sqrt{1 - \bar\alpha_t/\bar\alpha_{t-1}}$.
+# Arguments are floats or 0-dim tensors; return a tensor. Reference: `diffusion_lab.posterior.sigma_from_eta`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_1_sigma_from_eta", "locked": false, "schema_version": 3, "solution": true}
+def sigma_from_eta(alpha_bar_t, alpha_bar_prev, eta):
+    ### BEGIN SOLUTION
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_sigma_from_eta(sigma_from_eta)
+
+# %% [markdown]
+# ### Exercise 2.2 — sigma-hat
+#
+# $\hat\sigma_t = \sqrt{1 - \bar\alpha_t / \bar\alpha_{t-1}}$ (the lecture's $\sqrt{\beta_t}$ over a subsequence).
+# Reference: `diffusion_lab.posterior.sigma_hat`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_2_sigma_hat", "locked": false, "schema_version": 3, "solution": true}
+def sigma_hat(alpha_bar_t, alpha_bar_prev):
+    ### BEGIN SOLUTION
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    return (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_sigma_hat(sigma_hat)
+
+# %% [markdown]
+# ### Exercise 2.3 — one step of the generalized sampler
+#
+# For an $\epsilon$-predicting network's output `epsilon` $= \hat\epsilon_\theta(x_t, t)$, return
+# $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\,\hat\epsilon + \sigma_t\,
+# \epsilon_t$ with $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon)/\sqrt{\bar\alpha_t}$ and $\epsilon_t$ = `noise`
+# ($\sigma_t = 0$: DDIM). Reference: `diffusion_lab.posterior.generalized_posterior_step`. The hidden check also
+# samples it many times with the true $x_0$ and measures the marginal it keeps.
+
+# %% nbgrader={"grade": false, "grade_id": "ex2_3_ddim_step", "locked": false, "schema_version": 3, "solution": true}
+def ddim_step(x_t, epsilon, alpha_bar_t, alpha_bar_prev, sigma_t, noise):
+    """x_t, epsilon, noise: (B, C, H, W); alpha_bar_t, alpha_bar_prev, sigma_t: 0-dim tensors -> x_(t-1)."""
+    ### BEGIN SOLUTION
+    alpha_bar_t, alpha_bar_prev, sigma_t = (torch.as_tensor(v, dtype=torch.float64) for v in (alpha_bar_t, alpha_bar_prev, sigma_t))
+    x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * epsilon) / alpha_bar_t.sqrt()
+    direction = (1 - alpha_bar_prev - sigma_t**2).clamp(min=0).sqrt() * epsilon
+    return (alpha_bar_prev.sqrt() * x0_hat + direction + sigma_t * noise).to(x_t.dtype)
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex2_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_ddim_step(ddim_step)
+### BEGIN HIDDEN TESTS
+checks.check_ddim_step_marginals(ddim_step)
+### END HIDDEN TESTS
+
+# %% tags=["finish"]
+# NBVAL_IGNORE_OUTPUT
+seconds = time.perf_counter() - START
+common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})
+print(f"lab ran in {seconds:.0f} s; figures and metrics.json are in OUT_DIR ({OUT.name})")

@@ -1,0 +1,239 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 3 — DDIM inversion: encode, decode, and the repair under guidance
+#
+# For editing we need **exact inversion**: the $x_T$ from which sampling gives our image back. DDIM's sampler with
+# $\sigma_t = 0$ is deterministic,
+#
+# $$x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_\theta(x_t, t) + \sqrt{1 - \bar\alpha_{t-1}}\;\hat\epsilon_\theta(x_t, t),
+# \qquad \hat x_\theta = \frac{x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon_\theta(x_t, t)}{\sqrt{\bar\alpha_t}},$$
+#
+# (*implemented by* `diffusion_lab.posterior.generalized_posterior_step` with $\eta = 0$; $\hat x_\theta$:
+# `posterior.x0_from_epsilon`), so it can be run **backwards** (encode), from $x_{t-1}$ up to $x_t$, if we use $\hat\epsilon_\theta(x_{t-1}, t)$ in
+# place of the unknown $\hat\epsilon_\theta(x_t, t)$ (one step: `diffusion_lab.inversion.ddim_inversion_step`; the loop:
+# `inversion.invert_latents`). Decoding is ordinary DDIM sampling. The approximation is good for
+# small steps and without guidance; with classifier-free guidance
+# $\hat\epsilon = \hat\epsilon_\varnothing + w(\hat\epsilon_c - \hat\epsilon_\varnothing)$, $w = 7.5$, its errors
+# grow. **Null-text inversion** inverts at $w = 1$ (the *pivot*) and optimises the unconditional embedding
+# $\varnothing_t$ of each step so that guided sampling retraces the pivot; **negative-prompt inversion** simply uses
+# the source prompt's embedding as $\varnothing$ (no optimisation).
+#
+# *Implemented by* `diffusion_lab.inversion.optimize_null_text` (the inner Adam loop of null-text inversion),
+# `inversion.null_text_inversion`, `inversion.negative_prompt_inversion` and `inversion.ddim_inversion`.
+#
+# **How to use this lab.** Run all cells (*Run > Run All Cells*). The panels marked *Try it* have sliders that
+# update when you release them and **Run** buttons for the expensive work; pipelines and inversions are cached, so a
+# second edit of the same image is quick. Headless (`INTERACTIVE = False`, e.g. `python pipelines/run_labs.py`) no
+# panel is shown, the same experiments run, and the figures plus a `metrics.json` are written to `OUT_DIR`.
+# Every computation is a call into `diffusion_lab`; read the functions' docstrings (`help(...)`) for the details.
+
+# %% tags=["parameters"]
+# Parameters (papermill can override every name in this cell)
+INTERACTIVE = True          # show the panels; False: headless, figures + metrics.json go to OUT_DIR
+MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SEED = 0                    # first scene seed of the test images
+STEPS = None                # S of the method comparison (None: the model's default, 50)
+GUIDANCE = None             # None: 7.5, the guidance null-text and negative-prompt inversion were made for
+NUM_IMAGES = 3              # test images (rendered scenes), inverted as one batch
+STEPS_SWEEP = [10, 20, 50, 100]         # S of the reconstruction-error table, without guidance
+GUIDANCE_SWEEP = [1.0, 2.5, 5.0, 7.5]
+SWEEP_STEPS = 20            # S of the guidance sweep
+NULL_TEXT_INNER_STEPS = 10  # Adam steps per timestep of null-text inversion (the paper's N)
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
+OUT_DIR = None              # None: outputs/labs/03_ddim_inversion
+
+# %% tags=["setup"]
+# Derived values (computed from the parameters above: edit those, not these)
+import os, time
+from IPython.display import display
+from diffusion_lab.widgets import common
+from diffusion_lab.widgets.common import show, show_table
+
+START = time.perf_counter()
+QUICK = os.environ.get("DIFFUSION_LAB_QUICK") == "1"  # tests and CI: smaller experiments, same code
+defaults = common.model_defaults(MODEL)
+STEPS = int(STEPS or defaults["num_steps"])
+GUIDANCE = float(GUIDANCE or 7.5)  # what null-text and negative-prompt inversion are made for
+LAB = "03_ddim_inversion"
+OUT = common.lab_out_dir(OUT_DIR, LAB)
+common.reset_metrics(OUT)
+common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop: faster than 2 when shared)
+pipe = common.get_pipeline(MODEL, device=DEVICE)
+
+from diffusion_lab.widgets import inversion as lab
+if QUICK:
+    NUM_IMAGES, STEPS_SWEEP, GUIDANCE_SWEEP, SWEEP_STEPS, STEPS, NULL_TEXT_INNER_STEPS = 2, [10, 20], [1.0, 7.5], 10, 20, 3
+scenes = [common.source_scene(pipe, SEED + i) for i in range(NUM_IMAGES)]
+images, prompts = [s[0] for s in scenes], [s[1] for s in scenes]
+targets = [lab.swap_shape(p) for p in prompts]  # edit prompts: the shape word swapped
+
+# %%
+print("\n".join(f"{p}  ->  {t}" for p, t in zip(prompts, targets)))
+
+# %% [markdown]
+# ## 1. Encode and decode: the VAE first
+#
+# A latent model sees $z_0 = E(x_0)$; the best any latent inversion can do is $D(E(x_0))$, the **VAE ceiling**.
+
+# %%
+vae = lab.vae_ceiling(pipe, images)
+vae_row = common.image_row([*images, *vae["images"]], ["input"] * NUM_IMAGES + ["VAE"] * NUM_IMAGES, NUM_IMAGES)
+show(vae_row)
+print(f"VAE round trip: PSNR {vae['psnr']:.1f} dB")
+common.save_outputs(OUT, {"vae_round_trip": vae_row}, {"vae": {"psnr": vae["psnr"], "mse": vae["mse"]}})
+
+# %% [markdown]
+# ## 2. Reconstruction error against $S$ (no guidance)
+#
+# DDIM inversion then DDIM sampling, $w = 1$: the error per pixel dimension ($[0, 1]$ scale) against the input,
+# and against the VAE round trip (the inversion's own error), beside DDIM's Table 2 (CIFAR10, a pixel-space model,
+# no VAE). More steps, smaller steps, smaller error.
+
+# %%
+steps_rows, steps_images = lab.steps_sweep(pipe, images, prompts, STEPS_SWEEP, 1.0, vae["images"])
+show_table(lab.rows_markdown(steps_rows, digits=5))
+common.save_outputs(OUT, metrics={"steps_sweep": steps_rows})
+
+# %% [markdown]
+# ## 3. The failure under guidance
+#
+# Three ways to reconstruct with guidance $w$: invert at $w = 1$ and sample at $w$ (what a naive editor does),
+# DDIM-invert the guided model itself, and negative-prompt inversion. Watch the PSNR fall with $w$ for the first two.
+
+# %%
+guidance_rows = lab.guidance_sweep(pipe, images, prompts, GUIDANCE_SWEEP, SWEEP_STEPS, vae_images=vae["images"])
+show_table(lab.rows_markdown(guidance_rows, digits=2))
+guidance_plot = lab.guidance_figure(guidance_rows, vae["psnr"])
+show(guidance_plot)
+common.save_outputs(OUT, {"guidance_sweep": guidance_plot}, {"guidance_sweep": guidance_rows})
+
+# %% [markdown]
+# ## 4. The repair: null-text and negative-prompt inversion, side by side
+#
+# At $w$ = `GUIDANCE`, $S$ = `STEPS`: one row per image — input, VAE, each method's reconstruction, then each
+# method's **edit** (the same inversion sampled with the prompt's shape swapped). An inversion is only useful for
+# editing if it reconstructs *and* stays editable.
+
+# %%
+comparison = lab.method_comparison(pipe, images, prompts, GUIDANCE, STEPS, target_prompts=targets,
+                                   inner_steps=NULL_TEXT_INNER_STEPS, vae=vae)
+show(comparison["figure"])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+show_table(lab.rows_markdown(comparison["rows"]))  # seconds: wall time of each inversion on this machine
+common.save_outputs(OUT, {"methods": comparison["figure"]}, {"methods": comparison["rows"]})
+
+# %% [markdown]
+# ### Try it: method, $S$, $w$ and an edit prompt (inversions are cached: change only the edit prompt and rerun)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+if INTERACTIVE:
+    display(lab.InversionPanel(pipe, images[0], prompts[0], targets[0], method="ddim", num_steps=STEPS,
+                               guidance_scale=GUIDANCE, inner_steps=NULL_TEXT_INNER_STEPS))
+
+# %% [markdown]
+# **Questions.** (1) Why is DDIM inversion exact in the limit of small steps but not at $S = 10$? (2) Why does an
+# error in $z_T$ grow under guidance $w > 1$? (3) Negative-prompt inversion makes $\hat\epsilon_\varnothing =
+# \hat\epsilon_c$ for the source: what does guidance then do to the reconstruction, and to an edit?
+
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises", "needs-setup"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 3.1 — one DDIM inversion step
+#
+# From the less noisy $z_{t'}$ (`z_prev`, noise level `alpha_bar_prev`) and a noise estimate $\hat\epsilon$ (`epsilon`),
+# return $z_t = \sqrt{\bar\alpha_t}\,\hat x_0 + \sqrt{1 - \bar\alpha_t}\,\hat\epsilon$ with
+# $\hat x_0 = (z_{t'} - \sqrt{1 - \bar\alpha_{t'}}\,\hat\epsilon)/\sqrt{\bar\alpha_{t'}}$.
+# Reference: `diffusion_lab.inversion.ddim_inversion_step`; the check also runs the sampling step on your $z_t$.
+
+# %% nbgrader={"grade": false, "grade_id": "ex3_1_ddim_inversion_step", "locked": false, "schema_version": 3, "solution": true}
+def ddim_inversion_step(z_prev, epsilon, alpha_bar_prev, alpha_bar_t):
+    ### BEGIN SOLUTION
+    alpha_bar_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    x0_hat = (z_prev - (1 - alpha_bar_prev).sqrt() * epsilon) / alpha_bar_prev.sqrt()
+    return (alpha_bar_t.sqrt() * x0_hat + (1 - alpha_bar_t).sqrt() * epsilon).to(z_prev.dtype)
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex3_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_ddim_inversion_step(ddim_inversion_step)
+
+# %% [markdown]
+# ### Exercise 3.2 — your inversion reconstructs the image
+#
+# Nothing new to write: the check inverts the first test image with **your** step (10 steps, $w = 1$), samples it
+# back with the library's DDIM sampler and decodes it. Its PSNR must reach the library's DDIM inversion (minus 0.5 dB).
+
+# %% nbgrader={"grade": true, "grade_id": "ex3_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_inversion_reconstruction(ddim_inversion_step, pipe, images[0], prompts[0], num_steps=10)
+
+# %% [markdown]
+# ### Exercise 3.3 — the inner loop of null-text inversion
+#
+# One timestep of Algorithm 1 (Mokady et al. 2022): starting from `uncond_embedding`, take `inner_steps` Adam steps
+# (learning rate `learning_rate`) on the embedding $\varnothing$ to minimise
+# $\lVert \mathrm{step}(\bar z_t, \hat\epsilon_w(\varnothing), t \to t') - z^*_{t'} \rVert^2$ (mean squared error), where
+# $\hat\epsilon_w(\varnothing) = \hat\epsilon(\bar z_t, \varnothing) + w\,(\hat\epsilon(\bar z_t, c) - \hat\epsilon(\bar z_t, \varnothing))$ and
+# step is the DDIM step ($\eta = 0$). The network: `model.conditional_output(z, t, embeddings)`; the step:
+# `diffusion_lab.posterior.generalized_posterior_step(z, output, t, t_prev, model.schedule).prev_sample`.
+# Return the optimised embedding. Reference: `diffusion_lab.inversion.optimize_null_text` (no early stop here).
+
+# %% nbgrader={"grade": false, "grade_id": "ex3_3_null_text_inner_loop", "locked": false, "schema_version": 3, "solution": true}
+from diffusion_lab.posterior import generalized_posterior_step
+
+
+def null_text_inner_loop(model, z_bar, target, t, t_prev, text_embeddings, uncond_embedding, guidance_scale,
+                         inner_steps, learning_rate):
+    ### BEGIN SOLUTION
+    with torch.no_grad():
+        cond_output = model.conditional_output(z_bar, t, text_embeddings)
+    embedding = uncond_embedding.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([embedding], lr=learning_rate)
+    for _ in range(inner_steps):
+        with torch.enable_grad():
+            uncond_output = model.conditional_output(z_bar, t, embedding)
+            guided = uncond_output + guidance_scale * (cond_output - uncond_output)
+            z_prev = generalized_posterior_step(z_bar, guided, t, t_prev, model.schedule).prev_sample
+            loss = torch.nn.functional.mse_loss(z_prev, target)
+            (embedding.grad,) = torch.autograd.grad(loss, [embedding])  # gradients for the embedding only
+        optimizer.step()
+    return embedding.detach()
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex3_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_null_text_inner_loop(null_text_inner_loop, pipe)
+
+# %% tags=["finish"]
+# NBVAL_IGNORE_OUTPUT
+seconds = time.perf_counter() - START
+common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})
+print(f"lab ran in {seconds:.0f} s; figures and metrics.json are in OUT_DIR ({OUT.name})")

@@ -1,0 +1,377 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 4 — Prompt-to-Prompt: editing through the cross-attention maps
+#
+# *"The spatial layout and geometry of the generated image depends on the cross-attention maps."* In each
+# cross-attention layer the image's pixels (queries $Q = \ell_Q(\phi(z_t))$) attend to the prompt's tokens
+# (keys $K = \ell_K(\psi(P))$):
+#
+# $$M = \operatorname{Softmax}\!\left(\frac{QK^\top}{\sqrt d}\right),\qquad \text{output} = M V,$$
+#
+# so column $j$ of $M$ is a map of *where word $j$ is drawn*, and the values $V = \ell_V(\psi(P))$ say *what* is
+# drawn there. The text encoder $\psi$ is causal, in Stable Diffusion's CLIP as in shapes-tiny's one layer: each
+# word's embedding also reads the words before it, so swapping "red" for "blue" changes the embedding of "circle" too
+# (that is how the model knows which colour belongs to which shape). Prompt-to-Prompt generates the source and the edited
+# prompt from the same $x_T$ and **injects the source's maps** $M_t$ into the edited prompt's sampling:
+# word swap (*replace*: "circle $\to$ square"), *refine* (a word added: its own maps, the others from the source),
+# *reweight* (scale one word's column), and *local blend* (keep the source's latents outside the edited word's map).
+# On a **real** image, the same runs from an inversion (lab 3).
+#
+# *Implemented by*: $M$ is computed in `diffusion_lab.attention.processor.ControlledAttentionProcessor` and handed to
+# the controller; the injections are `diffusion_lab.attention.controllers.AttentionReplace.replace_cross_attention`
+# (word swap, with the token map `attention.tokens.replacement_mapper`), `AttentionRefine.replace_cross_attention`
+# (alignment: `attention.tokens.refinement_alignment`), `AttentionReweight.replace_cross_attention` (scales:
+# `attention.tokens.token_scales`) and `LocalBlend.mask` / `LocalBlend.blend`. The edit API that runs them:
+# `diffusion_lab.editing`.
+#
+# **How to use this lab.** Run all cells (*Run > Run All Cells*). The panels marked *Try it* have sliders that
+# update when you release them and **Run** buttons for the expensive work; pipelines and inversions are cached, so a
+# second edit of the same image is quick. Headless (`INTERACTIVE = False`, e.g. `python pipelines/run_labs.py`) no
+# panel is shown, the same experiments run, and the figures plus a `metrics.json` are written to `OUT_DIR`.
+# Every computation is a call into `diffusion_lab`; read the functions' docstrings (`help(...)`) for the details.
+
+# %% tags=["parameters"]
+# Parameters (papermill can override every name in this cell)
+INTERACTIVE = True          # show the panels; False: headless, figures + metrics.json go to OUT_DIR
+MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SEED = 0                    # seed of the generated source image
+STEPS = None                # DDIM steps S (None: the model's default, 50)
+GUIDANCE = None             # w (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
+SOURCE_PROMPT = "a large blue square on a gray background"
+SHAPE_SWAP = ("square", "circle")
+COLOUR_SWAP = ("blue", "red")
+REFINE_PROMPTS = ("a large circle on a gray background", "a large green circle on a gray background")  # adds a colour
+BLEND_PROMPT = "a large red circle and a small blue square on a gray background"   # two objects: edit one
+BLEND_SWAP = ("circle", "triangle")
+REWEIGHT_PROMPT = "a large red circle on a gray background"
+REWEIGHT_WORD = "red"
+REWEIGHT_SCALES = [0.0, 0.5, 1.0, 2.0, 4.0]
+REAL_SCENE_SEED = 3         # the real image: a rendered scene with the source prompt's object
+REAL_INVERSION = "direct"    # or "negative_prompt", "null_text" (slower, lab 3), "fixed_point", "ddim"
+NULL_TEXT_INNER_STEPS = 10
+DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
+THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
+OUT_DIR = None              # None: outputs/labs/04_prompt_to_prompt
+
+# %% tags=["setup"]
+# Derived values (computed from the parameters above: edit those, not these)
+import os, time
+from IPython.display import display
+from diffusion_lab.widgets import common
+from diffusion_lab.widgets.common import show, show_table
+
+START = time.perf_counter()
+QUICK = os.environ.get("DIFFUSION_LAB_QUICK") == "1"  # tests and CI: smaller experiments, same code
+defaults = common.model_defaults(MODEL)
+STEPS = int(STEPS or defaults["num_steps"])
+GUIDANCE = float(GUIDANCE or defaults["guidance_scale"])
+LAB = "04_prompt_to_prompt"
+OUT = common.lab_out_dir(OUT_DIR, LAB)
+common.reset_metrics(OUT)
+common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop: faster than 2 when shared)
+pipe = common.get_pipeline(MODEL, device=DEVICE)
+
+from diffusion_lab.shapes import parse_caption
+from diffusion_lab.widgets import prompt_to_prompt as lab
+if QUICK:
+    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS = 20, [0.0, 1.0, 4.0], 3
+from diffusion_lab.course import measures
+edits = [  # PromptEdit dicts (diffusion_lab.editing.PromptEdit) plus a title
+    {"title": " -> ".join(SHAPE_SWAP), "source_prompt": SOURCE_PROMPT,
+     "target_prompts": [SOURCE_PROMPT.replace(*SHAPE_SWAP)], "edit": "replace"},
+    {"title": " -> ".join(COLOUR_SWAP), "source_prompt": SOURCE_PROMPT,
+     "target_prompts": [SOURCE_PROMPT.replace(*COLOUR_SWAP)], "edit": "replace"},
+    {"title": "refine: " + REFINE_PROMPTS[1], "source_prompt": REFINE_PROMPTS[0], "target_prompts": [REFINE_PROMPTS[1]],
+     "edit": "refine"},
+    {"title": "two objects: " + " -> ".join(BLEND_SWAP), "source_prompt": BLEND_PROMPT,
+     "target_prompts": [BLEND_PROMPT.replace(*BLEND_SWAP)], "edit": "replace"},
+    {"title": "two objects: " + " -> ".join(BLEND_SWAP) + " + local blend", "source_prompt": BLEND_PROMPT,
+     "target_prompts": [BLEND_PROMPT.replace(*BLEND_SWAP)], "edit": "replace", "blend_words": list(BLEND_SWAP)},
+]
+wanted = parse_caption(SOURCE_PROMPT)
+objects = [{k: getattr(o, k) for k in ("shape", "colour", "size") if getattr(o, k)} for o in wanted.objects]
+real_image, real_prompt, _ = common.source_scene(pipe, REAL_SCENE_SEED, objects=objects, background=wanted.background)
+inversion_guidance = 1.0 if REAL_INVERSION == "ddim" else GUIDANCE
+inversion_options = {"inner_steps": NULL_TEXT_INNER_STEPS} if REAL_INVERSION == "null_text" else {}
+
+# %%
+# NBVAL_CHECK_OUTPUT
+
+for edit in edits:
+    print(f"{edit['title']:<32} {edit['source_prompt']!r} -> {edit['target_prompts'][0]!r}")
+print("real image caption:", real_prompt)
+
+# %% [markdown]
+# ## 1. Cross-attention maps per word, averaged over all steps
+#
+# The lecture's figure: generate the prompt, record every cross-attention map of the conditional branch, average
+# over the steps and the layers of one map size, and draw the column of each word over the image.
+
+# %%
+source_image, maps_figure = lab.word_maps(pipe, SOURCE_PROMPT, seed=SEED, num_steps=STEPS, guidance_scale=GUIDANCE)
+show(maps_figure)
+common.save_outputs(OUT, {"word_maps": maps_figure})
+
+# %% [markdown]
+# ### Which layers place the words?
+#
+# The figure above stretches every map to its own range, so even a flat map looks like a shape. Below, the same
+# maps at **every** map size of the UNet, on **one** scale: each value is the share of a pixel's attention that goes
+# to the word. The table measures it: the mass of the word's map on the object (the analyzer's mask, dilated by
+# 2 pixels) relative to a uniform map (1 = no better than uniform). Prompt-to-Prompt can only move what these maps
+# hold. A model as small as shapes-tiny does not learn this on its own: trained on the denoising loss alone, its 16x16
+# layers spread every word over the whole image (1.0x uniform) and only its 8x8 layers placed the words (about 2x).
+# The shipped model was then fine-tuned with a *grounding loss* that tells each word's map where its object is
+# (TokenCompose; see the model card), and every row below places the words. Stable Diffusion learns it from scale.
+
+# %%
+sizes_figure, size_rows = lab.word_maps_by_size(pipe, SOURCE_PROMPT, seed=SEED, num_steps=STEPS, guidance_scale=GUIDANCE)
+show(sizes_figure)
+show_table(common.markdown_table(size_rows, digits=2))
+common.save_outputs(OUT, {"word_maps_by_size": sizes_figure}, {"word_maps_by_size": size_rows})
+
+# %% [markdown]
+# ## 2. Edits of a generated image
+#
+# Each row: the source, the target prompt sampled from the same $x_T$ **without** attention injection (the layout
+# is free to change), and **with** Prompt-to-Prompt (the source's maps during the first 80% of the steps,
+# self-attention during the first 40%). The analyzer scores each edit: did the target's attributes appear, did the
+# object stay in place (IoU of the main object between source and edit), how much changed outside the edited object
+# (PSNR in dB).
+
+# %%
+results = {edit["title"]: measures.compare_edit(pipe, edit, SEED, STEPS, GUIDANCE) for edit in edits}
+pictures, labels, generated_rows = [], [], []
+for title, runs in results.items():
+    pictures += [runs["P2P"]["source"], runs["no P2P"]["edited"], runs["P2P"]["edited"]]
+    labels += ["source", "no P2P", title]
+    generated_rows.append({"edit": title, **{f"{run} {key}": runs[run][key] for run in ("no P2P", "P2P")
+                                             for key in ("target_matched", "iou", "outside_psnr")}})
+generated_figure = common.image_row(pictures, labels, columns=3)
+show(generated_figure)
+show_table(common.markdown_table(generated_rows, digits=2))
+common.save_outputs(OUT, {"edits_generated": generated_figure}, {"edits_generated": generated_rows})
+
+# %% [markdown]
+# **Check: the word swaps keep the object with P2P and not without.** The IoU of the main object between the
+# source and the edit (1 = same place and outline; `diffusion_lab.course.measures.compare_edit`) must be higher with
+# Prompt-to-Prompt, and the edit must be made. A circle is not a square, so a perfect shape swap in place still has
+# IoU below 1 (a disc inscribed in a square: 0.79). The defaults were chosen among eight word swaps measured with
+# `python labs/measure_defaults.py lab4`: "red -> blue" on the old default red circle moved the object too (IoU
+# 0.14 / 0.05 without P2P, 0.96 / 0.94 with it, seeds 0 / 1), while "circle -> square" came out in place with or
+# without P2P (0.79 vs 0.81), which is why this lab no longer uses it.
+
+# %%
+for title, runs in list(results.items())[:2]:
+    print(f"{title:18s} IoU no P2P {runs['no P2P']['iou']:.2f}  P2P {runs['P2P']['iou']:.2f}   "
+          f"edit made: no P2P {runs['no P2P']['target_matched']:.2f}  P2P {runs['P2P']['target_matched']:.2f}")
+    assert runs["P2P"]["target_matched"] == 1.0, f"{title}: P2P did not make the edit"
+    assert runs["P2P"]["iou"] >= runs["no P2P"]["iou"] + 0.15, f"{title}: P2P should keep the object in place"
+
+# %% [markdown]
+# **Check: refine adds what the source lacks.** The source prompt names no colour, so the model picks one; the
+# refined prompt adds "green". Its analyzer score against the *target* prompt must rise (the colour appears) while
+# the object keeps its place.
+
+# %%
+refine = results[edits[2]["title"]]["P2P"]
+source_against_target = lab.score_edit(refine["source"], refine["source"], REFINE_PROMPTS[1])["target_matched"]
+print(f"source matches the refined prompt {source_against_target:.2f}; the refined image {refine['target_matched']:.2f}; "
+      f"object IoU {refine['iou']:.2f}")
+assert source_against_target < 1.0 and refine["target_matched"] == 1.0 and refine["iou"] >= 0.6
+
+# %% [markdown]
+# **Local blend, where it matters.** In a one-object scene Prompt-to-Prompt already keeps everything outside the
+# object (the flat background comes back from the same $x_T$: measured 32-36 dB outside the object with or without
+# local blend, so the old default's local-blend rows looked like the rows without it). It matters when something
+# else must stay untouched: here a second object. Local blend keeps the source's latents outside the maps of
+# "circle" and "triangle"; the PSNR outside the edited object (the small square and the background) rises. The
+# gain is modest on shapes-tiny (measured at 20 steps: +1.8 dB and +0.6 dB for seeds 0 and 1; colour swaps of two
+# objects gained between -0.6 and +0.5 dB) because its maps are 16x16 and P2P alone keeps most of the scene.
+
+# %%
+blend_scores = {"without local blend": results[edits[3]["title"]]["P2P"], "with local blend": results[edits[4]["title"]]["P2P"]}
+for label, scores in blend_scores.items():
+    print(f"{label:20s} PSNR outside the edited object {scores['outside_psnr']:.1f} dB, edit made {scores['target_matched']:.2f}")
+assert blend_scores["with local blend"]["outside_psnr"] >= blend_scores["without local blend"]["outside_psnr"]
+
+# %% [markdown]
+# ### Reweighting one word
+#
+# Scaling the column of one word in every cross-attention map strengthens or weakens its effect without changing
+# the prompt (P2P's *attention re-weighting*; `diffusion_lab.attention.controllers.AttentionReweight`). **On
+# shapes-tiny it is weak, and this is why.** Below, "red" in "a large red circle" scaled from 0 to 4, with the share
+# of red pixels measured: from 0 to 2 it hardly moves (0.178, 0.179, 0.178, 0.179 at seed 0, 50 steps), and at 4
+# the circle leaves the palette (orange: red share 0.005). The text encoder is causal: "circle" comes after "red" and
+# its embedding already carries the colour, so removing the column of "red" does not remove red. And the scaled
+# rows of the attention no longer sum to 1: a large factor inflates the output of the layer instead of moving
+# attention, and the colour goes off the palette. (In Stable Diffusion, whose maps are sharper and whose words
+# are read over 77 tokens of a deep encoder, the same scaling does change how much of an attribute appears.)
+
+# %%
+reweight_images, reweight_rows = measures.reweight_sweep(pipe, REWEIGHT_PROMPT, REWEIGHT_WORD, REWEIGHT_SCALES, SEED, STEPS,
+                                                        GUIDANCE, colour=REWEIGHT_WORD)
+strip = common.image_row(reweight_images, [f"{REWEIGHT_WORD} x{s:g}" for s in REWEIGHT_SCALES], len(reweight_images))
+show(strip)
+show_table(common.markdown_table(reweight_rows, digits=3))
+common.save_outputs(OUT, {"reweight": strip}, {"reweight": reweight_rows})
+shares = {row["scale"]: row[f"{REWEIGHT_WORD}_share"] for row in reweight_rows}
+assert max(shares[s] for s in shares if s <= 2) - min(shares[s] for s in shares if s <= 2) < 0.05, "reweight is no longer weak: update the text"
+
+# %% [markdown]
+# ## 3. Edits of a real image
+#
+# Invert the image with its caption, then run the same edits from the inversion: the first column is the input,
+# the second its reconstruction. The default is *direct inversion* (PnP Inversion, Ju et al. 2024): DDIM inversion
+# at $w = 1$ gives the pivot $z^*_T, \dots, z^*_0$; while the edit samples at $w$, the **source** row is put back
+# on the pivot after every step, so its attention maps (the ones the targets receive) are those of the real image,
+# and the target rows are left free. Null-text inversion (lab 3, `REAL_INVERSION = "null_text"`) instead optimises
+# the unconditional embedding, which every row shares, so it steers the targets too. On `pipelines/bench_p2p.py`'s
+# 30 inverted renders, direct inversion kept the object better in word swaps (IoU 0.68 vs 0.61 with null-text) and
+# made the edit more often (97% vs 93%), in 389 s instead of 621 s (see the README).
+
+# %%
+real_rows, real_figure = lab.run_examples(
+    pipe, lab.examples(real_prompt, SHAPE_SWAP, COLOUR_SWAP)[:2], guidance_scale=GUIDANCE,  # the two word swaps
+    real_image=real_image, inversion_method=REAL_INVERSION, num_steps=STEPS, inversion_guidance=inversion_guidance,
+    inversion_options=inversion_options)
+show(real_figure)
+show_table(lab.rows_markdown(real_rows))
+common.save_outputs(OUT, {"edits_real": real_figure}, {"edits_real": real_rows})
+
+# %% [markdown]
+# ### Try it: every knob of an edit
+#
+# Choose *generated* (a seed) or *real image* (the scene above, inverted once and then cached), write the target
+# prompt, pick the edit and its schedule, and press **Run edit**. For a word swap the prompts must have the same
+# number of words; for *refine* the target adds words; for *reweight* name a word and a scale; local blend needs the
+# words whose region may change (e.g. `circle square`).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+
+if INTERACTIVE:
+    panel = lab.PromptToPromptPanel(pipe, real_image, real_prompt, SOURCE_PROMPT,
+                                    SOURCE_PROMPT.replace(*SHAPE_SWAP), seed=SEED, num_steps=STEPS,
+                                    guidance_scale=GUIDANCE, inversion_method=REAL_INVERSION,
+                                    inner_steps=NULL_TEXT_INNER_STEPS)
+    display(panel)
+
+# %% [markdown]
+# **What the tiny model cannot do.** Faint strokes beside a recoloured object come from shapes-tiny's VAE, not
+# from Prompt-to-Prompt: encoding and decoding a *rendered* object of that colour shows the same kind of ghost (the
+# model card measures it). A recoloured object can also drift a little towards where the prompt alone puts it (the
+# "no P2P" column): the injected maps are $16 \times 16$ and leave the last 20% of the steps free. Local blend keeps
+# the source's latents outside the maps of the swapped words; that works because shapes-tiny's VAE was fine-tuned
+# for *local* latents (before that fine-tune a local-blend row decoded to noise). Stable Diffusion's VAE is local
+# enough for local blend as it comes (the Prompt-to-Prompt paper's edits use it).
+#
+# **Questions.** (1) Without P2P, why does "blue $\to$ red" move the object, although only a colour word changed?
+# (Hint: the text encoder is causal.) (2) What happens with `cross-attn steps` = 0 and = 1? (3) Why does local
+# blend keep what lies outside its mask *exactly*, and why did it barely matter for one object?
+# (4) On the real image, which inversion keeps the reconstruction and still lets the edit happen?
+
+# %% [markdown]
+# ## Exercises (checked automatically)
+#
+# Implement the lecture's pieces yourself. Write your code between the lines where the student version says
+# `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), then run the **check** cell under it: it compares your
+# function with the library's reference implementation (named in each exercise) on seeded inputs and says what is
+# wrong if it differs. Use `torch` only; do not call the reference function itself. The same checks, plus a few
+# hidden ones, grade your submission (see STUDENTS.md).
+
+# %% tags=["exercises", "needs-setup"]
+import torch
+from diffusion_lab.course import checks
+
+# %% [markdown]
+# ### Exercise 4.1 — the word swap's cross-attention
+#
+# Given the source prompt's maps `source` (heads, HW, tokens) and a mapper (targets, tokens, tokens) with
+# `mapper[k, i, j] = 1` when column $j$ of target $k$ takes the source's column $i$, return the targets' new maps
+# (targets, heads, HW, tokens): $M^{(k)}_{:, :, j} = \sum_i M^{\text{src}}_{:, :, i}\,\text{mapper}[k, i, j]$.
+# Reference: `diffusion_lab.attention.controllers.AttentionReplace.replace_cross_attention`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4_1_replace_cross_attention", "locked": false, "schema_version": 3, "solution": true}
+def replace_cross_attention(source, mapper):
+    ### BEGIN SOLUTION
+    return torch.einsum("hqi,kij->khqj", source, mapper)
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_replace_cross_attention(replace_cross_attention, pipe.tokenizer)
+
+# %% [markdown]
+# ### Exercise 4.2 — token alignment for *refine*
+#
+# For a refinement the target prompt adds words. Given the token ids of both prompts (start and end tokens
+# included: `diffusion_lab.attention.tokens.prompt_token_ids`), return one entry per target token: the position of
+# the same token in the source, in order, or $-1$ for a token the source lacks. (The library aligns by global
+# sequence alignment, which also handles replaced words; for added words, walking both lists is enough.)
+# Reference: `diffusion_lab.attention.tokens.refinement_alignment`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4_2_refine_alignment", "locked": false, "schema_version": 3, "solution": true}
+def refine_alignment(source_ids, target_ids):
+    ### BEGIN SOLUTION
+    mapper, i = [], 0
+    for token in target_ids:
+        if i < len(source_ids) and source_ids[i] == token:
+            mapper.append(i)
+            i += 1
+        elif token in source_ids[i:] and len(source_ids) - i >= len(target_ids) - len(mapper):
+            i = source_ids.index(token, i)
+            mapper.append(i)
+            i += 1
+        else:
+            mapper.append(-1)
+    return mapper
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_refine_alignment(refine_alignment, pipe.tokenizer)
+
+# %% [markdown]
+# ### Exercise 4.3 — the local-blend mask
+#
+# `word_maps` holds, for each cross-attention layer, the attention of the chosen words (prompts, 1, h, w), averaged
+# over the steps so far. Build the mask of local blend: upsample every layer's map to `latent_size` (bilinear,
+# `align_corners=False`), average over layers, divide each prompt's map by its maximum, keep what is above
+# `threshold`, and dilate by `dilation` latent pixels (max-pooling, kernel $2d + 1$, stride 1). Return booleans
+# (prompts, 1, H, W). Reference: `diffusion_lab.attention.controllers.LocalBlend.mask`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex4_3_local_blend_mask", "locked": false, "schema_version": 3, "solution": true}
+import torch.nn.functional as F
+
+
+def local_blend_mask(word_maps, latent_size, threshold, dilation):
+    ### BEGIN SOLUTION
+    upsampled = [F.interpolate(m, size=latent_size, mode="bilinear", align_corners=False) for m in word_maps]
+    average = torch.stack(upsampled).mean(dim=0)
+    average = average / average.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    mask = (average > threshold).float()
+    if dilation > 0:
+        mask = F.max_pool2d(mask, 2 * dilation + 1, stride=1, padding=dilation)
+    return mask > 0
+    ### END SOLUTION
+
+# %% nbgrader={"grade": true, "grade_id": "ex4_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_local_blend_mask(local_blend_mask, pipe)
+
+# %% tags=["finish"]
+# NBVAL_IGNORE_OUTPUT
+seconds = time.perf_counter() - START
+common.save_outputs(OUT, metrics={"seconds": seconds, "model": MODEL, "quick": QUICK})
+print(f"lab ran in {seconds:.0f} s; figures and metrics.json are in OUT_DIR ({OUT.name})")
