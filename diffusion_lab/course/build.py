@@ -20,6 +20,7 @@ course database and exchange are not needed (see `grade`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -49,9 +50,14 @@ def notebook_from_source(source: Path):
     nb = jupytext.read(source, fmt="py:percent")
     nb.metadata.pop("jupytext", None)
     nb.metadata["language_info"] = dict(LANGUAGE_INFO)
+    seen: dict[str, int] = {}
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+        # cell ids from the cell's text (jupytext draws random ones): rebuilding an unchanged source changes nothing
+        digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:8]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
     nbformat.validate(nb)
     return nb
 

@@ -166,6 +166,29 @@ def method_comparison(pipe, images, prompts, guidance_scale: float = 7.5, num_st
     return {"rows": rows, "figure": figure}
 
 
+def wrong_basin_example(pipe, image, prompt: str, num_steps: int = 50) -> dict:
+    """DDIM and fixed-point inversion of one image at w = 1, each sampled back: where DDIM's approximation
+    eps(z_{t-1}, t) ~ eps(z_t, t) carries the sample to another image and solving each step exactly does not.
+
+    Returns dict(rows={"VAE" | "DDIM" | "fixed-point": {"psnr", "objects"}}, figure (one row of pictures))."""
+    from diffusion_lab.inversion import invert, reconstruct
+    from diffusion_lab.metrics import psnr
+    from diffusion_lab.shapes import analyze
+
+    from .common import image_row
+
+    source = _uint8([image])
+    pictures = {"VAE": vae_ceiling(pipe, [image])["images"][0]}
+    for name, method in (("DDIM", "ddim"), ("fixed-point", "fixed_point")):
+        inversion = invert(pipe, image, prompt, method, num_steps=num_steps, guidance_scale=1.0, progress=False)
+        pictures[name] = reconstruct(pipe, inversion, output_type="uint8", progress=False)[0]
+    rows = {name: {"psnr": round(float(np.mean(psnr(picture[None], source))), 1),
+                   "objects": ", ".join(f"{o.colour} {o.shape}" for o in analyze(picture).objects)}
+            for name, picture in pictures.items()}
+    figure = image_row([source[0], *pictures.values()], ["input", *(f"{k} {v['psnr']:.1f} dB" for k, v in rows.items())], 4)
+    return {"rows": rows, "figure": figure}
+
+
 def rows_markdown(rows: list[dict], digits: int = 4) -> str:
     return markdown_table(rows, digits=digits)
 

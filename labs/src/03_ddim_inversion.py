@@ -155,6 +155,117 @@ if INTERACTIVE:
 # \hat\epsilon_c$ for the source: what does guidance then do to the reconstruction, and to an edit?
 
 # %% [markdown]
+# ### When DDIM inversion lands in the wrong basin, even at $w = 1$
+#
+# The approximation $\hat\epsilon_\theta(x_{t-1}, t) \approx \hat\epsilon_\theta(x_t, t)$ usually costs well under
+# a dB here (section 2). For a few images it costs the image: in the scene below DDIM inversion followed by DDIM
+# sampling turns the orange triangle blue. It is not the arithmetic (the same inversion in float64 gives the same
+# picture, and adding 1% noise to the inverted $x_T$ changes nothing), it is the approximation: each step's small
+# error moves the sampled path off the inverted one, and from the middle of the schedule on the model's
+# $\hat\epsilon$ pulls the drifted path toward another image. **Fixed-point inversion**
+# (`inversion.invert_latents` with `FixedPointSettings`) solves each step's equation
+# $x_t = f(x_t)$ instead of approximating it, and gives the image back.
+
+# %%
+wrong_basin_image, wrong_basin_prompt, _ = common.source_scene(pipe, 4, num_objects=None)
+wrong_basin = lab.wrong_basin_example(pipe, wrong_basin_image, wrong_basin_prompt, STEPS)
+show(wrong_basin["figure"])
+print(f"{wrong_basin_prompt!r}, S = {STEPS}, w = 1")
+for name, row in wrong_basin["rows"].items():
+    print(f"  {name:12s} {row['psnr']:5.1f} dB, objects found: {row['objects']}")
+common.save_outputs(OUT, {"wrong_basin": wrong_basin["figure"]},
+                    {"wrong_basin": {k: v["psnr"] for k, v in wrong_basin["rows"].items()}})
+assert wrong_basin["rows"]["DDIM"]["psnr"] < wrong_basin["rows"]["VAE"]["psnr"] - 5, "DDIM should miss this image"
+assert wrong_basin["rows"]["fixed-point"]["psnr"] > wrong_basin["rows"]["VAE"]["psnr"] - 0.5, "fixed-point should not"
+
+# %% [markdown]
+# ## 5. Edit-friendly DDPM inversion: the bridge from lab 2's $\sigma_t$
+#
+# Everything above inverted the **deterministic** sampler ($\sigma_t = 0$). Lab 2's generalized posterior step adds
+# fresh noise,
+#
+# $$x_{t-1} = \underbrace{\sqrt{\bar\alpha_{t-1}}\,\hat x_\theta + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\;\hat\epsilon_\theta}_{\mu_t(x_t)}
+# \;+\; \sigma_t z_t, \qquad z_t \sim \mathcal N(0, I),$$
+#
+# and no image determines those $z_t$: running the step backwards is impossible for $\eta > 0$. Huberman-Spiegelglas,
+# Kulikov & Michaeli (2024, arXiv:2304.06140) turn the question around: we may **choose** the noises.
+#
+# 1. Draw every $x_t$ *independently* from the forward marginal $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,
+#    (1 - \bar\alpha_t) I)$ (lab 1's noising, one fresh $\epsilon$ per $t$).
+# 2. Solve lab 2's step for its noise: $\;z_t = \big(x_{t-1} - \mu_t(x_t)\big) / \sigma_t$.
+#
+# Sampling from $x_T$ with these $z_t$ in place of random ones lands on $x_{t-1}$ at every step, so it returns
+# $x_0$ **exactly**, for any $\eta > 0$ and any guidance $w$ (the same model, prompt and $w$ compute $\mu_t$ both times).
+# Nothing is approximated: no "$\hat\epsilon(x_{t-1}, t)$ instead of $\hat\epsilon(x_t, t)$", no optimisation. The price
+# is that the $z_t$ are not white noise: they are larger than $\mathcal N(0, I)$ and carry the image's structure.
+# That is what makes them *edit friendly*: sampled with another prompt, they keep the layout.
+
+# %%
+import numpy as np
+from diffusion_lab.inversion import invert, reconstruct
+from diffusion_lab.latents import decode_latents, encode_images
+from diffusion_lab.metrics import psnr
+
+ETAS = [0.3, 1.0] if QUICK else [0.2, 0.5, 1.0]
+FRIENDLY_GUIDANCE = 3.5          # the paper inverts its source at w = 3.5
+z_0 = encode_images(pipe, images)
+rows = []
+for eta in ETAS:
+    inversion = invert(pipe, images, prompts, "edit_friendly", num_steps=STEPS, guidance_scale=FRIENDLY_GUIDANCE,
+                       eta=eta, seed=0, progress=False)
+    latents = reconstruct(pipe, inversion, output_type="latents", progress=False)
+    reconstruction = decode_latents(pipe, latents)
+    rows.append({
+        "eta": eta,
+        "latent max error": "< 1e-3" if float((latents - z_0).abs().max()) < 1e-3 else f"{float((latents - z_0).abs().max()):.1e}",
+        "PSNR (dB)": round(float(np.mean(psnr(reconstruction, np.stack(images)))), 2),
+        "VAE ceiling (dB)": round(vae["psnr"], 2),
+        "noise map std": round(float(inversion.noise_maps.std()), 2),
+    })
+show_table("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+           + "\n".join("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows))
+common.save_outputs(OUT, metrics={"edit_friendly": rows})
+assert all(row["PSNR (dB)"] > vae["psnr"] - 0.1 for row in rows), "edit-friendly inversion should reach the VAE ceiling"
+
+# %% [markdown]
+# Every row sits on the VAE ceiling: the latent error is float rounding. The last column is the price: the recorded
+# noise maps are not $\mathcal N(0, I)$ (std 1). Compare the smaller $\eta$: with little noise per step ($\sigma_t$
+# small), the same gap $x_{t-1} - \mu_t$ needs a LARGER $z_t$.
+#
+# **Question.** Why must the $x_t$ be drawn *independently* for each $t$, and not by lab 1's forward chain (one
+# $\epsilon$ for all $t$, or DDPM's Markov chain)? *Hint:* with one shared $\epsilon$, how far apart are $x_t$ and
+# $x_{t-1}$, and what does that make $z_t$?
+
+# %% [markdown]
+# ### Editing with the recorded noises
+#
+# Two ways to use them: swap the prompt and sample with the same $z_t$ (the paper's edit; it also starts
+# `skip_steps` steps late, which keeps more of the input), or hand the same $z_t$ to every row of a
+# Prompt-to-Prompt batch (the source row then reproduces the input, the target rows take its attention maps).
+
+# %%
+from diffusion_lab.editing import edit_real
+from diffusion_lab.inversion_ddpm import edit_friendly_edit
+
+index = 0
+inversion = invert(pipe, images[index], prompts[index], "edit_friendly", num_steps=STEPS,
+                   guidance_scale=FRIENDLY_GUIDANCE, eta=1.0, seed=0, progress=False)
+prompt_swap = edit_friendly_edit(pipe, inversion, targets[index], output_type="uint8", progress=False)[0]
+skipped = edit_friendly_edit(pipe, inversion, targets[index], skip_steps=STEPS // 3, output_type="uint8",
+                             progress=False)[0]
+p2p = edit_real(pipe, inversion, target_prompts=[targets[index]], progress=False)
+row = common.image_row([images[index], vae["images"][index], p2p.source_image, prompt_swap, skipped,
+                        p2p.edited_images[0]],
+                       ["input", "VAE", "reconstruction", "prompt swap", f"skip {STEPS // 3}", "with P2P"], 6)
+show(row)
+common.save_outputs(OUT, {"edit_friendly_edits": row})
+
+# %% [markdown]
+# **Try it.** Change `skip_steps`: 0 gives the prompt the most freedom, `STEPS - 1` returns (almost) the input. How
+# does the edit compare with null-text + P2P from section 4, and what does the edit-friendly edit need that null-text
+# does not (think of what is stored per image: $S$ noise maps of the latent's size, against $S$ text embeddings)?
+
+# %% [markdown]
 # ## Exercises (checked automatically)
 #
 # Implement the lecture's pieces yourself. Write your code between the lines where the student version says
