@@ -64,7 +64,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, data) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    """Strict JSON (allow_nan=False: NaN and Infinity are not JSON; other readers refuse them): ValueError."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def atomic_write_png(path: str | os.PathLike, picture) -> Path:

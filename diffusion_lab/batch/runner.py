@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import concurrent.futures.process
 import hashlib
 import os
 import secrets
@@ -179,7 +180,11 @@ def check_kernel(kernel_name: str) -> str | None:
 def run_chunk(payload: dict) -> dict:
     """Write the chunk file, execute edit_chunk.ipynb on it with papermill, keep the executed notebook as the
     chunk's log (notebooks/<name>.ipynb). Returns timings and the chunk's error (None when the notebook ran
-    to its end; row failures are in the rows' status files, not here)."""
+    to its end; row failures are in the rows' status files, not here).
+
+    payload["timeout"] (--chunk-timeout) bounds the whole chunk, kernel start and model load included: a
+    watchdog kills the kernel when it is spent, and nbclient, which checks every second that its kernel is alive,
+    returns at once. A kernel that dies on its own is noticed the same way."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -196,27 +201,69 @@ def run_chunk(payload: dict) -> dict:
     })
     partial = inside(out, "notebooks", f".{name}{PARTIAL_NOTEBOOK_SUFFIX}")
     partial.parent.mkdir(parents=True, exist_ok=True)
+    managers: list = []
+    processes: list = []  # the kernel's Popen (jupyter_client forgets it once the kernel is cleaned up)
+
+    class ChunkKernelManager(EncryptedKernelManager):
+        """Remembers itself and its kernel process, so the watchdog can stop it and the error can name how it
+        ended."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            managers.append(self)
+
+        async def _async_post_start_kernel(self, **kwargs):
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                processes.append(process)
+            await super()._async_post_start_kernel(**kwargs)
+
+    timeout = payload.get("timeout")
+    timed_out, finished = threading.Event(), threading.Event()
+
+    def watchdog() -> None:  # once the time is spent, kill the kernel (again each second, should it be starting)
+        if finished.wait(float(timeout)):
+            return
+        timed_out.set()
+        while not finished.is_set():
+            starting = [getattr(getattr(m, "provisioner", None), "process", None) for m in managers]
+            for process in [*processes, *starting]:
+                if process is not None and process.poll() is None:
+                    process.kill()
+            finished.wait(1.0)
+
     error = None
     started = time.perf_counter()
+    if timeout:
+        threading.Thread(target=watchdog, daemon=True, name=f"watchdog-{name}").start()
     try:
         papermill.execute_notebook(
             str(payload.get("notebook_template") or NOTEBOOK), str(partial),
             parameters={"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]},
             kernel_name=payload.get("kernel_name") or DEFAULT_KERNEL, progress_bar=False, log_output=False,
-            cwd=str(out), execution_timeout=payload.get("timeout"), kernel_manager_class=EncryptedKernelManager,
+            cwd=str(out), kernel_manager_class=ChunkKernelManager,
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
-    except Exception as exc:  # the kernel did not start, died, or timed out
+    except Exception as exc:  # the kernel did not start, died, or was stopped by the watchdog
         error = f"{type(exc).__name__}: {exc}"
+    finally:
+        finished.set()
     wall = time.perf_counter() - started
+    if timed_out.is_set():
+        error = f"the chunk ran past --chunk-timeout {float(timeout):g} s and its kernel was stopped"
+    elif error is not None and "DeadKernelError" in error:
+        code = next((p.returncode for p in processes if p.returncode is not None), None)
+        how = "" if code is None else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
+        error = f"the chunk's kernel died{how} after {wall:.1f} s"
     if partial.exists():
         os.replace(partial, inside(out, notebook))
     summary = read_json(inside(out, result_file), {}) or {}
     return {"name": name, "rows": [row["id"] for row in payload["rows"]], "wall_seconds": wall, "error": error,
-            "notebook": notebook, "import_seconds": summary.get("import_seconds", 0.0),
+            "notebook": notebook, "attempt": payload.get("attempt", 1),
+            "import_seconds": summary.get("import_seconds", 0.0),
             "load_seconds": summary.get("load_seconds", 0.0), "row_seconds": summary.get("row_seconds", 0.0),
-            "states": summary.get("rows", {})}
+            "kernel_age_seconds": summary.get("kernel_age_seconds"), "states": summary.get("rows", {})}
 
 
 class _SequentialExecutor:
@@ -271,14 +318,9 @@ class _Executor:
 
     def __init__(self, kind: str, workers: int, scheduler: str | None, log):
         self.kind, self.client, self.cluster, self.pool = kind, None, None, None
+        self.workers = workers
         if kind == "local":
-            if workers == 1:
-                self.pool = _SequentialExecutor()
-            else:
-                import multiprocessing
-
-                self.pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = _SequentialExecutor() if workers == 1 else self._new_pool()
             return
         try:
             from distributed import Client, LocalCluster
@@ -303,7 +345,18 @@ class _Executor:
         if self.client is not None:
             return self.client.submit(run_chunk, payload, key=f"diffusion-lab-{payload['run']}-{payload['name']}",
                                       pure=False)
-        return self.pool.submit(run_chunk, payload)
+        try:
+            return self.pool.submit(run_chunk, payload)
+        except concurrent.futures.process.BrokenProcessPool:  # a worker process died: a fresh pool for the retry
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return self.pool.submit(run_chunk, payload)
+
+    def _new_pool(self):
+        import multiprocessing
+
+        return concurrent.futures.ProcessPoolExecutor(max_workers=self.workers,
+                                                      mp_context=multiprocessing.get_context("spawn"))
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
@@ -449,40 +502,57 @@ def run_batch(
                        seconds=time.perf_counter() - started)
 
 
+def _finished_in_run(out, row_id: str, key: str, run_id: str) -> bool:
+    """True when the row has a status (ok or failed) written by this run for this key."""
+    status = read_json(row_dir(out, row_id) / STATUS_FILE)
+    return bool(status and status.get("run") == run_id and status.get("key") == key)
+
+
 def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log) -> list:
-    """Submit every chunk; until all are back, poll the rows' status files to advance the progress bar."""
+    """Submit every chunk; until all are back, poll the rows' status files to advance the progress bar.
+
+    A chunk that ends with an error (its kernel died or ran past --chunk-timeout, its worker process was lost)
+    is run once more, in a fresh kernel, with only its rows that have no status of this run; rows still
+    unfinished after that are marked failed by _record_unfinished with both errors."""
     executor = _Executor(executor_kind, workers, scheduler, log)
     bar = _progress(total, initial, progress)
     futures = {}
     results, waiting = [], set()
     failures = 0
     cancel = True
+
+    def submit(payload: dict) -> None:
+        futures[executor.submit(payload)] = payload
+
     try:
         for payload in payloads:
-            futures[executor.submit(payload)] = payload
+            submit(payload)
             waiting.update(row["id"] for row in payload["rows"])
-        remaining = set(futures)
-        while remaining:
+        while futures:
             time.sleep(POLL_SECONDS)
             for row_id in list(waiting):
-                status = read_json(row_dir(out, row_id) / STATUS_FILE)
-                if status and status.get("run") == run_id and status.get("key") == keys[row_id]:
+                if _finished_in_run(out, row_id, keys[row_id], run_id):
                     waiting.discard(row_id)
-                    failures += status.get("status") != "ok"
+                    failures += read_json(row_dir(out, row_id) / STATUS_FILE, {}).get("status") != "ok"
                     bar.update(1)
                     if failures:
                         bar.set_postfix(failed=failures)
-            for future in [f for f in remaining if f.done()]:
-                remaining.discard(future)
-                payload = futures[future]
+            for future in [f for f in futures if f.done()]:
+                payload = futures.pop(future)
                 try:
                     result = future.result()
-                except Exception as error:  # the task itself failed (a lost worker, an import error)
+                except Exception as error:  # the task itself failed (a lost worker process, an import error)
                     result = {"name": payload["name"], "rows": [r["id"] for r in payload["rows"]],
-                              "error": f"{type(error).__name__}: {error}", "wall_seconds": 0.0}
-                if result.get("error"):
-                    log(f"chunk {result['name']}: {result['error']}")
+                              "attempt": payload.get("attempt", 1), "wall_seconds": 0.0,
+                              "error": f"the worker running the chunk was lost ({type(error).__name__}: {error})"}
                 results.append(result)
+                if not result.get("error"):
+                    continue
+                log(f"chunk {result['name']}: {result['error']}")
+                left = [row for row in payload["rows"] if not _finished_in_run(out, row["id"], row["key"], run_id)]
+                if left and payload.get("attempt", 1) == 1:
+                    log(f"chunk {payload['name']}: running its {len(left)} unfinished row(s) once more in a fresh kernel")
+                    submit({**payload, "name": payload["name"] + "-retry", "rows": left, "attempt": 2})
         cancel = False
     finally:
         bar.close()
@@ -491,19 +561,23 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
 
 
 def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool) -> None:
-    """A row of this run without a status of this run (its kernel died, timed out, or never started) is failed,
-    with the chunk's error, so the report and the exit code say so; a rerun retries it."""
-    errors = {row_id: (result.get("error"), result.get("notebook")) for result in chunk_results
-              for row_id in result.get("rows", [])}
+    """A row of this run without a status of this run (its kernel died, timed out, or never started, also when
+    run again once) is failed, with its chunks' errors, so the report and the exit code say so; a rerun of the
+    command retries it."""
+    errors: dict = {}
+    for result in sorted(chunk_results, key=lambda result: result.get("attempt", 1)):
+        for row_id in result.get("rows", []):
+            errors.setdefault(row_id, []).append((result.get("error"), result.get("notebook")))
     for row in pending:
-        status = read_json(row_dir(out, row.id) / STATUS_FILE)
-        if status and status.get("run") == run_id and status.get("key") == keys[row.id]:
+        if _finished_in_run(out, row.id, keys[row.id], run_id):
             continue
         if interrupted and row.id not in errors:
             continue  # never started: "not run" in the report
-        error, notebook = errors.get(row.id, ("the run was interrupted", None))
-        message = f"its chunk ended before this row finished: {error or 'no status was written'}"
-        context = {"run": run_id, "chunk": None, "notebook": notebook}
+        attempts = errors.get(row.id, [("the run was interrupted", None)])
+        message = f"its chunk ended before this row finished: {attempts[0][0] or 'no status was written'}"
+        if len(attempts) > 1:
+            message += f"; run once more in a fresh kernel: {attempts[-1][0] or 'no status was written'}"
+        context = {"run": run_id, "chunk": None, "notebook": attempts[-1][1]}
         atomic_write_json(row_dir(out, row.id) / STATUS_FILE, failed_status({"id": row.id, "key": keys[row.id]},
                                                                             message, context))
 
