@@ -37,6 +37,7 @@ are not in this model's vocabulary; use only: ...". Nothing is loaded but the to
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 import math
@@ -93,6 +94,10 @@ _ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
 class ManifestError(ValueError):
     """The manifest as a whole cannot be read (missing, not CSV/YAML, wrong structure, unknown columns)."""
+
+
+class ManifestWarning(UserWarning):
+    """Something in the manifest is ignored (a column that is not a field); the run goes on."""
 
 
 class RowError(ValueError):
@@ -199,19 +204,33 @@ def _read_csv(text: str, path: Path) -> list[RawRow]:
     reader = csv.DictReader(text.splitlines(keepends=True))
     if not reader.fieldnames:
         raise ManifestError(f"the CSV manifest {str(path)!r} has no header line")
+    if len(reader.fieldnames) == 1 and ";" in reader.fieldnames[0]:
+        raise ManifestError(
+            f"the header of {path.name} has semicolons but no commas: {reader.fieldnames[0][:60]!r}; a CSV manifest "
+            "is separated by commas (a spreadsheet's 'CSV (comma delimited)'), or write a YAML manifest"
+        )
     columns = [_canonical_name(name) for name in reader.fieldnames]
     unknown = [name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS]
-    if unknown:
-        raise ManifestError(f"unknown column(s) {unknown} in {path.name}; the columns are: {', '.join(FIELDS)}")
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    typos = {name: close for name in unknown
+             for close in difflib.get_close_matches(_canonical_name(name), FIELDS, n=1, cutoff=0.75)}
+    if typos:  # a misspelt field would silently fall back to its default: refuse
+        raise ManifestError("unknown column(s) in " + path.name + ": " + ", ".join(
+            f"{name!r} (did you mean {close!r}?)" for name, close in typos.items()) + f"; the columns are: {', '.join(FIELDS)}")
+    if unknown:  # other columns (comments, an author, ...) are the user's own: ignored, with a warning
+        warnings.warn(f"{path.name}: column(s) {unknown} are not manifest fields and are ignored "
+                      f"(the fields are: {', '.join(FIELDS)})", ManifestWarning, stacklevel=3)
+    duplicated = sorted({c for c in columns if columns.count(c) > 1 and c in FIELDS})
     if duplicated:
         raise ManifestError(f"column(s) {duplicated} appear more than once in {path.name}")
+    ignored = {name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS}
     rows = []
     for number, record in enumerate(reader, start=1):
         values = {}
         for name, value in record.items():
             if name is None:  # more cells than columns
                 values["__extra__"] = value
+                continue
+            if name in ignored:
                 continue
             if value is not None and value.strip() != "":
                 values[_canonical_name(name)] = value.strip()
@@ -456,11 +475,16 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     if source_prompt is None:
         raise RowError("source_prompt is missing: the text that describes the source image")
     source_prompt = _as_text("source_prompt", source_prompt).strip()
+    if not source_prompt:
+        raise RowError("source_prompt is empty: write the text that describes the source image")
     if "target_prompts" not in merged:
         raise RowError("target_prompts is missing: one or more edited prompts (CSV: separated by '|')")
     targets = _as_text_list("target_prompts", merged["target_prompts"])
     if not targets:
         raise RowError("target_prompts is empty: give at least one edited prompt")
+    empty = [str(index) for index, target in enumerate(targets, start=1) if not target]
+    if empty:
+        raise RowError(f"target prompt {', '.join(empty)} is empty: write the edited prompt")
 
     kind = _as_text("edit", merged.get("edit", "replace")).strip().lower()
     if kind in _LOCAL_BLEND_ALIASES:

@@ -183,7 +183,7 @@ class GarbageOutputError(ValueError):
     """A row's images or metrics are not a result (NaN, a constant image, an infinite metric): the row fails."""
 
 
-IMAGE_FILES = ("input.png", "source.png")  # and edit-N.png: the pictures that are images, not figures
+IMAGE_FILES = ("source.png",)  # and edit-N.png: the sampled images (not the input, not the figures)
 
 
 def check_outputs(pictures: dict, metrics: dict) -> None:

@@ -429,7 +429,15 @@ def run_batch(
         raise BatchError("--scheduler needs --executor dask")
     out = Path(out_dir).expanduser().resolve()
 
-    parsed = read_manifest(manifest)
+    import warnings
+
+    from .manifest import ManifestWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ManifestWarning)
+        parsed = read_manifest(manifest)
+    for warning in caught:
+        log(f"warning: {warning.message}")
     model = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
     tokenizer = load_tokenizer(model)
     defaults = model_defaults(model)
