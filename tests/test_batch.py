@@ -17,7 +17,7 @@ from PIL import Image
 
 from diffusion_lab.batch import files, read_manifest, run_batch, validate_manifest
 from diffusion_lab.batch.manifest import ManifestError, Row, row_key, sanitize_id
-from diffusion_lab.batch.report import write_report
+from diffusion_lab.batch.report import report_ids, write_report
 from diffusion_lab.batch.runner import load_tokenizer, model_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -309,6 +309,26 @@ def test_report_names_every_row(tmp_path):
     assert "bad&lt;id&gt;" in page and "a \\| b" in markdown
     assert (out / "contact-sheet-01.png").is_file() and "contact-sheet-01.png" in markdown
     assert json.loads(paths["summary"].read_text())["counts"] == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
+    ids = report_ids(out)
+    assert len(set(ids.values())) == 1 and None not in ids.values(), ids  # the three files say they agree
+
+
+def test_contact_sheet_labels_are_whole_ids(tmp_path):
+    from diffusion_lab.batch.report import contact_sheets
+
+    long_id = "a-row-id-much-longer-than-twenty-four-characters"
+    folder = tmp_path / "rows" / long_id
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "source.png")
+    entry = {"id": long_id, "state": "ok", "spec": {"image": {"kind": "generated"}},
+             "status": {"files": ["source.png"]}}
+    short = {**entry, "id": "short"}
+    (tmp_path / "rows" / "short").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "rows" / "short" / "source.png")
+    contact_sheets(tmp_path, [entry])
+    wide = Image.open(tmp_path / "contact-sheet-01.png").width
+    contact_sheets(tmp_path, [short])
+    assert wide - Image.open(tmp_path / "contact-sheet-01.png").width >= 6 * (len(long_id) - 24)
 
 
 # -- whole runs (papermill) -----------------------------------------------------------------------------------

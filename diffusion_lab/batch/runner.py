@@ -497,7 +497,8 @@ def run_batch(
 
         info = {"manifest": str(parsed.path), "model": model, "model fingerprint": fingerprint[:23],
                 "run": run_id, "finished": now(), "chunk size": chunk_size,
-                "executor": executor + (f" ({scheduler})" if scheduler else f" ({workers} worker(s))")}
+                "executor": executor + (f" ({scheduler})" if scheduler else f" ({workers} worker(s))"),
+                "total time": f"{time.perf_counter() - started:.1f} s (this run: validation, chunks and retries)"}
         reports = write_report(out, entries, info)
     unfinished = counts["failed"] + counts["not run"] + counts["invalid"]  # invalid: skipped by --skip-invalid
     exit_code = 130 if interrupted else (1 if unfinished else 0)
