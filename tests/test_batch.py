@@ -413,3 +413,26 @@ def test_local_threads_leave_busy_cores_alone(monkeypatch):
     assert runner.local_threads(workers=4) == 1
     monkeypatch.setattr(runner.os, "getloadavg", lambda: (4.0, 4.0, 4.0))
     assert runner.local_threads(workers=4) == 3
+
+
+def test_unreachable_dask_scheduler_leaves_nothing_behind(tmp_path, model_dir, monkeypatch):
+    pytest.importorskip("distributed")
+    from diffusion_lab.batch import runner
+
+    monkeypatch.setattr(runner, "SCHEDULER_TIMEOUT", "2s")
+    manifest = write(tmp_path / "m.yaml", f"rows:\n  - {{source_prompt: {SOURCE}, target_prompts: [{SQUARE}]}}\n")
+    out = tmp_path / "out"
+    with pytest.raises(runner.BatchError, match="could not reach the Dask scheduler"):
+        run_batch(manifest, out, str(model_dir), executor="dask", scheduler="tcp://127.0.0.1:9", progress=False,
+                  log=lambda m: None)
+    assert not out.exists()  # no output folder, no lock file
+
+
+def test_chunks_on_an_external_scheduler_get_a_thread_count(monkeypatch):
+    """With --scheduler the driver cannot know the workers' cores: the chunk picks the idle cores of its own
+    machine (torch took them all in every kernel)."""
+    from diffusion_lab.batch import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert runner._worker_threads() == 8  # outside a Dask worker: one task slot

@@ -49,6 +49,7 @@ DEFAULT_CHUNK_SIZE = 8
 DEFAULT_KERNEL = "python3"
 EXECUTORS = ("local", "dask")
 POLL_SECONDS = 0.5
+SCHEDULER_TIMEOUT = "60s"  # how long to try reaching an external Dask scheduler
 _WEIGHT_SUFFIXES = {".json", ".safetensors", ".txt", ".model"}
 
 
@@ -192,11 +193,12 @@ def run_chunk(payload: dict) -> dict:
 
     out = Path(payload["out_dir"])
     name = payload["name"]
+    threads = payload.get("threads") or _worker_threads()
     chunk_file = inside(out, "chunks", f"{name}.json")
     result_file = f"chunks/{name}.result.json"
     notebook = f"notebooks/{name}.ipynb"
     atomic_write_json(chunk_file, {
-        "name": name, "run": payload["run"], "model": payload["model"], "threads": payload.get("threads"),
+        "name": name, "run": payload["run"], "model": payload["model"], "threads": threads,
         "notebook": notebook, "result_file": result_file, "rows": payload["rows"],
     })
     partial = inside(out, "notebooks", f".{name}{PARTIAL_NOTEBOOK_SUFFIX}")
@@ -260,10 +262,24 @@ def run_chunk(payload: dict) -> dict:
         os.replace(partial, inside(out, notebook))
     summary = read_json(inside(out, result_file), {}) or {}
     return {"name": name, "rows": [row["id"] for row in payload["rows"]], "wall_seconds": wall, "error": error,
-            "notebook": notebook, "attempt": payload.get("attempt", 1),
+            "notebook": notebook, "attempt": payload.get("attempt", 1), "threads": threads,
             "import_seconds": summary.get("import_seconds", 0.0),
             "load_seconds": summary.get("load_seconds", 0.0), "row_seconds": summary.get("row_seconds", 0.0),
             "kernel_age_seconds": summary.get("kernel_age_seconds"), "states": summary.get("rows", {})}
+
+
+def _worker_threads() -> int:
+    """torch threads for a chunk whose driver did not choose (a Dask worker of an external scheduler): the idle
+    cores of the machine it runs on, shared by the worker's task slots. Without it, torch took every core in
+    each of a worker's kernels."""
+    slots = 1
+    try:
+        from distributed import get_worker
+
+        slots = int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):  # not inside a Dask worker
+        pass
+    return local_threads(max(1, slots))
 
 
 class _SequentialExecutor:
@@ -329,9 +345,9 @@ class _Executor:
         if scheduler:
             try:
                 if scheduler.endswith(".json") and Path(scheduler).is_file():
-                    self.client = Client(scheduler_file=scheduler, timeout="60s")
+                    self.client = Client(scheduler_file=scheduler, timeout=SCHEDULER_TIMEOUT)
                 else:
-                    self.client = Client(scheduler, timeout="60s")
+                    self.client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
             except (OSError, TimeoutError, ValueError) as error:
                 raise BatchError(f"could not reach the Dask scheduler {scheduler!r}: {error}") from None
             log(f"dask: connected to {self.client.scheduler.address}")
@@ -455,7 +471,19 @@ def run_batch(
         warning = check_kernel(kernel_name)
         if warning:
             log(f"warning: {warning}")
+    # An external scheduler is reached BEFORE the output folder and its lock exist: an unreachable one leaves
+    # nothing behind (it left OUT_DIR with its lock file).
+    connected = _Executor(executor, workers, scheduler, log) if scheduler else None
+    try:
+        return _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
+                           kernel_name, chunk_timeout, threads, connected, started, log)
+    finally:
+        if connected is not None:
+            connected.close()
 
+
+def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
+                kernel_name, chunk_timeout, threads, connected, started, log) -> BatchResult:
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         sweep_leftovers(out)
@@ -486,7 +514,7 @@ def run_batch(
         if payloads:
             try:
                 chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
-                                         len(valid), len(done), log)
+                                         len(valid), len(done), log, connected)
             except KeyboardInterrupt:
                 interrupted = True
                 log("interrupted: finished rows are kept; rerun the same command to continue")
@@ -517,13 +545,14 @@ def _finished_in_run(out, row_id: str, key: str, run_id: str) -> bool:
     return bool(status and status.get("run") == run_id and status.get("key") == key)
 
 
-def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log) -> list:
+def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log,
+             connected=None) -> list:
     """Submit every chunk; until all are back, poll the rows' status files to advance the progress bar.
 
     A chunk that ends with an error (its kernel died or ran past --chunk-timeout, its worker process was lost)
     is run once more, in a fresh kernel, with only its rows that have no status of this run; rows still
     unfinished after that are marked failed by _record_unfinished with both errors."""
-    executor = _Executor(executor_kind, workers, scheduler, log)
+    executor = connected or _Executor(executor_kind, workers, scheduler, log)
     bar = _progress(total, initial, progress)
     futures = {}
     results, waiting = [], set()
@@ -565,7 +594,11 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
         cancel = False
     finally:
         bar.close()
-        executor.close(cancel=cancel)
+        if executor is not connected:
+            executor.close(cancel=cancel)
+        elif cancel:  # the external scheduler's client stays open: take back what it still has queued
+            for future in futures:
+                future.cancel()
     return sorted(results, key=lambda result: result["name"])
 
 
