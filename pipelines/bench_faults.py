@@ -17,7 +17,8 @@ Then, over the rows of the manifest:
     duplicated    rows edited to "ok" more than once (counted in the executed chunk notebooks' output lines)
     wrongly ok    rows marked ok whose files are missing or unreadable, whose metrics.json is not strict JSON, or
                   whose images are NaN / one constant colour
-and the seconds from the kill to the end of the command, the final exit code, and whether report.md,
+and the seconds from the kill to the start of the retry (kernel, worker) and to the end of the command (which
+includes the retry chunk's kernel start, model load and rows), the final exit code, and whether report.md,
 report.html and summary.json carry the same report id (right after the kill, and at the end).
 The table is printed and written to <out>/bench_faults.md.
 """
@@ -171,6 +172,12 @@ def run_fault(fault: str, manifest: Path, out: Path, args, ids: list[str]) -> di
                     candidates[0].kill()
                 time.sleep(0.1)
         killed_at = time.monotonic()
+    noticed = None
+    if fault in ("kernel", "worker"):  # noticed: the retry chunk's file appears (written when it starts)
+        while process.poll() is None and noticed is None:
+            if any(out.glob("chunks/*-retry.json")):
+                noticed = round(time.monotonic() - killed_at, 1)
+            time.sleep(0.05)
     output = process.communicate(timeout=args.timeout)[0]
     ended = time.monotonic()
     code = process.returncode
@@ -185,19 +192,23 @@ def run_fault(fault: str, manifest: Path, out: Path, args, ids: list[str]) -> di
         rerun_code, output = rerun.returncode, output + rerun.stdout + rerun.stderr
     counts = account(out, ids)
     return {"fault": fault, "victim": victim, "exit_code": code, "rerun_exit_code": rerun_code,
+            "seconds_kill_to_retry": noticed,
             "seconds_kill_to_end": None if killed_at is None else round(ended - killed_at, 1),
             "total_seconds": round(time.monotonic() - started, 1), "reports_agree_after_kill": after_kill_agree,
             **counts, "log": output[-3000:]}
 
 
 def table(results: list[dict], rows: int) -> str:
-    lines = [f"| fault ({rows} rows) | rows lost | duplicated | wrongly ok | ok / failed | kill -> command ended | "
-             "exit (rerun) | reports agree after kill / at end |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| fault ({rows} rows) | rows lost | duplicated | wrongly ok | ok / failed | kill -> retry started | "
+             "kill -> command ended | exit (rerun) | reports agree after kill / at end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rerun = "" if r["rerun_exit_code"] is None else f" ({r['rerun_exit_code']})"
         after = {None: "-", True: "yes", False: "no"}[r["reports_agree_after_kill"]]
         lines.append(f"| {r['fault']} killed | {len(r['lost'])} | {len(r['duplicated'])} | {len(r['wrongly_ok'])} | "
-                     f"{r['ok']} / {r['failed']} | {r['seconds_kill_to_end']} s | {r['exit_code']}{rerun} | "
+                     f"{r['ok']} / {r['failed']} | "
+                     + ("-" if r.get("seconds_kill_to_retry") is None else f"{r['seconds_kill_to_retry']} s")
+                     + f" | {r['seconds_kill_to_end']} s | {r['exit_code']}{rerun} | "
                      f"{after} / {'yes' if r['reports_agree'] else 'no'} |")
     return "\n".join(lines)
 
