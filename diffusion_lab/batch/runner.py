@@ -11,6 +11,9 @@ one started by dask-jobqueue on SLURM or dask-kubernetes). Only plain data trave
 dicts and paths and returns a dict; the notebook reads its rows from a JSON chunk file. Workers must see OUT_DIR
 and the input images at the same paths (a shared file system), and have diffusion-lab installed.
 
+A chunk whose kernel dies (or is stopped by --chunk-timeout) or whose worker process is lost is noticed within
+about a second; its unfinished rows run once more in a fresh kernel, then fail with both reasons.
+
 Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
 says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
 0 every row of the manifest is done; 1 at least one row failed, or was invalid and skipped (--skip-invalid): see the
@@ -662,7 +665,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--skip-invalid", action="store_true", help="run the valid rows and report the invalid ones")
     parser.add_argument("--validate-only", action="store_true", help="check the manifest and stop")
     parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default: python3)")
-    parser.add_argument("--chunk-timeout", type=float, default=None, help="seconds a chunk may run (default: no limit)")
+    parser.add_argument("--chunk-timeout", type=float, default=None,
+                        help="seconds a chunk may run, kernel start and model load included; its kernel is then "
+                             "stopped and its unfinished rows run once more (default: no limit)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per kernel (default: idle CPU cores / workers locally, the worker's own on Dask)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
