@@ -115,3 +115,4 @@ def test_chunk_timeout_bounds_the_whole_chunk(tmp_path, model_dir):
     assert elapsed < 60, elapsed
     status = (tmp_path / "out" / "rows" / "r0" / "status.json").read_text()
     assert "ran past --chunk-timeout 3 s" in status and "run once more" in status
+    assert "**total time**: " in (tmp_path / "out" / "report.md").read_text()  # the report says how long it took
