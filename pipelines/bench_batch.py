@@ -58,6 +58,7 @@ def main(argv=None) -> int:
                         help="generated sources, or rendered scenes inverted (negative-prompt inversion)")
     parser.add_argument("--model", default="shapes-tiny")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--warm-kernels", action="store_true", help="one kernel per worker across chunks")
     parser.add_argument("--executor", choices=("local", "dask"), default="local",
                         help="local processes or a Dask LocalCluster of --workers processes")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_batch"))
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh folder: no row is skipped
         print(f"chunk size {size}: {args.rows} rows ...", flush=True)
         result = run_batch(manifest, run_dir, args.model, chunk_size=size, workers=args.workers, progress=False,
-                           executor=args.executor, log=lambda message: None)
+                           executor=args.executor, warm_kernels=args.warm_kernels, log=lambda message: None)
         chunks = result.chunks
         chunk_time = sum(c["wall_seconds"] for c in chunks) or float("nan")
         imports = sum(c.get("import_seconds", 0.0) for c in chunks)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     cores = os.cpu_count()
     lines = [
         f"Batch editing, {args.rows} rows ({args.kind}, {args.steps} DDIM steps), model {args.model}, "
-        f"{args.workers} worker(s) ({args.executor}), {cores} CPU cores, load average {os.getloadavg()[0]:.1f}",
+        f"{args.workers} worker(s) ({args.executor}{', warm kernels' if args.warm_kernels else ''}), {cores} CPU cores, load average {os.getloadavg()[0]:.1f}",
         "",
         "| chunk size | chunks | rows ok | wall s | rows/min | kernel start | imports | model load | editing |"
         " per chunk: kernel start / imports / load / editing s | torch threads |",

@@ -116,3 +116,15 @@ def test_chunk_timeout_bounds_the_whole_chunk(tmp_path, model_dir):
     status = (tmp_path / "out" / "rows" / "r0" / "status.json").read_text()
     assert "ran past --chunk-timeout 3 s" in status and "run once more" in status
     assert "**total time**: " in (tmp_path / "out" / "report.md").read_text()  # the report says how long it took
+
+
+def test_warm_kernels_run_every_chunk_in_one_kernel_and_stop_it_at_the_end(tmp_path, model_dir):
+    """--warm-kernels: kernel start, imports and model load once per worker, not once per chunk."""
+    result = run_batch(manifest(tmp_path, 4), tmp_path / "out", str(model_dir), chunk_size=2, warm_kernels=True,
+                       progress=False, log=lambda message: None)
+    assert result.counts == {"ok": 4, "failed": 0, "invalid": 0, "not run": 0} and result.exit_code == 0
+    first, second = result.chunks
+    assert first["kernel_pid"] == second["kernel_pid"] and first["error"] is None and second["error"] is None
+    assert second["import_seconds"] + second["load_seconds"] < 0.5 * (first["import_seconds"] + first["load_seconds"])
+    assert len(list((tmp_path / "out" / "notebooks").glob("*.ipynb"))) == 2  # each chunk keeps its log
+    assert not kernels()  # stopped when the run ended

@@ -241,19 +241,26 @@ def run_chunk(payload: dict) -> dict:
     started = time.perf_counter()
     if timeout:
         threading.Thread(target=watchdog, daemon=True, name=f"watchdog-{name}").start()
+    parameters = {"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]}
+    kernel_name = payload.get("kernel_name") or DEFAULT_KERNEL
     try:
-        papermill.execute_notebook(
-            str(payload.get("notebook_template") or NOTEBOOK), str(partial),
-            parameters={"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]},
-            kernel_name=payload.get("kernel_name") or DEFAULT_KERNEL, progress_bar=False, log_output=False,
-            cwd=str(out), kernel_manager_class=ChunkKernelManager,
-        )
+        if payload.get("warm"):
+            error = _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, ChunkKernelManager,
+                                        managers, processes)
+        else:
+            papermill.execute_notebook(
+                str(payload.get("notebook_template") or NOTEBOOK), str(partial), parameters=parameters,
+                kernel_name=kernel_name, progress_bar=False, log_output=False,
+                cwd=str(out), kernel_manager_class=ChunkKernelManager,
+            )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
     except Exception as exc:  # the kernel did not start, died, or was stopped by the watchdog
         error = f"{type(exc).__name__}: {exc}"
     finally:
         finished.set()
+    if payload.get("warm") and error is not None:
+        shutdown_warm_kernels()  # never reuse a kernel that failed, died or timed out
     wall = time.perf_counter() - started
     if timed_out.is_set():
         error = f"the chunk ran past --chunk-timeout {float(timeout):g} s and its kernel was stopped"
@@ -268,7 +275,60 @@ def run_chunk(payload: dict) -> dict:
             "notebook": notebook, "attempt": payload.get("attempt", 1), "threads": threads,
             "import_seconds": summary.get("import_seconds", 0.0),
             "load_seconds": summary.get("load_seconds", 0.0), "row_seconds": summary.get("row_seconds", 0.0),
-            "kernel_age_seconds": summary.get("kernel_age_seconds"), "states": summary.get("rows", {})}
+            "kernel_age_seconds": summary.get("kernel_age_seconds"), "kernel_pid": summary.get("pid"),
+            "states": summary.get("rows", {})}
+
+
+_WARM_KERNELS: dict = {}  # this process's kernels kept across chunks (--warm-kernels): kernel name -> manager
+
+
+def _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, manager_class, managers, processes):
+    """Execute the chunk notebook (parameterized as papermill does) with nbclient in this process's warm kernel,
+    started on the first chunk and kept for the next ones: the kernel start, the imports and the model load
+    (load_pipeline caches it) are paid once per worker instead of once per chunk. Returns the chunk's error."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from papermill.parameterize import parameterize_notebook
+
+    notebook = nbformat.read(str(payload.get("notebook_template") or NOTEBOOK), as_version=4)
+    notebook = parameterize_notebook(notebook, parameters, kernel_name=kernel_name, language="python")
+    manager = _WARM_KERNELS.get(kernel_name)
+    process = getattr(getattr(manager, "provisioner", None), "process", None)
+    if manager is None or process is None or process.poll() is not None:
+        manager = manager_class(kernel_name=kernel_name)
+        _WARM_KERNELS[kernel_name] = manager
+    else:
+        processes.append(process)
+    managers.append(manager)
+    client = NotebookClient(notebook, km=manager, kernel_name=kernel_name, timeout=None,
+                            resources={"metadata": {"path": str(out)}})
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+        nbformat.write(notebook, str(partial))
+    return error
+
+
+def shutdown_warm_kernels() -> None:
+    """Stop this process's warm kernels (the end of a run, or after a chunk failed in one)."""
+    from jupyter_core.utils import run_sync
+
+    while _WARM_KERNELS:
+        _, manager = _WARM_KERNELS.popitem()
+        process = getattr(getattr(manager, "provisioner", None), "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        try:
+            run_sync(manager.cleanup_resources)()
+        except Exception:  # noqa: BLE001 - connection files only
+            pass
 
 
 def _worker_threads() -> int:
@@ -434,6 +494,7 @@ def run_batch(
     chunk_timeout: float | None = None,
     threads: int | None = None,
     validate_only: bool = False,
+    warm_kernels: bool = False,
     log=None,
 ) -> BatchResult:
     """Validate MANIFEST, then run its unfinished rows into OUT_DIR (see the module docstring); the result's
@@ -446,6 +507,8 @@ def run_batch(
         raise BatchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if scheduler and executor != "dask":
         raise BatchError("--scheduler needs --executor dask")
+    if warm_kernels and executor != "local":
+        raise BatchError("--warm-kernels needs --executor local (a Dask worker would keep its kernel after the run)")
     out = Path(out_dir).expanduser().resolve()
 
     import warnings
@@ -479,14 +542,14 @@ def run_batch(
     connected = _Executor(executor, workers, scheduler, log) if scheduler else None
     try:
         return _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
-                           kernel_name, chunk_timeout, threads, connected, started, log)
+                           kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels)
     finally:
         if connected is not None:
             connected.close()
 
 
 def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
-                kernel_name, chunk_timeout, threads, connected, started, log) -> BatchResult:
+                kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels=False) -> BatchResult:
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         sweep_leftovers(out)
@@ -508,7 +571,7 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
         payloads = [
             {"name": f"{run_id}-chunk-{index:03d}", "run": run_id, "out_dir": str(out), "model": model,
              "rows": [{**row.spec, "key": keys[row.id]} for row in rows], "threads": threads,
-             "kernel_name": kernel_name, "timeout": chunk_timeout}
+             "kernel_name": kernel_name, "timeout": chunk_timeout, "warm": warm_kernels}
             for index, rows in enumerate(_chunks(pending, chunk_size), start=1)
         ]
         log(f"{len(valid)} rows: {len(done)} done earlier, {len(pending)} to run in {len(payloads)} chunk(s) "
@@ -599,6 +662,7 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
         bar.close()
         if executor is not connected:
             executor.close(cancel=cancel)
+        shutdown_warm_kernels()  # --workers 1 ran them in this process (worker processes' kernels end with them)
         elif cancel:  # the external scheduler's client stays open: take back what it still has queued
             for future in futures:
                 future.cancel()
@@ -670,6 +734,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "stopped and its unfinished rows run once more (default: no limit)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per kernel (default: idle CPU cores / workers locally, the worker's own on Dask)")
+    parser.add_argument("--warm-kernels", action="store_true",
+                        help="keep one kernel per local worker across chunks: kernel start, imports and model load "
+                             "once per worker instead of once per chunk (the chunk notebooks run with nbclient)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -682,7 +749,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             args.manifest, args.out, args.model, chunk_size=args.chunk_size, workers=args.workers,
             executor=args.executor, scheduler=args.scheduler, skip_invalid=args.skip_invalid,
             progress=not args.no_progress, kernel_name=args.kernel, chunk_timeout=args.chunk_timeout,
-            threads=args.threads, validate_only=args.validate_only,
+            threads=args.threads, validate_only=args.validate_only, warm_kernels=args.warm_kernels,
         )
     except (BatchError, ManifestError, ModelNotFoundError, OutputLockedError, UnsafePathError) as error:
         print(f"error: {error}", file=sys.stderr)
