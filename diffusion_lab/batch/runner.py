@@ -662,10 +662,10 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
         bar.close()
         if executor is not connected:
             executor.close(cancel=cancel)
-        shutdown_warm_kernels()  # --workers 1 ran them in this process (worker processes' kernels end with them)
         elif cancel:  # the external scheduler's client stays open: take back what it still has queued
             for future in futures:
                 future.cancel()
+        shutdown_warm_kernels()  # --workers 1 ran them in this process (worker processes' kernels end with them)
     return sorted(results, key=lambda result: result["name"])
 
 
