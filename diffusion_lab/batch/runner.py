@@ -291,7 +291,9 @@ def _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, manager_
     from nbclient.exceptions import CellExecutionError
     from papermill.parameterize import parameterize_notebook
 
-    notebook = nbformat.read(str(payload.get("notebook_template") or NOTEBOOK), as_version=4)
+    from papermill.iorw import load_notebook_node
+
+    notebook = load_notebook_node(str(payload.get("notebook_template") or NOTEBOOK))  # cells get their tags
     notebook = parameterize_notebook(notebook, parameters, kernel_name=kernel_name, language="python")
     manager = _WARM_KERNELS.get(kernel_name)
     process = getattr(getattr(manager, "provisioner", None), "process", None)
