@@ -36,7 +36,14 @@ def manifest(tmp_path: Path, rows: int, num_steps: int = 4) -> Path:
 
 
 def kernels() -> list:
-    return [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return found
 
 
 def run_in_thread(**kwargs):
@@ -123,6 +130,7 @@ def test_warm_kernels_run_every_chunk_in_one_kernel_and_stop_it_at_the_end(tmp_p
     result = run_batch(manifest(tmp_path, 4), tmp_path / "out", str(model_dir), chunk_size=2, warm_kernels=True,
                        progress=False, log=lambda message: None)
     assert result.counts == {"ok": 4, "failed": 0, "invalid": 0, "not run": 0} and result.exit_code == 0
+    assert len(result.chunks) == 2, [(chunk["name"], chunk["error"]) for chunk in result.chunks]
     first, second = result.chunks
     assert first["kernel_pid"] == second["kernel_pid"] and first["error"] is None and second["error"] is None
     assert second["import_seconds"] + second["load_seconds"] < 0.5 * (first["import_seconds"] + first["load_seconds"])

@@ -260,7 +260,7 @@ def run_chunk(payload: dict) -> dict:
     finally:
         finished.set()
     if payload.get("warm") and error is not None:
-        shutdown_warm_kernels()  # never reuse a kernel that failed, died or timed out
+        shutdown_warm_kernels(payload["run"])  # never reuse a kernel that failed, died or timed out
     wall = time.perf_counter() - started
     if timed_out.is_set():
         error = f"the chunk ran past --chunk-timeout {float(timeout):g} s and its kernel was stopped"
@@ -279,7 +279,7 @@ def run_chunk(payload: dict) -> dict:
             "states": summary.get("rows", {})}
 
 
-_WARM_KERNELS: dict = {}  # this process's kernels kept across chunks (--warm-kernels): kernel name -> manager
+_WARM_KERNELS: dict = {}  # this process's kernels kept across chunks (--warm-kernels): (run, kernel name) -> manager
 
 
 def _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, manager_class, managers, processes):
@@ -295,11 +295,12 @@ def _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, manager_
 
     notebook = load_notebook_node(str(payload.get("notebook_template") or NOTEBOOK))  # cells get their tags
     notebook = parameterize_notebook(notebook, parameters, kernel_name=kernel_name, language="python")
-    manager = _WARM_KERNELS.get(kernel_name)
+    key = (payload["run"], kernel_name)
+    manager = _WARM_KERNELS.get(key)
     process = getattr(getattr(manager, "provisioner", None), "process", None)
     if manager is None or process is None or process.poll() is not None:
         manager = manager_class(kernel_name=kernel_name)
-        _WARM_KERNELS[kernel_name] = manager
+        _WARM_KERNELS[key] = manager
     else:
         processes.append(process)
     managers.append(manager)
@@ -317,12 +318,13 @@ def _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, manager_
     return error
 
 
-def shutdown_warm_kernels() -> None:
-    """Stop this process's warm kernels (the end of a run, or after a chunk failed in one)."""
+def shutdown_warm_kernels(run: str | None = None) -> None:
+    """Stop this process's warm kernels of the run `run` (all of them when None): at the end of a run, or after a
+    chunk failed in one."""
     from jupyter_core.utils import run_sync
 
-    while _WARM_KERNELS:
-        _, manager = _WARM_KERNELS.popitem()
+    for key in [key for key in _WARM_KERNELS if run is None or key[0] == run]:
+        manager = _WARM_KERNELS.pop(key)
         process = getattr(getattr(manager, "provisioner", None), "process", None)
         if process is not None and process.poll() is None:
             process.kill()
@@ -667,7 +669,7 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
         elif cancel:  # the external scheduler's client stays open: take back what it still has queued
             for future in futures:
                 future.cancel()
-        shutdown_warm_kernels()  # --workers 1 ran them in this process (worker processes' kernels end with them)
+        shutdown_warm_kernels(run_id)  # --workers 1 ran them in this process (worker processes' end with them)
     return sorted(results, key=lambda result: result["name"])
 
 
