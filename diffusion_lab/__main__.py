@@ -21,6 +21,26 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def lab_command(port: int | None = None, allow_root: bool = False) -> tuple[list[str], dict]:
+    """The JupyterLab command line and environment of `python -m diffusion_lab lab`. Its kernels inherit the
+    environment: TRANSFORMERS_VERBOSITY=error silences transformers' "requires torchvision" warning in every
+    lab's first cell, as the headless runs do (set it yourself to see transformers' warnings)."""
+    from .kernels import jupyter_server_arguments
+
+    command = [sys.executable, "-m", "jupyter", "lab", str(_repo_root() / "labs"), *jupyter_server_arguments()]
+    if port:
+        command += ["--port", str(port)]
+    if allow_root:
+        command.append("--allow-root")
+    env = {**os.environ}
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return command, env
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="diffusion-lab", description="Image editing with diffusion models: labs, batch editing, benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +52,8 @@ def main(argv=None) -> int:
     demo.add_argument("--no-labs", action="store_true", help="skip running the labs")
     lab = sub.add_parser("lab", help="open JupyterLab on labs/")
     lab.add_argument("--port", type=int, default=None)
+    lab.add_argument("--allow-root", action="store_true",
+                     help="let JupyterLab run as root (containers); it refuses to otherwise")
     from .batch.runner import add_arguments as add_batch_arguments
 
     add_batch_arguments(sub.add_parser("batch", help="edit many images from a CSV/YAML manifest (papermill, Dask)"))
@@ -51,13 +73,12 @@ def main(argv=None) -> int:
             print(f"Executed labs, their figures and metrics.json are in {Path(args.labs_out).resolve()}")
         return 0
     if args.command == "lab":
-        labs = _repo_root() / "labs"
-        from .kernels import jupyter_server_arguments
-
-        command = [sys.executable, "-m", "jupyter", "lab", str(labs), *jupyter_server_arguments()]
-        if args.port:
-            command += ["--port", str(args.port)]
-        return subprocess.call(command, env={**os.environ})
+        if _is_root() and not args.allow_root:
+            print("error: you are root, and JupyterLab refuses to run as root; run as another user, or pass "
+                  "--allow-root (e.g. in a container): python -m diffusion_lab lab --allow-root", file=sys.stderr)
+            return 2
+        command, env = lab_command(port=args.port, allow_root=args.allow_root)
+        return subprocess.call(command, env=env)
     if args.command == "batch":
         from .batch.runner import run_from_args
 

@@ -274,6 +274,12 @@ class EditResult:
     inversion: Any = None
     seed: int | None = None
 
+    def __repr__(self) -> str:  # the dataclass default printed every tensor: pages of numbers
+        images = "x".join(str(n) for n in self.images.shape)
+        where = f"seed={self.seed}" if self.inversion is None else f"inverted ({type(self.inversion).__name__})"
+        return (f"EditResult(edit={self.edit.edit!r}, prompts={self.prompts!r}, images={images} uint8, "
+                f"steps={len(self.timesteps)}, guidance_scale={self.guidance_scale:g}, {where})")
+
     @property
     def source_image(self) -> np.ndarray:
         """uint8 (H, W, 3)."""

@@ -75,6 +75,21 @@ def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: floa
 
 
 @torch.no_grad()
+def prompt_list(prompts: str | Sequence[str]) -> list[str]:
+    """A list of non-empty prompts from one string or a sequence of strings; ValueError that says what to do
+    (a plain string used to be iterated character by character, an empty prompt was sampled silently)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("give at least one prompt")
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt {index} must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise ValueError(f"prompt {index} is empty: write what the image should show "
+                             "(for an unconditional sample use guidance_scale=1 with a neutral caption)")
+    return prompts
+
+
 def text_to_image(
     pipe,
     prompts: Sequence[str],
@@ -88,9 +103,9 @@ def text_to_image(
     progress: bool = True,
     callback=None,
 ) -> GenerationResult:
-    """Generate one image per prompt. `x_T` (B, C, h, w) overrides the seed; a (1, C, h, w) x_T is shared by all
-    prompts (what Prompt-to-Prompt does: same seed, different prompts)."""
-    prompts = list(prompts)
+    """Generate one image per prompt (a single string is one prompt). `x_T` (B, C, h, w) overrides the seed; a
+    (1, C, h, w) x_T is shared by all prompts (what Prompt-to-Prompt does: same seed, different prompts)."""
+    prompts = prompt_list(prompts)
     device = pipe.unet.device
     x_T = initial_noise(pipe, 1 if controller is not None else len(prompts), seed) if x_T is None else x_T
     if x_T.shape[0] == 1 and len(prompts) > 1:

@@ -89,11 +89,31 @@ def _open_path(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"could not read {str(path)!r} as an image (PNG, JPEG, ...): {error}") from error
 
 
+def _high_depth_grey_to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+    """A 16-bit (I;16*), 32-bit integer (I) or float (F) greyscale image as 8-bit RGB, scaled by its full range:
+    65535 for 16-bit files (and for an I image whose values pass 255), 255 for an I image within 0..255, and
+    1.0 for a float image within 0..1. PIL's own convert("RGB") clips at 255: a 16-bit PNG came out white."""
+    grey = np.asarray(image, dtype=np.float64)
+    largest = float(grey.max()) if grey.size else 0.0
+    if image.mode.startswith("I;16") or (image.mode == "I" and largest > 255):
+        full, depth = 65535.0, "16-bit"
+    elif image.mode == "F" and largest <= 1.0:
+        full, depth = 1.0, "float 0..1"
+    elif image.mode == "F" and largest > 255:
+        full, depth = 65535.0, "float 0..65535"
+    else:
+        full, depth = 255.0, "8-bit"
+    eight_bit = np.clip(np.round(grey / full * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight_bit).convert("RGB"), f"{depth} grey levels scaled to 0..255"
+
+
 def _to_rgb(image: Image.Image, source: str) -> Image.Image:
     """Convert any PIL mode to RGB; transparent pixels are composited on white. Warns unless it was RGB."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grey levels: PIL's convert clips them at 255
+        converted, how = _high_depth_grey_to_rgb(image)
+    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         converted = Image.alpha_composite(white, rgba).convert("RGB")

@@ -797,6 +797,9 @@ def synchronize(device: torch.device | str) -> None:
 
 def _prompts_for(prompt: str | Sequence[str], batch_size: int) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise ValueError(f"the source prompt is empty (or not text): {prompts!r}; write what the image shows, "
+                         "the inversion is conditioned on it")
     if len(prompts) == 1 and batch_size > 1:
         prompts = prompts * batch_size
     if len(prompts) != batch_size:

@@ -5,11 +5,15 @@ CurveZMQ keys it provisions itself (Jupyter enhancement proposal "Transport encr
 and ipykernel >= 7.3 warns on every start of a kernel that runs without them ("Kernel is running over TCP without
 encryption ..."). We ask for "auto": keys whenever the kernelspec declares support (ipykernel's does) and pyzmq
 has Curve; otherwise the kernel runs exactly as before (older jupyter_client, a pyzmq without libsodium).
+
+The manager is jupyter_client's ASYNC one, the class nbclient (papermill) expects: with the blocking manager its
+client's `get_msg(timeout=None)` blocks nbclient's event loop, so the once-a-second "is the kernel alive?" check
+never runs and a chunk whose kernel died waited forever (measured: still hung after 11 minutes).
 """
 
 from __future__ import annotations
 
-from jupyter_client import KernelManager
+from jupyter_client import AsyncKernelManager, KernelManager
 
 ENCRYPTION = "auto"
 
@@ -21,10 +25,11 @@ def curve_available() -> bool:
     return KernelManager.class_traits().get("transport_encryption") is not None and bool(zmq.has("curve"))
 
 
-class EncryptedKernelManager(KernelManager):
-    """A KernelManager whose kernels get CurveZMQ keys when they can (transport_encryption "auto").
+class EncryptedKernelManager(AsyncKernelManager):
+    """An AsyncKernelManager whose kernels get CurveZMQ keys when they can (transport_encryption "auto").
 
-    Pass it to papermill: `papermill.execute_notebook(..., kernel_manager_class=EncryptedKernelManager)`."""
+    Pass it to papermill: `papermill.execute_notebook(..., kernel_manager_class=EncryptedKernelManager)`: a kernel
+    that dies is then noticed within about a second (nbclient raises DeadKernelError)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -30,6 +30,12 @@ def check_prompt(tokenizer, prompt: str) -> list[int]:
         words = prompt.lower().split()
         vocab = set(tokenizer.get_vocab())
         unknown = [w for w in words if w not in vocab] or [prompt]
+        punctuated = [w for w in unknown if w.strip(".,;:!?\"'()") in vocab and w.strip(".,;:!?\"'()")]
+        if punctuated:
+            raise PromptError(
+                f"word(s) {', '.join(repr(w) for w in punctuated)} carry punctuation, which this model's tokenizer "
+                "does not know: write the prompt without commas or full stops"
+            )
         raise PromptError(
             f"word(s) {', '.join(repr(w) for w in unknown)} are not in this model's vocabulary; "
             f"use only: {' '.join(_word_level_vocabulary(tokenizer))}"

@@ -17,7 +17,7 @@ from PIL import Image
 
 from diffusion_lab.batch import files, read_manifest, run_batch, validate_manifest
 from diffusion_lab.batch.manifest import ManifestError, Row, row_key, sanitize_id
-from diffusion_lab.batch.report import write_report
+from diffusion_lab.batch.report import report_ids, write_report
 from diffusion_lab.batch.runner import load_tokenizer, model_fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,8 +142,92 @@ rows:
     for example in ("batch_manifest.yaml", "batch_manifest.csv"):
         valid, invalid = validate_manifest(read_manifest(REPO / "examples" / example), tokenizer, 50, 5.0)
         assert len(valid) == 5 and not invalid, [bad.message for bad in invalid]
-    with pytest.raises(ManifestError, match="unknown column"):
-        read_manifest(write(tmp_path / "bad.csv", "id,colour\nx,red\n"))
+    with pytest.raises(ManifestError, match="unknown column.*'num_step' \\(did you mean 'num_steps'\\?\\)"):
+        read_manifest(write(tmp_path / "bad.csv", "id,num_step\nx,4\n"))
+
+
+BOUND_ROWS = f"""
+defaults: {{num_steps: 4}}
+rows:
+  - {{id: steps, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], num_steps: 1e9}}
+  - {{id: seed, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], seed: 1e23}}
+  - {{id: guidance, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], guidance_scale: 1e300}}
+  - {{id: inner, scene_seed: 1, target_prompts: [{SQUARE}], inversion_options: {{inner_steps: 1e8}}}}
+  - {{id: scene-seed, scene_seed: -1, target_prompts: [{SQUARE}]}}
+  - {{id: threshold, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], blend_words: [circle], blend_threshold: 2}}
+  - {{id: reweight, source_prompt: {SOURCE}, target_prompts: [{SOURCE}], edit: reweight, reweight: {{red: 1e6}}}}
+  - {{id: fraction, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], cross_replace_steps: [0, 1.5]}}
+  - {{id: empty-source, source_prompt: "", target_prompts: [{SQUARE}]}}
+  - {{id: empty-target, source_prompt: {SOURCE}, target_prompts: ["", {SQUARE}]}}
+  - {{id: fine, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], seed: 4294967295, guidance_scale: 30}}
+"""
+
+
+def test_every_numeric_field_is_bounded_and_the_message_gives_the_bound(tmp_path, tokenizer):
+    """num_steps 1e9, seed 1e23, guidance 1e300 and inner_steps 1e8 passed validation and failed (or gave
+    black images) at run time; an empty prompt got a word-swap message about token counts."""
+    valid, invalid = validate_manifest(read_manifest(write(tmp_path / "m.yaml", BOUND_ROWS)), tokenizer, 50, 5.0)
+    assert [row.id for row in valid] == ["fine"]
+    messages = {bad.id: bad.message for bad in invalid}
+    assert "num_steps must be between 1 and 1000" in messages["steps"]
+    assert "seed must be between 0 and 4.29497e+09" in messages["seed"]
+    assert "guidance_scale must be between 1 and 30, got 1e+300" in messages["guidance"]
+    assert "inversion_options.inner_steps must be between 1 and 100" in messages["inner"]
+    assert "scene_seed must be between 0" in messages["scene-seed"]
+    assert "blend_threshold must be between 0 and 1" in messages["threshold"]
+    assert "reweight['red'] must be between -10 and 10" in messages["reweight"]
+    assert "cross_replace_steps must be between 0 and 1, got 1.5" in messages["fraction"]
+    assert "source_prompt is empty" in messages["empty-source"] and "token" not in messages["empty-source"]
+    assert "target prompt 1 is empty" in messages["empty-target"]
+
+
+def test_csv_separators_and_unknown_columns(tmp_path):
+    with pytest.raises(ManifestError, match="semicolons but no commas"):
+        read_manifest(write(tmp_path / "semi.csv", f"id;source_prompt;target_prompts\nx;{SOURCE};{SQUARE}\n"))
+    with pytest.warns(UserWarning, match=r"\['comment'\] are not manifest fields and are ignored"):
+        parsed = read_manifest(write(tmp_path / "extra.csv", f"id,source_prompt,target_prompts,comment\nx,{SOURCE},{SQUARE},mine\n"))
+    assert parsed.rows[0].values == {"id": "x", "source_prompt": SOURCE, "target_prompts": SQUARE}
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped_white(tmp_path):
+    from diffusion_lab.images import load_image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    with pytest.warns(UserWarning, match="16-bit grey levels scaled"):
+        pixels = np.array(load_image(tmp_path / "grey16.png"))
+    assert pixels.shape == (64, 64, 3) and pixels.min() == 0 and pixels.max() == 255
+    assert abs(pixels.mean() - 127.5) < 1.0  # a ramp, not a white image (PIL's convert gave mean 254.5)
+
+
+def test_batch_json_is_strict(tmp_path):
+    with pytest.raises(ValueError, match="JSON compliant"):
+        files.atomic_write_json(tmp_path / "m.json", {"psnr_to_source": float("inf")})
+    assert not (tmp_path / "m.json").exists() and not leftovers(tmp_path)
+
+
+def test_garbage_outputs_fail_the_row(tmp_path, model_dir):
+    """guidance_scale 1e300 (a hand-written chunk file: validation refuses it) sampled black images that were
+    marked ok with psnr_to_source Infinity; now the row fails and says why."""
+    from diffusion_lab.batch.rows import GarbageOutputError, check_outputs, run_row
+    from diffusion_lab.models import load_pipeline
+
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    with pytest.raises(GarbageOutputError, match="edit-1.png is one constant colour"):
+        check_outputs({"source.png": np.arange(192, dtype=np.uint8).reshape(8, 8, 3), "edit-1.png": grey}, {})
+    with pytest.raises(GarbageOutputError, match=r"targets\[0\].psnr_to_source is inf \(the images are identical\)"):
+        check_outputs({}, {"targets": [{"psnr_to_source": float("inf")}]})
+    check_outputs({"input.png": grey, "comparison.png": grey}, {"x": 1.0})  # the input and figures may be flat
+
+    pipe = load_pipeline(str(model_dir))
+    spec = {"id": "black", "key": "k", "image": {"kind": "generated"}, "seed": 0, "num_steps": 2,
+            "guidance_scale": 1e300, "inversion": None,
+            "edit": {"source_prompt": SOURCE, "target_prompts": [SQUARE], "edit": "replace"}}
+    status = run_row(pipe, spec, tmp_path, str(model_dir), {"run": "r", "chunk": None, "notebook": None})
+    assert status["status"] == "failed" and status["error_type"] == "GarbageOutputError", status["error"]
+    assert "constant colour" in status["error"] or "NaN" in status["error"]
+    assert json.loads((tmp_path / "rows" / "black" / "status.json").read_text())["status"] == "failed"
 
 
 def test_row_key_depends_on_content_and_model_not_on_id_or_path(tmp_path):
@@ -225,6 +309,26 @@ def test_report_names_every_row(tmp_path):
     assert "bad&lt;id&gt;" in page and "a \\| b" in markdown
     assert (out / "contact-sheet-01.png").is_file() and "contact-sheet-01.png" in markdown
     assert json.loads(paths["summary"].read_text())["counts"] == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
+    ids = report_ids(out)
+    assert len(set(ids.values())) == 1 and None not in ids.values(), ids  # the three files say they agree
+
+
+def test_contact_sheet_labels_are_whole_ids(tmp_path):
+    from diffusion_lab.batch.report import contact_sheets
+
+    long_id = "a-row-id-much-longer-than-twenty-four-characters"
+    folder = tmp_path / "rows" / long_id
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "source.png")
+    entry = {"id": long_id, "state": "ok", "spec": {"image": {"kind": "generated"}},
+             "status": {"files": ["source.png"]}}
+    short = {**entry, "id": "short"}
+    (tmp_path / "rows" / "short").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "rows" / "short" / "source.png")
+    contact_sheets(tmp_path, [entry])
+    wide = Image.open(tmp_path / "contact-sheet-01.png").width
+    contact_sheets(tmp_path, [short])
+    assert wide - Image.open(tmp_path / "contact-sheet-01.png").width >= 6 * (len(long_id) - 24)
 
 
 # -- whole runs (papermill) -----------------------------------------------------------------------------------
@@ -241,7 +345,7 @@ rows:
   - {{id: second, source_prompt: {SOURCE}, target_prompts: [a large blue circle on a gray background], seed: 2}}
   - {{id: image-edit, image: {png.name}, source_prompt: {SOURCE}, target_prompts: [{SQUARE}],
       inversion: negative_prompt}}
-  - {{id: fails-at-run-time, image: {png.name}, source_prompt: {SOURCE}, target_prompts: [{SQUARE}],
+  - {{id: bad-rate, image: {png.name}, source_prompt: {SOURCE}, target_prompts: [{SQUARE}],
       inversion: null_text, inversion_options: {{learning_rate: -1.0}}}}
   - {{id: bad-word, source_prompt: {SOURCE}, target_prompts: [a large red banana on a gray background]}}
 """)
@@ -265,13 +369,15 @@ rows:
 
     all_files_complete(out)  # killed midway: complete files only
     before = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rows/*/status.json")}
-    assert before["first"]["status"] == "ok" and len(before) < 4, "the run was not killed midway"
+    assert before["first"]["status"] == "ok" and len(before) < 3, "the run was not killed midway"
 
     result = run_batch(manifest, out, str(model_dir), chunk_size=4, executor=executor, workers=1, skip_invalid=True,
                        progress=False, log=lambda m: None)
-    assert result.exit_code == 1  # a row failed (and one was invalid)
-    assert result.counts == {"ok": 3, "failed": 1, "invalid": 1, "not run": 0}
-    rows = {"first", "second", "image-edit", "fails-at-run-time"}
+    assert result.exit_code == 1  # two rows were invalid (skipped)
+    assert result.counts == {"ok": 3, "failed": 0, "invalid": 2, "not run": 0}
+    bad_rate = next(bad for bad in result.invalid if bad.id == "bad-rate")
+    assert "inversion_options.learning_rate must be between 1e-06 and 1, got -1" in bad_rate.message
+    rows = {"first", "second", "image-edit"}
     assert sorted(result.skipped) == sorted(before) and sorted(result.executed) == sorted(rows - set(before))
     after = {p.parent.name: json.loads(p.read_text()) for p in out.glob("rows/*/status.json")}
     for row_id, status in before.items():  # done once, by the killed run
@@ -284,11 +390,9 @@ rows:
         assert (done / name).is_file(), name
     metrics = json.loads((done / "metrics.json").read_text())
     assert {"psnr_to_source", "ssim_to_source"} <= set(metrics["targets"][0]) and "reconstruction" in metrics
-    failed = after["fails-at-run-time"]
-    assert failed["status"] == "failed" and "learning rate" in failed["error"].lower() and failed["traceback"]
     for report in ("report.md", "report.html"):
         text = (out / report).read_text()
-        for name in (*rows, "bad-word", "banana"):
+        for name in (*rows, "bad-word", "banana", "bad-rate"):
             assert name in text, (report, name)
     assert (out / "contact-sheet-01.png").is_file()
     assert not leftovers(out) and all_files_complete(out)
@@ -309,3 +413,26 @@ def test_local_threads_leave_busy_cores_alone(monkeypatch):
     assert runner.local_threads(workers=4) == 1
     monkeypatch.setattr(runner.os, "getloadavg", lambda: (4.0, 4.0, 4.0))
     assert runner.local_threads(workers=4) == 3
+
+
+def test_unreachable_dask_scheduler_leaves_nothing_behind(tmp_path, model_dir, monkeypatch):
+    pytest.importorskip("distributed")
+    from diffusion_lab.batch import runner
+
+    monkeypatch.setattr(runner, "SCHEDULER_TIMEOUT", "2s")
+    manifest = write(tmp_path / "m.yaml", f"rows:\n  - {{source_prompt: {SOURCE}, target_prompts: [{SQUARE}]}}\n")
+    out = tmp_path / "out"
+    with pytest.raises(runner.BatchError, match="could not reach the Dask scheduler"):
+        run_batch(manifest, out, str(model_dir), executor="dask", scheduler="tcp://127.0.0.1:9", progress=False,
+                  log=lambda m: None)
+    assert not out.exists()  # no output folder, no lock file
+
+
+def test_chunks_on_an_external_scheduler_get_a_thread_count(monkeypatch):
+    """With --scheduler the driver cannot know the workers' cores: the chunk picks the idle cores of its own
+    machine (torch took them all in every kernel)."""
+    from diffusion_lab.batch import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert runner._worker_threads() == 8  # outside a Dask worker: one task slot

@@ -245,3 +245,23 @@ def test_word_maps_by_size_measures_the_object_words_at_every_size():
     sizes = {row["map size"] for row in rows}
     assert sizes == {"16x16", "8x8", "4x4"} and {row["word"] for row in rows} == {"red", "circle"}
     assert len(rows) == 6 and all(np.isfinite(row["mass on object / uniform"]) for row in rows)
+
+
+def test_panels_refuse_empty_prompts_before_any_work(pipe, scene):
+    image, prompt, _ = scene
+    panel = NaiveEditPanel(pipe, image, prompt, "", num_steps=2)
+    panel.button.click()
+    assert isinstance(panel.error, ValueError) and "empty" in str(panel.error)
+    assert panel.progress.bar.bar_style == "danger" and panel.result.picture is None
+    assert panel.source.picture is not None  # the panel's input stays
+    inversion = InversionPanel(pipe, image, "  ", "", method="negative_prompt", num_steps=2)
+    inversion.button.click()
+    assert isinstance(inversion.error, ValueError) and "empty" in str(inversion.error)
+
+
+def test_labels_are_whole_and_views_hidden_before_the_first_run(pipe, scene):
+    image, prompt, _ = scene
+    panel = PromptToPromptPanel(pipe, image, prompt, prompt)
+    assert panel.source_prompt.style.description_width == "initial"
+    assert panel.target_prompt.style.description_width == "initial"
+    assert panel.images.image.layout.display == "none"  # no broken-image icon before the first run

@@ -59,12 +59,41 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
     return path
 
 
+def atomic_write_many(contents: dict) -> dict:
+    """Write several files {path: bytes} that must agree (the report's md, html and summary.json): every one is
+    written completely to its temporary file first, and only then are they moved into place, one os.replace
+    after the other (microseconds apart), so a kill leaves the old set or the new set, not a mix written
+    seconds apart. Returns {path: Path}."""
+    staged = []
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _temporary_name(path)
+            staged.append((tmp, path))
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    return {path: path for _, path in staged}
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, data) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    """Strict JSON (allow_nan=False: NaN and Infinity are not JSON; other readers refuse them): ValueError."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def atomic_write_png(path: str | os.PathLike, picture) -> Path:

@@ -37,6 +37,7 @@ are not in this model's vocabulary; use only: ...". Nothing is loaded but the to
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 import math
@@ -69,11 +70,34 @@ ALIASES = {"target_prompt": "target_prompts", "targets": "target_prompts", "prom
            "image_path": "image", "path": "image", "inversion_method": "inversion", "steps": "num_steps",
            "guidance": "guidance_scale"}
 MAX_ID_LENGTH = 80
+MAX_SEED = 2**32 - 1  # numpy's and every torch generator's common range
+# (low, high) of every numeric field, both included: a value outside fails validation with the bound in the message
+# (guidance_scale 1e300 sampled all-black images, num_steps 1e9 and seed 1e23 failed only at run time).
+BOUNDS = {
+    "seed": (0, MAX_SEED),
+    "scene_seed": (0, MAX_SEED),
+    "num_steps": (1, 1000),  # DDIM steps: at most the T = 1000 training timesteps of SD and shapes-tiny
+    "guidance_scale": (1.0, 30.0),  # w = 1 is no guidance; SD is used up to w ~ 15
+    "blend_threshold": (0.0, 1.0),
+    "self_replace_max_resolution": (1, 1024),
+    "replace_steps": (0.0, 1.0),  # cross_replace_steps / self_replace_steps: fractions of the steps
+    "reweight": (-10.0, 10.0),
+    "inversion_options.inner_steps": (1, 100),  # null-text: 10 in the paper
+    "inversion_options.learning_rate": (1e-6, 1.0),  # null-text: 1e-2 in the paper
+    "inversion_options.early_stop_epsilon": (0.0, 1.0),
+    "inversion_options.fixed_point_iterations": (0, 100),
+    "inversion_options.fixed_point_tolerance": (0.0, 1.0),
+    "inversion_options.anderson_memory": (0, 20),
+}
 _ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class ManifestError(ValueError):
     """The manifest as a whole cannot be read (missing, not CSV/YAML, wrong structure, unknown columns)."""
+
+
+class ManifestWarning(UserWarning):
+    """Something in the manifest is ignored (a column that is not a field); the run goes on."""
 
 
 class RowError(ValueError):
@@ -180,19 +204,33 @@ def _read_csv(text: str, path: Path) -> list[RawRow]:
     reader = csv.DictReader(text.splitlines(keepends=True))
     if not reader.fieldnames:
         raise ManifestError(f"the CSV manifest {str(path)!r} has no header line")
+    if len(reader.fieldnames) == 1 and ";" in reader.fieldnames[0]:
+        raise ManifestError(
+            f"the header of {path.name} has semicolons but no commas: {reader.fieldnames[0][:60]!r}; a CSV manifest "
+            "is separated by commas (a spreadsheet's 'CSV (comma delimited)'), or write a YAML manifest"
+        )
     columns = [_canonical_name(name) for name in reader.fieldnames]
     unknown = [name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS]
-    if unknown:
-        raise ManifestError(f"unknown column(s) {unknown} in {path.name}; the columns are: {', '.join(FIELDS)}")
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    typos = {name: close for name in unknown
+             for close in difflib.get_close_matches(_canonical_name(name), FIELDS, n=1, cutoff=0.75)}
+    if typos:  # a misspelt field would silently fall back to its default: refuse
+        raise ManifestError("unknown column(s) in " + path.name + ": " + ", ".join(
+            f"{name!r} (did you mean {close!r}?)" for name, close in typos.items()) + f"; the columns are: {', '.join(FIELDS)}")
+    if unknown:  # other columns (comments, an author, ...) are the user's own: ignored, with a warning
+        warnings.warn(f"{path.name}: column(s) {unknown} are not manifest fields and are ignored "
+                      f"(the fields are: {', '.join(FIELDS)})", ManifestWarning, stacklevel=3)
+    duplicated = sorted({c for c in columns if columns.count(c) > 1 and c in FIELDS})
     if duplicated:
         raise ManifestError(f"column(s) {duplicated} appear more than once in {path.name}")
+    ignored = {name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS}
     rows = []
     for number, record in enumerate(reader, start=1):
         values = {}
         for name, value in record.items():
             if name is None:  # more cells than columns
                 values["__extra__"] = value
+                continue
+            if name in ignored:
                 continue
             if value is not None and value.strip() != "":
                 values[_canonical_name(name)] = value.strip()
@@ -268,6 +306,27 @@ def _as_float(name: str, value) -> float:
     return number
 
 
+def _bounded(name: str, value, bound: str | None = None):
+    """value when BOUNDS[bound or name] holds it, else a RowError that names the bound."""
+    low, high = BOUNDS[bound or name]
+    if not low <= value <= high:
+        raise RowError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _bounded_fractions(name: str, value):
+    """cross_replace_steps / self_replace_steps: a fraction, [start, end] or {word: fraction}, each in [0, 1]."""
+    numbers = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for number in numbers:
+        if isinstance(number, list):
+            _bounded_fractions(name, number)
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise RowError(f"{name} must hold fractions between 0 and 1, got {value!r}")
+        _bounded(name, number, "replace_steps")
+    return value
+
+
 def _as_bool(name: str, value) -> bool:
     if isinstance(value, bool):
         return value
@@ -313,12 +372,14 @@ def _as_reweight(value) -> dict:
             word, sep, scale = part.replace("=", ":").partition(":")
             if not sep:
                 raise RowError(f"reweight must be word:scale pairs such as 'red:2.0; blue:0.5', got {value!r}")
-            scales[word.strip()] = _as_float(f"reweight[{word.strip()!r}]", scale.strip())
+            scales[word.strip()] = _bounded(f"reweight[{word.strip()!r}]",
+                                            _as_float(f"reweight[{word.strip()!r}]", scale.strip()), "reweight")
         return scales
     value = _structured("reweight", value)
     if not isinstance(value, dict) or not value:
         raise RowError(f"reweight must map words to scales, e.g. {{red: 2.0}}, got {value!r}")
-    return {str(word): _as_float(f"reweight[{word!r}]", scale) for word, scale in value.items()}
+    return {str(word): _bounded(f"reweight[{word!r}]", _as_float(f"reweight[{word!r}]", scale), "reweight")
+            for word, scale in value.items()}
 
 
 def _as_mapping(name: str, value) -> dict:
@@ -414,11 +475,16 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     if source_prompt is None:
         raise RowError("source_prompt is missing: the text that describes the source image")
     source_prompt = _as_text("source_prompt", source_prompt).strip()
+    if not source_prompt:
+        raise RowError("source_prompt is empty: write the text that describes the source image")
     if "target_prompts" not in merged:
         raise RowError("target_prompts is missing: one or more edited prompts (CSV: separated by '|')")
     targets = _as_text_list("target_prompts", merged["target_prompts"])
     if not targets:
         raise RowError("target_prompts is empty: give at least one edited prompt")
+    empty = [str(index) for index, target in enumerate(targets, start=1) if not target]
+    if empty:
+        raise RowError(f"target prompt {', '.join(empty)} is empty: write the edited prompt")
 
     kind = _as_text("edit", merged.get("edit", "replace")).strip().lower()
     if kind in _LOCAL_BLEND_ALIASES:
@@ -436,15 +502,16 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
         elif name == "blend_words":
             value = _as_text_list(name, value, separators="|, \t")
         elif name == "blend_threshold":
-            value = _as_float(name, value)
+            value = _bounded(name, _as_float(name, value))
         elif name == "self_replace_max_resolution":
-            value = _as_int(name, value)
+            value = _bounded(name, _as_int(name, value))
         elif name == "attention_control":
             value = _as_bool(name, value)
         else:
             value = _structured(name, value)
             if isinstance(value, bool) or not isinstance(value, (int, float, list, dict)):
                 raise RowError(f"{name} must be a fraction, [start, end] or {{word: fraction}}, got {value!r}")
+            value = _bounded_fractions(name, value)
         edit[name] = value
     if kind == "local_blend" and not edit.get("blend_words"):
         raise RowError("edit local_blend needs blend_words: the words whose region may change, e.g. circle|square")
@@ -465,7 +532,8 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
         for name, value in options.items():
             if name not in INVERSION_OPTIONS:
                 raise RowError(f"unknown inversion option {name!r}; the options are {', '.join(INVERSION_OPTIONS)}")
-            checked[name] = (_as_int if INVERSION_OPTIONS[name] is int else _as_float)(f"inversion_options.{name}", value)
+            label = f"inversion_options.{name}"
+            checked[name] = _bounded(label, (_as_int if INVERSION_OPTIONS[name] is int else _as_float)(label, value))
         inversion = {"method": method, "options": dict(sorted(checked.items()))}
     else:
         for name in ("inversion", "inversion_options"):
@@ -475,13 +543,9 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
                     "the source image is generated from seed"
                 )
 
-    seed = _as_int("seed", merged.get("seed", 0))
-    num_steps = _as_int("num_steps", merged.get("num_steps", default_num_steps))
-    if num_steps < 1:
-        raise RowError(f"num_steps must be at least 1, got {num_steps}")
-    guidance = _as_float("guidance_scale", merged.get("guidance_scale", default_guidance_scale))
-    if guidance < 1.0:
-        raise RowError(f"guidance_scale must be at least 1, got {guidance}")
+    seed = _bounded("seed", _as_int("seed", merged.get("seed", 0)))
+    num_steps = _bounded("num_steps", _as_int("num_steps", merged.get("num_steps", default_num_steps)))
+    guidance = _bounded("guidance_scale", _as_float("guidance_scale", merged.get("guidance_scale", default_guidance_scale)))
     notes = _as_text("notes", merged["notes"]) if "notes" in merged else None
     spec = {"image": image, "edit": edit_dict, "edit_kind": kind, "inversion": inversion, "seed": seed,
             "num_steps": num_steps, "guidance_scale": guidance, "notes": notes}
@@ -525,7 +589,7 @@ def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
     from ..shapes import Scene, random_scene
 
     if name == "scene_seed":
-        seed = _as_int("scene_seed", merged["scene_seed"])
+        seed = _bounded("scene_seed", _as_int("scene_seed", merged["scene_seed"]))
         objects = _as_int("scene_objects", merged.get("scene_objects", 1))
         try:
             scene = random_scene(seed, num_objects=objects)

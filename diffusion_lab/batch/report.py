@@ -6,11 +6,14 @@ Paths in the reports are relative, so the output folder can be moved or served a
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import math
+import re
 from pathlib import Path
 
-from .files import atomic_write_json, atomic_write_png, atomic_write_text, inside, read_json
+from .files import atomic_write_many, atomic_write_png, inside, read_json
 
 THUMBNAIL = 96
 ROWS_PER_SHEET = 40
@@ -70,7 +73,7 @@ def contact_sheets(out_dir, entries: list[dict]) -> list[str]:
             for _ in range(columns - len(layout)):
                 images.append(_thumbnail(None))
                 labels.append("")
-        sheet = image_grid(images, columns=columns, labels=labels, row_labels=[e["id"][:24] for e in group], scale=1)
+        sheet = image_grid(images, columns=columns, labels=labels, row_labels=[e["id"] for e in group], scale=1)
         name = f"contact-sheet-{page:02d}.png"
         atomic_write_png(inside(out_dir, name), sheet)
         names.append(name)
@@ -218,10 +221,6 @@ def write_report(out_dir, entries: list[dict], info: dict | None = None, title: 
             entry["metrics"] = read_json(inside(out, "rows", entry["id"], "metrics.json"), {})
     sheets = contact_sheets(out, entries)
     rows = table_rows(out, entries)
-    paths = {
-        "markdown": atomic_write_text(inside(out, "report.md"), markdown_report(title, info, entries, rows, sheets)),
-        "html": atomic_write_text(inside(out, "report.html"), html_report(title, info, entries, rows, sheets, out)),
-    }
     summary = {**info, "counts": _counts(entries), "contact_sheets": sheets, "rows": [
         {"number": e["number"], "id": e.get("id"), "state": e["state"],
          "key": (e.get("status") or {}).get("key") or e.get("key"),
@@ -229,6 +228,30 @@ def write_report(out_dir, entries: list[dict], info: dict | None = None, title: 
          "errors": e.get("errors") if e["state"] == "invalid" else None}
         for e in entries
     ]}
-    paths["summary"] = atomic_write_json(inside(out, "summary.json"), summary)
+    # The three files carry one report id (a hash of the summary): report_id() reads it back from each.
+    report = hashlib.sha256(json.dumps(summary, sort_keys=True, allow_nan=False).encode()).hexdigest()[:16]
+    summary["report_id"] = report
+    info = {**info, "report id": report}
+    texts = {
+        "markdown": (inside(out, "report.md"), markdown_report(title, info, entries, rows, sheets)),
+        "html": (inside(out, "report.html"), html_report(title, info, entries, rows, sheets, out)),
+        "summary": (inside(out, "summary.json"), json.dumps(summary, indent=2, allow_nan=False) + "\n"),
+    }
+    atomic_write_many({path: text.encode("utf-8") for path, text in texts.values()})
+    paths = {name: path for name, (path, _) in texts.items()}
     paths.update({name: out / name for name in sheets})
     return paths
+
+
+def report_ids(out_dir) -> dict:
+    """{file: the report id it carries (None when missing)} for report.md, report.html and summary.json: the
+    three agree when they come from one write_report."""
+    out = Path(out_dir)
+    ids = {}
+    for name in ("report.md", "report.html"):
+        path = out / name
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        found = re.search(r"report id(?:\*\*|</b>)?\W*([0-9a-f]{16})", text)
+        ids[name] = found.group(1) if found else None
+    ids["summary.json"] = (read_json(out / "summary.json", {}) or {}).get("report_id")
+    return ids

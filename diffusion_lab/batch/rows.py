@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import time
 import traceback
@@ -153,6 +154,7 @@ def run_row(pipe, row: dict, out_dir, model: str, context: dict, parent_pid: int
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pictures, metrics = edit_row(pipe, row, model)
+        check_outputs(pictures, metrics)
         messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
         seconds = time.perf_counter() - started
         metrics["seconds"] = {**metrics.get("seconds", {}), "total": seconds}
@@ -175,6 +177,44 @@ def run_row(pipe, row: dict, out_dir, model: str, context: dict, parent_pid: int
         status = failed_status(row, error, context, seconds=time.perf_counter() - started)
     atomic_write_json(status_path, status)
     return status
+
+
+class GarbageOutputError(ValueError):
+    """A row's images or metrics are not a result (NaN, a constant image, an infinite metric): the row fails."""
+
+
+IMAGE_FILES = ("source.png",)  # and edit-N.png: the sampled images (not the input, not the figures)
+
+
+def check_outputs(pictures: dict, metrics: dict) -> None:
+    """Raise GarbageOutputError when an image holds NaN or is one constant colour, or a metric is not a finite
+    number: guidance_scale 1e300 sampled all-black images that were marked "ok" with psnr_to_source Infinity."""
+    import numpy as np
+
+    for name, picture in pictures.items():
+        if name not in IMAGE_FILES and not name.startswith("edit-"):
+            continue
+        array = np.asarray(picture, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise GarbageOutputError(f"{name} holds NaN or infinite values: the sampling diverged "
+                                     "(lower guidance_scale or check the model)")
+        if array.size and float(array.max() - array.min()) == 0.0:
+            colour = tuple(int(v) for v in array.reshape(-1, array.shape[-1] if array.ndim == 3 else 1)[0])
+            raise GarbageOutputError(f"{name} is one constant colour {colour}: not an image (the sampling diverged "
+                                     "or the model outputs nothing; lower guidance_scale or check the model)")
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            hint = " (the images are identical)" if "psnr" in where and value > 0 else ""
+            raise GarbageOutputError(f"the metric {where} is {value}{hint}: not a finite number")
+
+    walk(metrics, "")
 
 
 def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:

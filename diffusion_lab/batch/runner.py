@@ -11,6 +11,9 @@ one started by dask-jobqueue on SLURM or dask-kubernetes). Only plain data trave
 dicts and paths and returns a dict; the notebook reads its rows from a JSON chunk file. Workers must see OUT_DIR
 and the input images at the same paths (a shared file system), and have diffusion-lab installed.
 
+A chunk whose kernel dies (or is stopped by --chunk-timeout) or whose worker process is lost is noticed within
+about a second; its unfinished rows run once more in a fresh kernel, then fail with both reasons.
+
 Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
 says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
 0 every row of the manifest is done; 1 at least one row failed, or was invalid and skipped (--skip-invalid): see the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import concurrent.futures.process
 import hashlib
 import os
 import secrets
@@ -48,6 +52,7 @@ DEFAULT_CHUNK_SIZE = 8
 DEFAULT_KERNEL = "python3"
 EXECUTORS = ("local", "dask")
 POLL_SECONDS = 0.5
+SCHEDULER_TIMEOUT = "60s"  # how long to try reaching an external Dask scheduler
 _WEIGHT_SUFFIXES = {".json", ".safetensors", ".txt", ".model"}
 
 
@@ -179,7 +184,11 @@ def check_kernel(kernel_name: str) -> str | None:
 def run_chunk(payload: dict) -> dict:
     """Write the chunk file, execute edit_chunk.ipynb on it with papermill, keep the executed notebook as the
     chunk's log (notebooks/<name>.ipynb). Returns timings and the chunk's error (None when the notebook ran
-    to its end; row failures are in the rows' status files, not here)."""
+    to its end; row failures are in the rows' status files, not here).
+
+    payload["timeout"] (--chunk-timeout) bounds the whole chunk, kernel start and model load included: a
+    watchdog kills the kernel when it is spent, and nbclient, which checks every second that its kernel is alive,
+    returns at once. A kernel that dies on its own is noticed the same way."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -187,36 +196,157 @@ def run_chunk(payload: dict) -> dict:
 
     out = Path(payload["out_dir"])
     name = payload["name"]
+    threads = payload.get("threads") or _worker_threads()
     chunk_file = inside(out, "chunks", f"{name}.json")
     result_file = f"chunks/{name}.result.json"
     notebook = f"notebooks/{name}.ipynb"
     atomic_write_json(chunk_file, {
-        "name": name, "run": payload["run"], "model": payload["model"], "threads": payload.get("threads"),
+        "name": name, "run": payload["run"], "model": payload["model"], "threads": threads,
         "notebook": notebook, "result_file": result_file, "rows": payload["rows"],
     })
     partial = inside(out, "notebooks", f".{name}{PARTIAL_NOTEBOOK_SUFFIX}")
     partial.parent.mkdir(parents=True, exist_ok=True)
+    managers: list = []
+    processes: list = []  # the kernel's Popen (jupyter_client forgets it once the kernel is cleaned up)
+
+    class ChunkKernelManager(EncryptedKernelManager):
+        """Remembers itself and its kernel process, so the watchdog can stop it and the error can name how it
+        ended."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            managers.append(self)
+
+        async def _async_post_start_kernel(self, **kwargs):
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                processes.append(process)
+            await super()._async_post_start_kernel(**kwargs)
+
+    timeout = payload.get("timeout")
+    timed_out, finished = threading.Event(), threading.Event()
+
+    def watchdog() -> None:  # once the time is spent, kill the kernel (again each second, should it be starting)
+        if finished.wait(float(timeout)):
+            return
+        timed_out.set()
+        while not finished.is_set():
+            starting = [getattr(getattr(m, "provisioner", None), "process", None) for m in managers]
+            for process in [*processes, *starting]:
+                if process is not None and process.poll() is None:
+                    process.kill()
+            finished.wait(1.0)
+
     error = None
     started = time.perf_counter()
+    if timeout:
+        threading.Thread(target=watchdog, daemon=True, name=f"watchdog-{name}").start()
+    parameters = {"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]}
+    kernel_name = payload.get("kernel_name") or DEFAULT_KERNEL
     try:
-        papermill.execute_notebook(
-            str(payload.get("notebook_template") or NOTEBOOK), str(partial),
-            parameters={"CHUNK_FILE": str(chunk_file), "OUT_DIR": str(out), "MODEL": payload["model"]},
-            kernel_name=payload.get("kernel_name") or DEFAULT_KERNEL, progress_bar=False, log_output=False,
-            cwd=str(out), execution_timeout=payload.get("timeout"), kernel_manager_class=EncryptedKernelManager,
-        )
+        if payload.get("warm"):
+            error = _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, ChunkKernelManager,
+                                        managers, processes)
+        else:
+            papermill.execute_notebook(
+                str(payload.get("notebook_template") or NOTEBOOK), str(partial), parameters=parameters,
+                kernel_name=kernel_name, progress_bar=False, log_output=False,
+                cwd=str(out), kernel_manager_class=ChunkKernelManager,
+            )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
-    except Exception as exc:  # the kernel did not start, died, or timed out
+    except Exception as exc:  # the kernel did not start, died, or was stopped by the watchdog
         error = f"{type(exc).__name__}: {exc}"
+    finally:
+        finished.set()
+    if payload.get("warm") and error is not None:
+        shutdown_warm_kernels(payload["run"])  # never reuse a kernel that failed, died or timed out
     wall = time.perf_counter() - started
+    if timed_out.is_set():
+        error = f"the chunk ran past --chunk-timeout {float(timeout):g} s and its kernel was stopped"
+    elif error is not None and "DeadKernelError" in error:
+        code = next((p.returncode for p in processes if p.returncode is not None), None)
+        how = "" if code is None else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
+        error = f"the chunk's kernel died{how} after {wall:.1f} s"
     if partial.exists():
         os.replace(partial, inside(out, notebook))
     summary = read_json(inside(out, result_file), {}) or {}
     return {"name": name, "rows": [row["id"] for row in payload["rows"]], "wall_seconds": wall, "error": error,
-            "notebook": notebook, "import_seconds": summary.get("import_seconds", 0.0),
+            "notebook": notebook, "attempt": payload.get("attempt", 1), "threads": threads,
+            "import_seconds": summary.get("import_seconds", 0.0),
             "load_seconds": summary.get("load_seconds", 0.0), "row_seconds": summary.get("row_seconds", 0.0),
+            "kernel_age_seconds": summary.get("kernel_age_seconds"), "kernel_pid": summary.get("pid"),
             "states": summary.get("rows", {})}
+
+
+_WARM_KERNELS: dict = {}  # this process's kernels kept across chunks (--warm-kernels): (run, kernel name) -> manager
+
+
+def _run_in_warm_kernel(payload, parameters, kernel_name, partial, out, manager_class, managers, processes):
+    """Execute the chunk notebook (parameterized as papermill does) with nbclient in this process's warm kernel,
+    started on the first chunk and kept for the next ones: the kernel start, the imports and the model load
+    (load_pipeline caches it) are paid once per worker instead of once per chunk. Returns the chunk's error."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from papermill.parameterize import parameterize_notebook
+
+    from papermill.iorw import load_notebook_node
+
+    notebook = load_notebook_node(str(payload.get("notebook_template") or NOTEBOOK))  # cells get their tags
+    notebook = parameterize_notebook(notebook, parameters, kernel_name=kernel_name, language="python")
+    key = (payload["run"], kernel_name)
+    manager = _WARM_KERNELS.get(key)
+    process = getattr(getattr(manager, "provisioner", None), "process", None)
+    if manager is None or process is None or process.poll() is not None:
+        manager = manager_class(kernel_name=kernel_name)
+        _WARM_KERNELS[key] = manager
+    else:
+        processes.append(process)
+    managers.append(manager)
+    client = NotebookClient(notebook, km=manager, kernel_name=kernel_name, timeout=None,
+                            resources={"metadata": {"path": str(out)}})
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+        nbformat.write(notebook, str(partial))
+    return error
+
+
+def shutdown_warm_kernels(run: str | None = None) -> None:
+    """Stop this process's warm kernels of the run `run` (all of them when None): at the end of a run, or after a
+    chunk failed in one."""
+    from jupyter_core.utils import run_sync
+
+    for key in [key for key in _WARM_KERNELS if run is None or key[0] == run]:
+        manager = _WARM_KERNELS.pop(key)
+        process = getattr(getattr(manager, "provisioner", None), "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        try:
+            run_sync(manager.cleanup_resources)()
+        except Exception:  # noqa: BLE001 - connection files only
+            pass
+
+
+def _worker_threads() -> int:
+    """torch threads for a chunk whose driver did not choose (a Dask worker of an external scheduler): the idle
+    cores of the machine it runs on, shared by the worker's task slots. Without it, torch took every core in
+    each of a worker's kernels."""
+    slots = 1
+    try:
+        from distributed import get_worker
+
+        slots = int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):  # not inside a Dask worker
+        pass
+    return local_threads(max(1, slots))
 
 
 class _SequentialExecutor:
@@ -271,14 +401,9 @@ class _Executor:
 
     def __init__(self, kind: str, workers: int, scheduler: str | None, log):
         self.kind, self.client, self.cluster, self.pool = kind, None, None, None
+        self.workers = workers
         if kind == "local":
-            if workers == 1:
-                self.pool = _SequentialExecutor()
-            else:
-                import multiprocessing
-
-                self.pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = _SequentialExecutor() if workers == 1 else self._new_pool()
             return
         try:
             from distributed import Client, LocalCluster
@@ -287,9 +412,9 @@ class _Executor:
         if scheduler:
             try:
                 if scheduler.endswith(".json") and Path(scheduler).is_file():
-                    self.client = Client(scheduler_file=scheduler, timeout="60s")
+                    self.client = Client(scheduler_file=scheduler, timeout=SCHEDULER_TIMEOUT)
                 else:
-                    self.client = Client(scheduler, timeout="60s")
+                    self.client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
             except (OSError, TimeoutError, ValueError) as error:
                 raise BatchError(f"could not reach the Dask scheduler {scheduler!r}: {error}") from None
             log(f"dask: connected to {self.client.scheduler.address}")
@@ -303,7 +428,18 @@ class _Executor:
         if self.client is not None:
             return self.client.submit(run_chunk, payload, key=f"diffusion-lab-{payload['run']}-{payload['name']}",
                                       pure=False)
-        return self.pool.submit(run_chunk, payload)
+        try:
+            return self.pool.submit(run_chunk, payload)
+        except concurrent.futures.process.BrokenProcessPool:  # a worker process died: a fresh pool for the retry
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return self.pool.submit(run_chunk, payload)
+
+    def _new_pool(self):
+        import multiprocessing
+
+        return concurrent.futures.ProcessPoolExecutor(max_workers=self.workers,
+                                                      mp_context=multiprocessing.get_context("spawn"))
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
@@ -362,6 +498,7 @@ def run_batch(
     chunk_timeout: float | None = None,
     threads: int | None = None,
     validate_only: bool = False,
+    warm_kernels: bool = False,
     log=None,
 ) -> BatchResult:
     """Validate MANIFEST, then run its unfinished rows into OUT_DIR (see the module docstring); the result's
@@ -374,9 +511,19 @@ def run_batch(
         raise BatchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if scheduler and executor != "dask":
         raise BatchError("--scheduler needs --executor dask")
+    if warm_kernels and executor != "local":
+        raise BatchError("--warm-kernels needs --executor local (a Dask worker would keep its kernel after the run)")
     out = Path(out_dir).expanduser().resolve()
 
-    parsed = read_manifest(manifest)
+    import warnings
+
+    from .manifest import ManifestWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ManifestWarning)
+        parsed = read_manifest(manifest)
+    for warning in caught:
+        log(f"warning: {warning.message}")
     model = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
     tokenizer = load_tokenizer(model)
     defaults = model_defaults(model)
@@ -394,7 +541,19 @@ def run_batch(
         warning = check_kernel(kernel_name)
         if warning:
             log(f"warning: {warning}")
+    # An external scheduler is reached BEFORE the output folder and its lock exist: an unreachable one leaves
+    # nothing behind (it left OUT_DIR with its lock file).
+    connected = _Executor(executor, workers, scheduler, log) if scheduler else None
+    try:
+        return _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
+                           kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels)
+    finally:
+        if connected is not None:
+            connected.close()
 
+
+def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
+                kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels=False) -> BatchResult:
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         sweep_leftovers(out)
@@ -416,7 +575,7 @@ def run_batch(
         payloads = [
             {"name": f"{run_id}-chunk-{index:03d}", "run": run_id, "out_dir": str(out), "model": model,
              "rows": [{**row.spec, "key": keys[row.id]} for row in rows], "threads": threads,
-             "kernel_name": kernel_name, "timeout": chunk_timeout}
+             "kernel_name": kernel_name, "timeout": chunk_timeout, "warm": warm_kernels}
             for index, rows in enumerate(_chunks(pending, chunk_size), start=1)
         ]
         log(f"{len(valid)} rows: {len(done)} done earlier, {len(pending)} to run in {len(payloads)} chunk(s) "
@@ -425,7 +584,7 @@ def run_batch(
         if payloads:
             try:
                 chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
-                                         len(valid), len(done), log)
+                                         len(valid), len(done), log, connected)
             except KeyboardInterrupt:
                 interrupted = True
                 log("interrupted: finished rows are kept; rerun the same command to continue")
@@ -436,7 +595,8 @@ def run_batch(
 
         info = {"manifest": str(parsed.path), "model": model, "model fingerprint": fingerprint[:23],
                 "run": run_id, "finished": now(), "chunk size": chunk_size,
-                "executor": executor + (f" ({scheduler})" if scheduler else f" ({workers} worker(s))")}
+                "executor": executor + (f" ({scheduler})" if scheduler else f" ({workers} worker(s))"),
+                "total time": f"{time.perf_counter() - started:.1f} s (this run: validation, chunks and retries)"}
         reports = write_report(out, entries, info)
     unfinished = counts["failed"] + counts["not run"] + counts["invalid"]  # invalid: skipped by --skip-invalid
     exit_code = 130 if interrupted else (1 if unfinished else 0)
@@ -449,61 +609,88 @@ def run_batch(
                        seconds=time.perf_counter() - started)
 
 
-def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log) -> list:
-    """Submit every chunk; until all are back, poll the rows' status files to advance the progress bar."""
-    executor = _Executor(executor_kind, workers, scheduler, log)
+def _finished_in_run(out, row_id: str, key: str, run_id: str) -> bool:
+    """True when the row has a status (ok or failed) written by this run for this key."""
+    status = read_json(row_dir(out, row_id) / STATUS_FILE)
+    return bool(status and status.get("run") == run_id and status.get("key") == key)
+
+
+def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log,
+             connected=None) -> list:
+    """Submit every chunk; until all are back, poll the rows' status files to advance the progress bar.
+
+    A chunk that ends with an error (its kernel died or ran past --chunk-timeout, its worker process was lost)
+    is run once more, in a fresh kernel, with only its rows that have no status of this run; rows still
+    unfinished after that are marked failed by _record_unfinished with both errors."""
+    executor = connected or _Executor(executor_kind, workers, scheduler, log)
     bar = _progress(total, initial, progress)
     futures = {}
     results, waiting = [], set()
     failures = 0
     cancel = True
+
+    def submit(payload: dict) -> None:
+        futures[executor.submit(payload)] = payload
+
     try:
         for payload in payloads:
-            futures[executor.submit(payload)] = payload
+            submit(payload)
             waiting.update(row["id"] for row in payload["rows"])
-        remaining = set(futures)
-        while remaining:
+        while futures:
             time.sleep(POLL_SECONDS)
             for row_id in list(waiting):
-                status = read_json(row_dir(out, row_id) / STATUS_FILE)
-                if status and status.get("run") == run_id and status.get("key") == keys[row_id]:
+                if _finished_in_run(out, row_id, keys[row_id], run_id):
                     waiting.discard(row_id)
-                    failures += status.get("status") != "ok"
+                    failures += read_json(row_dir(out, row_id) / STATUS_FILE, {}).get("status") != "ok"
                     bar.update(1)
                     if failures:
                         bar.set_postfix(failed=failures)
-            for future in [f for f in remaining if f.done()]:
-                remaining.discard(future)
-                payload = futures[future]
+            for future in [f for f in futures if f.done()]:
+                payload = futures.pop(future)
                 try:
                     result = future.result()
-                except Exception as error:  # the task itself failed (a lost worker, an import error)
+                except Exception as error:  # the task itself failed (a lost worker process, an import error)
                     result = {"name": payload["name"], "rows": [r["id"] for r in payload["rows"]],
-                              "error": f"{type(error).__name__}: {error}", "wall_seconds": 0.0}
-                if result.get("error"):
-                    log(f"chunk {result['name']}: {result['error']}")
+                              "attempt": payload.get("attempt", 1), "wall_seconds": 0.0,
+                              "error": f"the worker running the chunk was lost ({type(error).__name__}: {error})"}
                 results.append(result)
+                if not result.get("error"):
+                    continue
+                log(f"chunk {result['name']}: {result['error']}")
+                left = [row for row in payload["rows"] if not _finished_in_run(out, row["id"], row["key"], run_id)]
+                if left and payload.get("attempt", 1) == 1:
+                    log(f"chunk {payload['name']}: running its {len(left)} unfinished row(s) once more in a fresh kernel")
+                    submit({**payload, "name": payload["name"] + "-retry", "rows": left, "attempt": 2})
         cancel = False
     finally:
         bar.close()
-        executor.close(cancel=cancel)
+        if executor is not connected:
+            executor.close(cancel=cancel)
+        elif cancel:  # the external scheduler's client stays open: take back what it still has queued
+            for future in futures:
+                future.cancel()
+        shutdown_warm_kernels(run_id)  # --workers 1 ran them in this process (worker processes' end with them)
     return sorted(results, key=lambda result: result["name"])
 
 
 def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool) -> None:
-    """A row of this run without a status of this run (its kernel died, timed out, or never started) is failed,
-    with the chunk's error, so the report and the exit code say so; a rerun retries it."""
-    errors = {row_id: (result.get("error"), result.get("notebook")) for result in chunk_results
-              for row_id in result.get("rows", [])}
+    """A row of this run without a status of this run (its kernel died, timed out, or never started, also when
+    run again once) is failed, with its chunks' errors, so the report and the exit code say so; a rerun of the
+    command retries it."""
+    errors: dict = {}
+    for result in sorted(chunk_results, key=lambda result: result.get("attempt", 1)):
+        for row_id in result.get("rows", []):
+            errors.setdefault(row_id, []).append((result.get("error"), result.get("notebook")))
     for row in pending:
-        status = read_json(row_dir(out, row.id) / STATUS_FILE)
-        if status and status.get("run") == run_id and status.get("key") == keys[row.id]:
+        if _finished_in_run(out, row.id, keys[row.id], run_id):
             continue
         if interrupted and row.id not in errors:
             continue  # never started: "not run" in the report
-        error, notebook = errors.get(row.id, ("the run was interrupted", None))
-        message = f"its chunk ended before this row finished: {error or 'no status was written'}"
-        context = {"run": run_id, "chunk": None, "notebook": notebook}
+        attempts = errors.get(row.id, [("the run was interrupted", None)])
+        message = f"its chunk ended before this row finished: {attempts[0][0] or 'no status was written'}"
+        if len(attempts) > 1:
+            message += f"; run once more in a fresh kernel: {attempts[-1][0] or 'no status was written'}"
+        context = {"run": run_id, "chunk": None, "notebook": attempts[-1][1]}
         atomic_write_json(row_dir(out, row.id) / STATUS_FILE, failed_status({"id": row.id, "key": keys[row.id]},
                                                                             message, context))
 
@@ -546,9 +733,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--skip-invalid", action="store_true", help="run the valid rows and report the invalid ones")
     parser.add_argument("--validate-only", action="store_true", help="check the manifest and stop")
     parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default: python3)")
-    parser.add_argument("--chunk-timeout", type=float, default=None, help="seconds a chunk may run (default: no limit)")
+    parser.add_argument("--chunk-timeout", type=float, default=None,
+                        help="seconds a chunk may run, kernel start and model load included; its kernel is then "
+                             "stopped and its unfinished rows run once more (default: no limit)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per kernel (default: idle CPU cores / workers locally, the worker's own on Dask)")
+    parser.add_argument("--warm-kernels", action="store_true",
+                        help="keep one kernel per local worker across chunks: kernel start, imports and model load "
+                             "once per worker instead of once per chunk (the chunk notebooks run with nbclient)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -561,7 +753,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             args.manifest, args.out, args.model, chunk_size=args.chunk_size, workers=args.workers,
             executor=args.executor, scheduler=args.scheduler, skip_invalid=args.skip_invalid,
             progress=not args.no_progress, kernel_name=args.kernel, chunk_timeout=args.chunk_timeout,
-            threads=args.threads, validate_only=args.validate_only,
+            threads=args.threads, validate_only=args.validate_only, warm_kernels=args.warm_kernels,
         )
     except (BatchError, ManifestError, ModelNotFoundError, OutputLockedError, UnsafePathError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -119,9 +119,14 @@ def caption(
     return describe(SceneDescription(objects, background))
 
 
+PUNCTUATION = ".,;:!?\"'()"
+
+
 def check_words(text: str) -> list[str]:
-    """Split a caption into words and raise a clear error for any word outside the vocabulary."""
-    words = text.lower().replace(",", " ").split()
+    """Split a caption into words and raise a clear error for any word outside the vocabulary. Punctuation
+    around words ("a red circle, on a gray background.") is dropped: a caption reads the same without it."""
+    words = [word.strip(PUNCTUATION) for word in text.lower().replace(",", " ").split()]
+    words = [word for word in words if word]
     vocab = set(vocabulary())
     unknown = [w for w in words if w not in vocab]
     if unknown:

@@ -321,14 +321,16 @@ def reset_metrics(out_dir: str | os.PathLike) -> None:
 
 
 class ImageView:
-    """An ipywidgets.Image that shows pictures (PIL, arrays, figures) as PNG; keeps the last one for tests."""
+    """An ipywidgets.Image that shows pictures (PIL, arrays, figures) as PNG; keeps the last one for tests.
+    Hidden while it has no picture (an empty Image is a broken-image icon in JupyterLab)."""
 
     def __init__(self, min_side: int = 192, description: str = ""):
         import ipywidgets as widgets
 
         self.min_side = min_side
-        self.image = widgets.Image(format="png")
-        self.caption = widgets.HTML(value=f"<i>{description}</i>" if description else "")
+        self.description = description
+        self.image = widgets.Image(format="png", layout=widgets.Layout(display="none"))
+        self.caption = widgets.HTML(value="")
         self.widget = widgets.VBox([self.image, self.caption])
         self.picture: Image.Image | None = None
         self.updates = 0
@@ -336,9 +338,19 @@ class ImageView:
     def show(self, picture, caption: str | None = None) -> None:
         self.picture = enlarge(picture, self.min_side)
         self.image.value = png_bytes(self.picture)
+        self.image.layout.display = None
         if caption is not None:
             self.caption.value = caption
+        elif self.description:
+            self.caption.value = f"<i>{self.description}</i>"
         self.updates += 1
+
+    def clear(self) -> None:
+        """No picture (hidden): a failed run must not leave the previous run's pictures under its error."""
+        self.picture = None
+        self.image.value = b""
+        self.image.layout.display = "none"
+        self.caption.value = ""
 
 
 class Progress:
@@ -350,6 +362,12 @@ class Progress:
         self.bar = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="320px"))
         self.status = widgets.HTML(value="")
         self.widget = widgets.HBox([self.bar, self.status])
+        self._start = time.perf_counter()
+
+    def reset(self, message: str = "running") -> None:
+        """A fresh bar, status and timer (each run starts here, so `done` never counts an earlier run's time)."""
+        self.bar.max, self.bar.value, self.bar.bar_style = 1, 0, ""
+        self.status.value = message + " ..."
         self._start = time.perf_counter()
 
     def start(self, total: int, message: str = "running") -> None:
@@ -371,8 +389,30 @@ class Progress:
         self.status.value = f"{message} ({time.perf_counter() - self._start:.1f} s)"
 
     def fail(self, error: BaseException) -> None:
+        """Red bar and ONE line: the error's type and the first line of its message (the rest is in the log)."""
+        import html
+
         self.bar.bar_style = "danger"
-        self.status.value = f"<span style='color:#b00'>{type(error).__name__}: {error}</span>"
+        self.status.value = f"<span style='color:#b00'>failed: {html.escape(one_line(error))}</span>"
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """'TypeName: first line of the message', cut to `limit` characters."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def label_fully(root) -> None:
+    """Give every control under `root` (an ipywidgets container) room for its whole description: the default
+    width cut "source prompt" to "source pr..."."""
+    stack = [root]
+    while stack:
+        widget = stack.pop()
+        stack.extend(getattr(widget, "children", ()) or ())
+        style = getattr(widget, "style", None)
+        if getattr(widget, "description", "") and style is not None and hasattr(style, "description_width"):
+            style.description_width = "initial"
 
 
 def slider(description: str, value, low, high, step, integer: bool = False, **kwargs):
@@ -408,21 +448,50 @@ class Panel:
         self.runs = 0
         self.last_seconds = 0.0
 
+    @property
+    def widget(self):
+        return self._widget
+
+    @widget.setter
+    def widget(self, root) -> None:  # subclasses assign their layout: every label shown whole
+        label_fully(root)
+        self._widget = root
+
     def compute(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def views(self) -> list[ImageView]:
+        return [value for value in vars(self).values() if isinstance(value, ImageView)]
+
     def run(self) -> None:
-        """Run `compute()` with progress and errors shown in the panel (never raised into the event loop)."""
+        """Run `compute()` with progress and errors shown in the panel (never raised into the event loop).
+
+        A failure is a red bar with a one-line message (the full message in the log below), the pictures of the
+        previous run are cleared, and the timer and the log start afresh on every run. The exception is caught
+        INSIDE `with self.log:`: in IPython the Output widget's __exit__ prints and swallows any exception that
+        leaves the block, so catching outside it marked failed runs green "done"."""
         self.error = None
         start = time.perf_counter()
+        if self.runs == 0:  # pictures shown before any run are the panel's input: a failed run keeps them
+            self._input_views = [view for view in self.views() if view.picture is not None]
         self.button.disabled = True
+        self.progress.reset()
+        self.log.clear_output()
         try:
             with self.log:
-                self.compute()
-            self.progress.done()
-        except Exception as error:  # shown in the panel: a lecturer's typo must not kill the widget
-            self.error = error
-            self.progress.fail(error)
+                try:
+                    self.compute()
+                except Exception as error:  # shown in the panel: a lecturer's typo must not kill the widget
+                    self.error = error
+                    if "\n" in str(error).strip():
+                        print(f"{type(error).__name__}: {error}")
+            if self.error is None:
+                self.progress.done()
+            else:
+                for view in self.views():
+                    if not any(view is kept for kept in getattr(self, "_input_views", [])):
+                        view.clear()
+                self.progress.fail(self.error)
         finally:
             self.button.disabled = False
             self.runs += 1

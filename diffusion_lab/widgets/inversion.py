@@ -232,6 +232,9 @@ class InversionPanel(Panel):
         from diffusion_lab.metrics import psnr
         from diffusion_lab.viz import image_grid
 
+        from diffusion_lab.generation import prompt_list
+
+        prompt_list(self.prompt.value)  # the source prompt: an empty one is a clear error before any work
         key = self.method.value
         target = self.target.value.strip() or None
         self.progress.start(2, f"inverting with {METHODS[key][2]} (cached after the first run)")

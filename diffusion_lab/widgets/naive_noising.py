@@ -253,6 +253,9 @@ class NaiveEditPanel(Panel):
         from diffusion_lab.metrics import psnr
         from diffusion_lab.naive_noising import naive_noising_edit, noise_image_to_strength
 
+        from diffusion_lab.generation import prompt_list
+
+        prompt_list(self.prompt.value)  # an empty prompt: a clear error before any work
         strength, steps = float(self.strength.value), int(self.steps.value)
         self.progress.start(2, f"noising to strength {strength:g} and denoising")
         noised = noise_image_to_strength(self.pipe, self.image, strength, steps,

@@ -289,7 +289,10 @@ class PromptToPromptPanel(Panel):
         from diffusion_lab.editing import PromptEdit, run_edit
         from diffusion_lab.viz import image_grid
 
+        from diffusion_lab.generation import prompt_list
+
         spec = self.edit_dict()
+        prompt_list([spec["source_prompt"], *spec["target_prompts"]])  # empty prompts: a clear error first
         edit = PromptEdit.from_dict(spec)
         edit.check(self.pipe.tokenizer)  # clear errors before any UNet call
         real = self.source_kind.value == "real image"
