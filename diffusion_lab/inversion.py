@@ -819,6 +819,28 @@ def _warn_if_half_precision(pipe) -> None:
         )
 
 
+def inversion_inputs(pipe, image, latents: Tensor | None, prompt, negative_prompt: str = ""):
+    """What every inversion starts from: z_0 (B, C, h, w) float32 on the UNet's device (the VAE encoding of `image`,
+    or the `latents` given), the source prompts (one per image), their text embeddings (B, L, D) and the
+    unconditional one (1, L, D) of `negative_prompt`."""
+    from diffusion_lab.latents import encode_images
+    from diffusion_lab.text import encode_prompts
+
+    if latents is None:
+        if image is None:
+            raise ValueError("give an image (path, PIL image or array) or its latents")
+        latents = encode_images(pipe, image)
+    elif latents.ndim != 4:
+        raise ValueError(f"latents must be (B, C, h, w), got shape {tuple(latents.shape)}")
+    _warn_if_half_precision(pipe)
+    device = pipe.unet.device
+    z_0 = latents.to(device=device, dtype=torch.float32)  # (B, C, h, w)
+    prompts = _prompts_for(prompt, z_0.shape[0])
+    text_embeddings = encode_prompts(pipe, prompts).to(device)  # (B, L, D)
+    null_embedding = encode_prompts(pipe, [negative_prompt]).to(device)  # (1, L, D)
+    return z_0, prompts, text_embeddings, null_embedding
+
+
 def invert(
     pipe,
     image,
@@ -855,9 +877,6 @@ def invert(
     eta must be 0 (None) for every method but "edit_friendly", which takes 0 < eta <= 1 (None: 1) and `seed` (the
     x_t draws): see inversion_ddpm.edit_friendly_inversion.
     """
-    from diffusion_lab.latents import encode_images
-    from diffusion_lab.text import encode_prompts
-
     if method == "edit_friendly":
         from diffusion_lab.inversion_ddpm import DEFAULT_ETA, edit_friendly_inversion
 
@@ -891,18 +910,8 @@ def invert(
         timesteps = model.schedule.timesteps(num_steps)
     timesteps = torch.as_tensor(timesteps, dtype=torch.long).cpu()
     timestep_pairs(timesteps)  # raises for a subsequence that is not strictly decreasing
-    if latents is None:
-        if image is None:
-            raise ValueError("give an image (path, PIL image or array) or its latents")
-        latents = encode_images(pipe, image)
-    elif latents.ndim != 4:
-        raise ValueError(f"latents must be (B, C, h, w), got shape {tuple(latents.shape)}")
-    _warn_if_half_precision(pipe)
-    device = pipe.unet.device
-    z_0 = latents.to(device=device, dtype=torch.float32)  # (B, C, h, w)
-    prompts = _prompts_for(prompt, z_0.shape[0])
-    text_embeddings = encode_prompts(pipe, prompts).to(device)  # (B, L, D)
-    null_embedding = encode_prompts(pipe, [negative_prompt]).to(device)  # (1, L, D)
+    z_0, prompts, text_embeddings, null_embedding = inversion_inputs(pipe, image, latents, prompt, negative_prompt)
+    device = z_0.device
 
     synchronize(device)
     start = time.perf_counter()

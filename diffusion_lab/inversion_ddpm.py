@@ -142,36 +142,17 @@ def edit_friendly_inversion(
     Image b of the batch draws its x_t from seed + b, so it gets the same inversion alone with that seed.
     The Inversion's latents are the x_t, its `noise_maps` the z_t; reconstruct / edit_real / run_edit use them.
     """
-    from diffusion_lab.inversion import (
-        Inversion,
-        _check_guidance,
-        _prompts_for,
-        _warn_if_half_precision,
-        pipeline_name,
-        synchronize,
-    )
-    from diffusion_lab.latents import encode_images
     from diffusion_lab.conditioning import denoising_unet
     from diffusion_lab.denoisers import TextConditionedDenoiser
-    from diffusion_lab.text import encode_prompts
+    from diffusion_lab.inversion import Inversion, _check_guidance, inversion_inputs, pipeline_name, synchronize
 
     eta = _check_eta(eta, variance)
     guidance_scale = _check_guidance(DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale)
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     timesteps = schedule.timesteps(num_steps) if timesteps is None else timesteps
     timesteps = torch.as_tensor(timesteps, dtype=torch.long).cpu()
-    if latents is None:
-        if image is None:
-            raise ValueError("give an image (path, PIL image or array) or its latents")
-        latents = encode_images(pipe, image)
-    elif latents.ndim != 4:
-        raise ValueError(f"latents must be (B, C, h, w), got shape {tuple(latents.shape)}")
-    _warn_if_half_precision(pipe)
-    device = pipe.unet.device
-    z_0 = latents.to(device=device, dtype=torch.float32)  # (B, C, h, w)
-    prompts = _prompts_for(prompt, z_0.shape[0])
-    text_embeddings = encode_prompts(pipe, prompts).to(device)  # (B, L, D)
-    null_embedding = encode_prompts(pipe, [negative_prompt]).to(device)  # (1, L, D)
+    z_0, prompts, text_embeddings, null_embedding = inversion_inputs(pipe, image, latents, prompt, negative_prompt)
+    device = z_0.device
     denoiser = TextConditionedDenoiser(denoising_unet(pipe), text_embeddings, null_embedding, guidance_scale)
 
     synchronize(device)
