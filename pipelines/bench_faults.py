@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch import write_manifest  # noqa: E402  (the same manifest of word swaps)
 FAULTS = ("kernel", "worker", "driver", "report")
 REPORT_KILLER = """
 import os, signal, sys
@@ -48,22 +50,6 @@ report.atomic_write_many = killed_midway
 from diffusion_lab.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def write_manifest(path: Path, rows: int, steps: int) -> Path:
-    import yaml
-
-    from diffusion_lab.shapes import SHAPES, caption, random_scene
-
-    entries = []
-    for index in range(rows):
-        scene = random_scene(index, num_objects=1)
-        source = caption(scene)
-        shape = scene.objects[0].shape
-        target = source.replace(shape, SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)], 1)
-        entries.append({"id": f"row-{index:02d}", "source_prompt": source, "target_prompts": [target], "seed": index})
-    path.write_text(yaml.safe_dump({"defaults": {"num_steps": steps}, "rows": entries}, sort_keys=False))
-    return path
 
 
 def descendants(pid: int) -> list:
@@ -227,8 +213,8 @@ def main(argv=None) -> int:
 
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(root / "manifest.yaml", args.rows, args.steps)
-    ids = [f"row-{index:02d}" for index in range(args.rows)]
+    manifest = write_manifest(root / "manifest.yaml", args.rows, args.steps, "generated")  # bench_batch's manifest
+    ids = [f"bench-{index:03d}" for index in range(args.rows)]
     results = []
     for fault in args.faults:
         out = root / fault
