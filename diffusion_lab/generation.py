@@ -74,7 +74,6 @@ def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: floa
     return result.sample
 
 
-@torch.no_grad()
 def prompt_list(prompts: str | Sequence[str]) -> list[str]:
     """A list of non-empty prompts from one string or a sequence of strings; ValueError that says what to do
     (a plain string used to be iterated character by character, an empty prompt was sampled silently)."""
@@ -90,6 +89,7 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+@torch.no_grad()
 def text_to_image(
     pipe,
     prompts: Sequence[str],

@@ -436,3 +436,20 @@ def test_chunks_on_an_external_scheduler_get_a_thread_count(monkeypatch):
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert runner._worker_threads() == 8  # outside a Dask worker: one task slot
+
+
+def test_validation_refuses_words_the_model_was_never_trained_on(tmp_path):
+    from diffusion_lab.batch.runner import load_tokenizer
+
+    manifest = tmp_path / "positions.yaml"
+    import yaml
+
+    manifest.write_text(yaml.safe_dump({"rows": [
+        {"id": "cell", "source_prompt": "a red circle at the top left on a white background",
+         "target_prompts": ["a blue circle at the top left on a white background"], "edit": "replace"},
+        {"id": "plain", "source_prompt": "a red circle on a white background",
+         "target_prompts": ["a blue circle on a white background"], "edit": "replace"},
+    ]}))
+    valid, invalid = validate_manifest(read_manifest(manifest), load_tokenizer("shapes-tiny"), 50, 5.0)
+    assert [row.id for row in valid] == ["plain"]
+    assert len(invalid) == 1 and "never used in this model's training" in str(invalid[0])

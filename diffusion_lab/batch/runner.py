@@ -131,11 +131,14 @@ def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
     from ..models import ModelNotFoundError
+    from ..models.loading import mark_untrained_words
 
     folder = model_location(model)
     try:
         if folder is not None:
-            return AutoTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+            mark_untrained_words(tokenizer, folder)  # refused at validation, as load_pipeline's are at run time
+            return tokenizer
         return AutoTokenizer.from_pretrained(model, subfolder="tokenizer",
                                              local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     except (OSError, ValueError) as error:

@@ -112,7 +112,7 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
             f"`huggingface-cli download {name}` and pass the folder, or use 'shapes-tiny'. Cause: {error}"
         ) from error
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    _mark_untrained_words(pipe, path)
+    mark_untrained_words(pipe.tokenizer, path)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
@@ -122,7 +122,7 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
     return pipe
 
 
-def _mark_untrained_words(pipe, folder: Path) -> None:
+def mark_untrained_words(tokenizer, folder) -> None:
     """Words the model's tokenizer knows but its training never used (training_info.json's "untrained_words":
     {"words": [...], "why": "..."}): text.check_prompt refuses them, saying why, rather than letting the model
     silently ignore them."""
@@ -131,4 +131,4 @@ def _mark_untrained_words(pipe, folder: Path) -> None:
         return
     untrained = json.loads(info_path.read_text()).get("untrained_words")
     if untrained:
-        pipe.tokenizer.untrained_words = (tuple(untrained["words"]), untrained.get("why", ""))
+        tokenizer.untrained_words = (tuple(untrained["words"]), untrained.get("why", ""))
