@@ -136,7 +136,14 @@ def test_grading_two_submissions_gives_the_expected_scores(course, tmp_path):
     # the planted student also "fixes" a check cell: grading must use the autograder's copy
     check = next(c for c in wrong.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1_1_check")
     check.source = "pass"
-    for student, nb in (("right", right), ("planted", wrong)):
+    # one pasted a check cell twice (it must score once), one ends Python in an exercise (the rest are still graded)
+    duplicated = _notebook(course, "autograder", name)
+    index = next(i for i, c in enumerate(duplicated.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "ex1_2_check")
+    duplicated.cells.insert(index, nbformat.from_dict(duplicated.cells[index]))
+    crashing = _notebook(course, "autograder", name)
+    cell = next(c for c in crashing.cells if "def forward_marginal_sample" in c.source)
+    cell.source = "import os\nos._exit(3)\n" + cell.source
+    for student, nb in (("right", right), ("planted", wrong), ("duplicated", duplicated), ("crashing", crashing)):
         (tmp_path / "submitted" / student).mkdir(parents=True)
         nbformat.write(nb, tmp_path / "submitted" / student / f"{name}.ipynb")
     grade_folder(tmp_path / "submitted", tmp_path / "scores.csv", course / "autograder", timeout=300, log=lambda *_: None)
@@ -148,6 +155,9 @@ def test_grading_two_submissions_gives_the_expected_scores(course, tmp_path):
     assert "square roots are missing" in rows[("planted", "ex1_1_check")]["feedback"]
     assert rows[("planted", "ex1_2_check")]["score"] == "1.0"
     assert rows[("planted", "ex1_3_check")]["score"] == "0.0"  # built on the wrong forward sample
+    assert float(rows[("duplicated", "total")]["score"]) == 3.0 == float(rows[("duplicated", "total")]["max_score"])
+    assert float(rows[("crashing", "total")]["score"]) == 0.0
+    assert "kernel stopped" in rows[("crashing", "ex1_1_check")]["feedback"]
 
 
 def test_checks_name_common_mistakes():

@@ -59,8 +59,8 @@ def grading_notebook(submission, reference):
         if cell.cell_type != "code" or "finish" in cell.metadata.get("tags", ()):
             continue
         if is_grade_cell(cell) or grade_id(cell) in reference_checks:
-            if grade_id(cell) not in reference_checks:
-                continue  # not a check of this lab
+            if grade_id(cell) not in reference_checks or grade_id(cell) in seen:
+                continue  # not a check of this lab, or a copy of one already placed (each check scores once)
             cell = copy.deepcopy(reference_checks[grade_id(cell)])
             seen.add(grade_id(cell))
         cell = copy.deepcopy(cell)
@@ -92,6 +92,7 @@ def execute(nb, cwd: Path, timeout: int = 600):
     os.environ.update(environment)
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                                interrupt_on_timeout=True,  # a cell over `timeout` becomes that cell's error
                                 resources={"metadata": {"path": str(cwd)}}, kernel_manager_class=EncryptedKernelManager)
         client.execute()
     finally:
@@ -150,12 +151,19 @@ def grade_submission(path: Path, reference, timeout: int = 600) -> list[dict]:
     """[{exercise, score, max_score, feedback}] of one submitted notebook."""
     import nbformat
 
+    def every_exercise_zero(reason: str) -> list[dict]:
+        return [{"exercise": grade_id(c), "score": 0.0, "max_score": float(c.metadata["nbgrader"].get("points", 1)),
+                 "feedback": reason} for c in reference.cells if is_grade_cell(c)]
+
     try:
         submission = nbformat.read(path, as_version=4)
     except Exception as error:  # not a notebook: every exercise 0, and say why
-        return [{"exercise": grade_id(c), "score": 0.0, "max_score": float(c.metadata["nbgrader"].get("points", 1)),
-                 "feedback": f"could not read {path.name}: {error}"} for c in reference.cells if is_grade_cell(c)]
-    return scores_of(execute(grading_notebook(submission, reference), path.parent, timeout))
+        return every_exercise_zero(f"could not read {path.name}: {error}")
+    try:
+        return scores_of(execute(grading_notebook(submission, reference), path.parent, timeout))
+    except Exception as error:  # the kernel died (e.g. os._exit in the student's code) or never started
+        return every_exercise_zero(f"the notebook's kernel stopped while grading ({type(error).__name__}: {error}); "
+                                   "run it top to bottom yourself to find the cell that ends Python")
 
 
 def grade_folder(submissions: str | Path, out_csv: str | Path, autograder: str | Path, timeout: int = 600,
