@@ -690,7 +690,7 @@ class Inversion:
         also takes pooled embeddings and time ids: conditioning.denoising_unet) or its UNet."""
         from diffusion_lab.conditioning import denoising_unet
 
-        unet = denoising_unet(unet) if hasattr(unet, "unet") else unet
+        unet = unet if isinstance(unet, torch.nn.Module) else denoising_unet(unet)  # a pipeline: its (SDXL-aware) UNet
         device = unet.device
         text = self.text_embeddings if text_embeddings is None else text_embeddings
         uncond = self.uncond_embeddings_for_sampling()

@@ -200,8 +200,11 @@ def edit_friendly_edit(
     from diffusion_lab.sampling import sample
     from diffusion_lab.text import encode_prompts
 
+    from diffusion_lab.inversion import _check_compatible
+
     if inversion.noise_maps is None:
         raise ValueError(f"this is a {inversion.method} inversion without noise maps: invert with method='edit_friendly'")
+    _check_compatible(pipe, inversion)
     if output_type not in ("pil", "uint8", "latents"):
         raise ValueError(f"output_type must be 'pil', 'uint8' or 'latents', got {output_type!r}")
     skip_steps = int(skip_steps)

@@ -326,8 +326,10 @@ def shutdown_warm_kernels(run: str | None = None) -> None:
     chunk failed in one."""
     from jupyter_core.utils import run_sync
 
-    for key in [key for key in _WARM_KERNELS if run is None or key[0] == run]:
-        manager = _WARM_KERNELS.pop(key)
+    for key in [key for key in list(_WARM_KERNELS) if run is None or key[0] == run]:  # a copy: a worker thread may add
+        manager = _WARM_KERNELS.pop(key, None)
+        if manager is None:
+            continue
         process = getattr(getattr(manager, "provisioner", None), "process", None)
         if process is not None and process.poll() is None:
             process.kill()

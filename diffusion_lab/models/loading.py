@@ -114,6 +114,8 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     mark_untrained_words(pipe.tokenizer, path)
     pipe = pipe.to(device)
+    if getattr(pipe.vae.config, "force_upcast", False) and pipe.vae.dtype == torch.float16:
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (its config says so); latents.py casts to vae.dtype
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
