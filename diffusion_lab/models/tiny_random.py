@@ -146,6 +146,24 @@ def build_tiny_tokenizer(model_max_length: int = MAX_TOKENS):
     return tokenizer
 
 
+def _tiny_vae(sample_size: int, **config):
+    """The tiny AutoencoderKL of both tiny pipelines: 2 blocks, downsampling factor 2, latents of `sample_size`."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+        **config,
+    )
+
+
 def build_tiny_random_pipeline(
     seed: int = 0,
     prediction_type: str = "epsilon",
@@ -204,17 +222,7 @@ def build_tiny_random_pipeline(
             attention_head_dim=2,  # diffusers' legacy name: the number of heads
             norm_num_groups=8,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(8, 16),  # 2 blocks: downsampling factor 2
-            layers_per_block=1,
-            latent_channels=LATENT_CHANNELS,
-            norm_num_groups=4,
-            sample_size=2 * sample_size,
-        )
+        vae = _tiny_vae(sample_size)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -292,18 +300,7 @@ def build_tiny_random_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsil
             projection_class_embeddings_input_dim=hidden + 6 * time_embed_dim,  # pooled + 6 time ids
             norm_num_groups=8,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            latent_channels=LATENT_CHANNELS,
-            norm_num_groups=4,
-            sample_size=2 * sample_size,
-            scaling_factor=0.13025,  # SDXL's
-        )
+        vae = _tiny_vae(sample_size, scaling_factor=0.13025)  # SDXL's scaling factor
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
