@@ -139,6 +139,7 @@ class TrainingSettings:
     eval_samples: int = 64
     log_every: int = 50
     max_minutes: float = 0.0  # > 0: stop the UNet stage (with a checkpoint) after this much wall time
+    data_workers: int = 0  # > 0: build the UNet stage's batches in this many worker processes (TrainingBatches)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -601,17 +602,111 @@ class ExponentialMovingAverage:
     @torch.no_grad()
     def update(self, modules: dict, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
+        shadows, values = [], []
         for name, m in modules.items():
             for k, v in m.state_dict().items():
                 s = self.shadow[f"{name}.{k}"]
                 if v.dtype.is_floating_point:
-                    s.mul_(decay).add_(v.float(), alpha=1 - decay)
+                    shadows.append(s)
+                    values.append(v.float())
                 else:
                     s.copy_(v)
+        torch._foreach_lerp_(shadows, values, 1 - decay)  # s <- decay * s + (1 - decay) * v, one kernel per group
 
     def copy_to(self, modules: dict) -> None:
         for name, m in modules.items():
             m.load_state_dict({k[len(name) + 1 :]: v for k, v in self.shadow.items() if k.startswith(name + ".")})
+
+
+class TrainingBatches(torch.utils.data.IterableDataset):
+    """The UNet stage's batches for steps [start, stop), each a function of (seed, step) alone.
+
+    Batch k holds the scene indices, the captions as training sees them (training_captions), their
+    token ids, the timesteps t ~ U{0, T-1}, the noise eps ~ N(0, I) plus offset noise, and, for the
+    grounding loss, each token's region (word_regions). Because batch k does not depend on the batches
+    before it, a resumed run sees the batches an uninterrupted one would, and DataLoader worker processes
+    can build them in parallel (worker w builds steps start + w, start + w + W, ...; the DataLoader
+    hands them out in step order). On a GPU, building the batches in the training process (captions,
+    tokenizing, the word regions) takes longer than the UNet's step; `settings.data_workers` moves it out.
+    """
+
+    def __init__(self, scenes, coverage, tokenizer, settings: TrainingSettings, latent_shape, num_train_timesteps: int,
+                 start: int, stop: int):
+        super().__init__()
+        self.scenes, self.coverage, self.tokenizer, self.settings = scenes, coverage, tokenizer, settings
+        self.latent_shape, self.num_train_timesteps = tuple(latent_shape), num_train_timesteps
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def batch(self, step: int) -> dict:
+        s = self.settings
+        rng = np.random.default_rng([s.seed, step])
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        index = rng.integers(0, len(self.scenes), s.batch_size)
+        prompts = training_captions([self.scenes[i] for i in index.tolist()], rng, s.attribute_dropout,
+                                    s.caption_dropout, s.position_caption_rate)
+        shape = (s.batch_size, *self.latent_shape)
+        noise = torch.randn(shape, generator=generator)
+        noise = noise + s.offset_noise * torch.randn(shape[:2] + (1, 1), generator=generator)  # offset noise
+        timesteps = torch.randint(0, self.num_train_timesteps, (s.batch_size,), generator=generator)
+        input_ids = tokenize(self.tokenizer, prompts)
+        batch = {"step": step, "index": torch.from_numpy(index), "input_ids": input_ids, "noise": noise,
+                 "timesteps": timesteps, "prompts": prompts}
+        if self.coverage is not None:
+            batch["regions"], batch["kinds"] = word_regions(prompts, self.coverage[torch.from_numpy(index)],
+                                                            input_ids.shape[1], timesteps, s.grounding_max_timestep)
+        return batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for step in range(self.start + worker, self.stop, workers):
+            yield self.batch(step)
+
+
+def training_batch_loader(batches: TrainingBatches, workers: int):
+    """`batches` in step order, built in `workers` processes (0: in this one)."""
+    if workers <= 0:
+        return iter(batches)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used in forked workers
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                            worker_init_fn=_one_thread))
+
+
+def _one_thread(worker_id: int) -> None:
+    torch.set_num_threads(1)  # a worker's tensors are small; many workers with many threads each fight for the cores
+
+
+def training_data(pipe, settings: TrainingSettings):
+    """The UNet stage's dataset, cached in the run folder: (scenes, latents (N, C, h, w), coverage or None).
+
+    Latents are the VAE encoder's (re-encoded when the run's encoder changed: the cache keeps its
+    fingerprint); the objects' cell coverage (object_coverage) only where the grounding loss needs it."""
+    run_dir = Path(settings.run_dir)
+    vae = pipe.vae.to(settings.device)
+    cache = run_dir / f"latents_{settings.num_scenes}_{settings.seed}.safetensors"
+    fingerprint = encoder_fingerprint(vae)
+    if _cache_fingerprint(cache) == fingerprint:
+        scenes = training_scenes(settings.num_scenes, seed=settings.seed)
+        latents = load_file(str(cache))["latents"]
+    else:
+        if cache.exists():
+            print(f"{cache.name} was encoded by another VAE encoder than this run's: encoding the dataset again", flush=True)
+        images, scenes = make_dataset(settings.num_scenes, seed=settings.seed, progress=settings.progress)
+        latents = encode_dataset(vae, images, settings.device, progress=settings.progress)
+        _atomic_save_file({"latents": latents}, cache, metadata={"encoder_fingerprint": fingerprint})
+        del images
+    coverage = None
+    if settings.grounding_weight > 0:
+        coverage_cache = run_dir / f"coverage_{settings.num_scenes}_{settings.seed}.safetensors"
+        if coverage_cache.exists():
+            coverage = load_file(str(coverage_cache))["coverage"]
+        else:
+            coverage = object_coverage(scenes, latent_size=latents.shape[-1], progress=settings.progress)
+            _atomic_save_file({"coverage": coverage}, coverage_cache)
+    return scenes, latents, coverage
 
 
 def train_unet(pipe, settings: TrainingSettings) -> None:
@@ -659,51 +754,30 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         ema.copy_to(modules)
         return
 
-    cache = run_dir / f"latents_{settings.num_scenes}_{settings.seed}.safetensors"
-    fingerprint = encoder_fingerprint(vae)
-    if _cache_fingerprint(cache) == fingerprint:
-        scenes = training_scenes(settings.num_scenes, seed=settings.seed)
-        latents = load_file(str(cache))["latents"]
-    else:
-        if cache.exists():
-            print(f"{cache.name} was encoded by another VAE encoder than this run's: encoding the dataset again", flush=True)
-        images, scenes = make_dataset(settings.num_scenes, seed=settings.seed, progress=settings.progress)
-        latents = encode_dataset(vae, images, device, progress=settings.progress)
-        _atomic_save_file({"latents": latents}, cache, metadata={"encoder_fingerprint": fingerprint})
-        del images
-    coverage = None
-    if settings.grounding_weight > 0:
-        coverage_cache = run_dir / f"coverage_{settings.num_scenes}_{settings.seed}.safetensors"
-        if coverage_cache.exists():
-            coverage = load_file(str(coverage_cache))["coverage"]
-        else:
-            coverage = object_coverage(scenes, latent_size=latents.shape[-1], progress=settings.progress)
-            _atomic_save_file({"coverage": coverage}, coverage_cache)
+    scenes, latents, coverage = training_data(pipe, settings)
+    latents = latents.to(device)  # (N, C, h, w): small enough to live on the device
     alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device)
     num_train_timesteps = len(alphas_cumprod)
-    rng = np.random.default_rng(settings.seed + 1 + start)
-    generator = torch.Generator().manual_seed(settings.seed + 1 + start)
+    batches = TrainingBatches(scenes, coverage, pipe.tokenizer, settings, latents.shape[1:], num_train_timesteps,
+                              start, settings.unet_steps)
+    loader = training_batch_loader(batches, settings.data_workers)
     unet.train()
     text_encoder.train()
     bar = progress_bar(range(start, settings.unet_steps), settings.progress, desc="unet")
     started = time.time()
     for step in bar:
+        batch = next(loader)
+        if batch["step"] != step:  # DataLoader hands out its workers' batches in turn: step order
+            raise RuntimeError(f"the batch loader gave step {batch['step']} at step {step}")
         progress = max(0, step - settings.warmup_steps) / max(1, settings.unet_steps - settings.warmup_steps)
         lr = settings.min_lr + (settings.lr - settings.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))  # cosine
         if step - warmup_start < settings.warmup_steps:  # linear warm-up (at the start, or after a fresh optimizer)
             lr *= (step - warmup_start + 1) / settings.warmup_steps
         for group, scale in zip(optimizer.param_groups, lr_scales):
             group["lr"] = lr * scale
-        index = torch.from_numpy(rng.integers(0, len(latents), settings.batch_size))
-        z0 = latents[index].to(device)
-        prompts = training_captions(
-            [scenes[i] for i in index.tolist()], rng, settings.attribute_dropout, settings.caption_dropout,
-            settings.position_caption_rate,
-        )
-        text = text_encoder(tokenize(pipe.tokenizer, prompts).to(device))[0]
-        noise = torch.randn(z0.shape, generator=generator).to(device)
-        noise = noise + settings.offset_noise * torch.randn(z0.shape[:2] + (1, 1), generator=generator).to(device)
-        t = torch.randint(0, num_train_timesteps, (len(z0),), generator=generator).to(device)
+        z0 = latents[batch["index"].to(device)]
+        text = text_encoder(batch["input_ids"].to(device))[0]
+        noise, t = batch["noise"].to(device), batch["timesteps"].to(device)
         zt = forward_marginal_sample(z0, alphas_cumprod[t], noise)  # q(z_t | z_0), one alpha_bar_t per row
         recorder = CrossAttentionRecorder(len(z0)) if coverage is not None else None
         with register_attention_control(unet, recorder) if recorder is not None else contextlib.nullcontext():
@@ -712,8 +786,7 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         denoising_loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
         loss = denoising_loss
         if coverage is not None:
-            regions, kinds = word_regions(prompts, coverage[index], text.shape[1], t, settings.grounding_max_timestep)
-            grounding = grounding_loss(recorder.maps, regions, kinds)
+            grounding = grounding_loss(recorder.maps, batch["regions"].to(device), batch["kinds"].to(device))
             loss = denoising_loss + settings.grounding_weight * grounding
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -723,7 +796,8 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         done = step + 1
         out_of_time = settings.max_minutes > 0 and time.time() - started > 60 * settings.max_minutes
         if done % settings.log_every == 0 or out_of_time:
-            record = {"stage": "unet", "step": done, "loss": round(denoising_loss.item(), 5), "lr": round(lr, 6)}
+            record = {"stage": "unet", "step": done, "loss": round(denoising_loss.item(), 5), "lr": round(lr, 6),
+                      "seconds": round(time.time() - started, 1)}
             if coverage is not None:
                 record["grounding_loss"] = round(grounding.item(), 4)
             _log(run_dir, record)
@@ -732,7 +806,7 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
             _atomic_save_file(ema.shadow, ema_path)
             torch.save(optimizer.state_dict(), optim_path)
             meta_path.write_text(json.dumps({"step": done, "settings": asdict(settings)}))
-        if settings.export_dir and (done % settings.export_every == 0 or done == settings.unet_steps):
+        if settings.export_dir and (done % settings.export_every == 0 or done == settings.unet_steps or out_of_time):
             export_pipeline(pipe, ema, modules, settings.export_dir, run_training_info(run_dir, done))
         if settings.eval_every and (done % settings.eval_every == 0 or done == settings.unet_steps):
             metrics = evaluate_one_object(pipe, ema, modules, settings)

@@ -11,7 +11,8 @@ the released checkpoints') directly on the device; the tokenizer is the tiny CLI
 (tokenisation time is negligible). Null-text inversion with random weights rarely stops early, so its time is the
 paper's worst case: every one of the `inner_steps` Adam steps at every timestep.
 
-Per model, after one warm-up of each measurement (kernels, allocator), the seconds of:
+Per model, after one warm-up of each measurement (kernels, allocator; 3 steps where the measured run's steps are
+a parameter), the seconds of:
     sample          one 50-step DDIM sample at guidance 7.5 (text encoding, sampling, VAE decode)
     null-text       one null-text inversion of a 1-image batch (VAE encode, 50 DDIM inversion steps at w = 1,
                     50 x inner_steps Adam steps; the paper: ~60 s on an A100 at 512 px)
@@ -153,9 +154,10 @@ def build_tiny_pipeline(model: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def timed(function, device, repeats: int) -> tuple[float, object]:
-    """Median seconds of `repeats` calls after one warm-up call, and the last result."""
-    result = function()  # warm-up
+def timed(function, device, repeats: int, warm_up=None) -> tuple[float, object]:
+    """Median seconds of `repeats` calls after one warm-up call (`warm_up`, default `function`: a short run with
+    the same shapes warms the kernels and the allocator as well as a full one), and the last result."""
+    result = (warm_up or function)()
     times = []
     for _ in range(repeats):
         synchronize(device)
@@ -179,13 +181,17 @@ def benchmark(pipe, device: str, steps: int, inner_steps: int, repeats: int) -> 
         torch.cuda.reset_peak_memory_stats(device)
     row = {"resolution": image_size(pipe), "dtype": str(pipe.unet.dtype).replace("torch.", ""), "steps": steps,
            "inner_steps": inner_steps}
+    few = min(steps, 3)  # warm-up runs: the same shapes, fewer steps
     row["sample_s"], _ = timed(lambda: text_to_image(pipe, [SOURCE], num_steps=steps, guidance_scale=7.5,
                                                      progress=False), device, repeats)
-    row["null_text_s"], inversion = timed(lambda: invert(pipe, image, SOURCE, "null_text", num_steps=steps,
-                                                         inner_steps=inner_steps, progress=False), device, repeats)
+    row["null_text_s"], inversion = timed(
+        lambda: invert(pipe, image, SOURCE, "null_text", num_steps=steps, inner_steps=inner_steps, progress=False),
+        device, repeats,
+        warm_up=lambda: invert(pipe, image, SOURCE, "null_text", num_steps=few, inner_steps=2, progress=False))
     row["null_text_inner_steps_run"] = int((~torch.isnan(inversion.diagnostics["null_text_losses"])).sum())
     row["p2p_edit_s"], _ = timed(lambda: edit_generated(pipe, SOURCE, [TARGET], num_steps=steps, progress=False),
-                                 device, repeats)
+                                 device, repeats,
+                                 warm_up=lambda: edit_generated(pipe, SOURCE, [TARGET], num_steps=few, progress=False))
     row["edit_reusing_inversion_s"], _ = timed(lambda: edit_real(pipe, inversion, target_prompts=[TARGET],
                                                                  progress=False), device, repeats)
     row["peak_memory_gib"] = peak_memory_gib(device)

@@ -240,10 +240,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--speed-runs", type=int, default=7)
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--out", default="outputs/evaluate_model")
+    parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: the best there is)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="default: float32 for the built-in model, float16 for a folder on a GPU")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype and getattr(torch, args.dtype))
     if args.positions:  # measure what the model does with position words, also where its card says it ignores them
         pipe.tokenizer.untrained_words = ((), "")
     results = {"model": args.model, "steps": args.steps, "guidance": args.guidance}

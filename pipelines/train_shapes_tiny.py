@@ -42,6 +42,7 @@ from diffusion_lab.training import (
     seed_run_from_export,
     train_unet,
     train_vae,
+    training_data,
 )
 
 
@@ -58,9 +59,11 @@ def main(argv=None) -> None:
             parser.add_argument(flag, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
-    parser.add_argument("--stage", choices=["vae", "decoder", "locality", "unet", "all", "export", "seed"], default="all",
+    parser.add_argument("--stage", choices=["vae", "decoder", "locality", "unet", "all", "export", "seed", "data"],
+                        default="all",
                         help="'export' writes the latest checkpoint's EMA weights to --export-dir and exits; "
-                             "'seed' starts an empty --run-dir from the pipeline in --seed-from (to train it further)")
+                             "'seed' starts an empty --run-dir from the pipeline in --seed-from (to train it further); "
+                             "'data' renders and encodes the UNet stage's dataset into the run folder's cache and exits")
     parser.add_argument("--seed-from", default="shapes-tiny", help="with --stage seed: a built-in name or a diffusers folder")
     args = parser.parse_args(argv)
     settings = TrainingSettings(**{f.name: getattr(args, f.name) for f in fields(TrainingSettings) if f.name != "extra"})
@@ -92,11 +95,15 @@ def main(argv=None) -> None:
         parser.error(str(error))
     train_vae(pipe, settings)
     print(json.dumps({"vae_done_s": round(time.time() - start, 1), "scaling_factor": pipe.vae.config.scaling_factor}), flush=True)
-    if args.stage in ("decoder", "locality", "unet", "all"):
+    if args.stage in ("decoder", "locality", "unet", "all", "data"):
         finetune_vae_decoder(pipe, settings)  # trains up to --decoder-steps; else loads the run's fine-tuned decoder, if any
-    if args.stage in ("locality", "unet", "all") and (settings.locality_steps or (Path(settings.run_dir) / "vae_locality.safetensors").exists()):
+    if args.stage in ("locality", "unet", "all", "data") and (settings.locality_steps or (Path(settings.run_dir) / "vae_locality.safetensors").exists()):
         # trains up to --locality-steps; a run that has a locality-tuned VAE always uses it (its latent space)
         finetune_vae_locality(pipe, settings)  # a new encoder: the UNet stage then re-encodes its dataset
+    if args.stage == "data":
+        scenes, latents, coverage = training_data(pipe, settings)
+        print(json.dumps({"scenes": len(scenes), "latents": list(latents.shape),
+                          "coverage": None if coverage is None else list(coverage.shape)}), flush=True)
     if args.stage in ("unet", "all"):
         train_unet(pipe, settings)
     print(json.dumps({"total_s": round(time.time() - start, 1)}), flush=True)

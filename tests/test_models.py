@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffusion_lab.models import ModelNotFoundError, load_pipeline
 from diffusion_lab.models.loading import BUILTIN_MODELS
@@ -98,6 +99,52 @@ def test_training_smoke_run(tmp_path):
     # the export written during training records every stage behind it, as --stage export does
     info = json.loads((tmp_path / "export" / "training_info.json").read_text())
     assert info == {"unet_steps": 4, "vae_steps": settings.vae_steps}
+
+
+def test_training_batches_depend_on_the_step_alone_also_from_worker_processes():
+    """Batch k is the same whether built in this process, in two DataLoader workers, or by a run resumed
+    at step 3 (so an interrupted run sees the batches an uninterrupted one would); it carries the grounding
+    regions of its own captions."""
+    from diffusion_lab.training import (
+        TrainingBatches, TrainingSettings, object_coverage, training_batch_loader, training_scenes, word_regions,
+    )
+
+    scenes = training_scenes(20, seed=0)
+    coverage = object_coverage(scenes, latent_size=16)
+    tokenizer = build_untrained_pipeline(seed=0).tokenizer
+    settings = TrainingSettings(batch_size=4, grounding_weight=0.01, position_caption_rate=0.5, seed=3)
+
+    def batches(start, stop, workers):
+        made = TrainingBatches(scenes, coverage, tokenizer, settings, (4, 16, 16), 1000, start, stop)
+        return list(training_batch_loader(made, workers))
+
+    here, in_workers, resumed = batches(0, 6, 0), batches(0, 6, 2), batches(3, 6, 0)
+    assert [b["step"] for b in here] == [b["step"] for b in in_workers] == list(range(6))
+    for a, b in zip(here, in_workers):
+        assert a["prompts"] == b["prompts"]
+        for key in ("index", "input_ids", "noise", "timesteps", "regions", "kinds"):
+            assert torch.equal(a[key], b[key]), key
+    for a, b in zip(here[3:], resumed):
+        assert a["prompts"] == b["prompts"] and torch.equal(a["noise"], b["noise"])
+    assert here[0]["prompts"] != here[1]["prompts"]  # steps differ
+    regions, kinds = word_regions(here[2]["prompts"], coverage[here[2]["index"]], here[2]["input_ids"].shape[1],
+                                  here[2]["timesteps"], settings.grounding_max_timestep)
+    assert torch.equal(regions, here[2]["regions"]) and torch.equal(kinds, here[2]["kinds"])
+
+
+def test_training_with_worker_processes_trains_as_without(tmp_path):
+    """The same weights after three steps with batches built in two worker processes as in the training process."""
+    from diffusion_lab.training import train_unet, train_vae
+
+    weights = []
+    for workers in (0, 2):
+        settings = tiny_training_settings(tmp_path / f"w{workers}", data_workers=workers, eval_every=0, export_dir=None,
+                                          grounding_weight=0.01)
+        pipe = build_untrained_pipeline(seed=0)
+        train_vae(pipe, settings)
+        train_unet(pipe, settings)
+        weights.append({k: v.clone() for k, v in pipe.unet.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_decoder_finetune_keeps_the_latent_space(tmp_path):
