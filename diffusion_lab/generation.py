@@ -74,18 +74,32 @@ def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: floa
     return result.sample
 
 
-def prompt_list(prompts: str | Sequence[str]) -> list[str]:
+def prompt_list(
+    prompts: str | Sequence[str],
+    count: int | None = None,
+    what: str = "prompt",
+    hint: str = "write what the image should show (for an unconditional sample use guidance_scale=1 with a neutral "
+    "caption)",
+) -> list[str]:
     """A list of non-empty prompts from one string or a sequence of strings; ValueError that says what to do
-    (a plain string used to be iterated character by character, an empty prompt was sampled silently)."""
+    (a plain string used to be iterated character by character, an empty prompt was sampled silently).
+
+    count: the number of images the prompts are for (one prompt is repeated for all, else one per image).
+    what, hint: how the error messages name the prompts ("source prompt") and what they tell the user to do.
+    """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
-        raise ValueError("give at least one prompt")
+        raise ValueError(f"give at least one {what}")
     for index, prompt in enumerate(prompts):
+        name = f"the {what}" if len(prompts) == 1 else f"{what} {index}"
         if not isinstance(prompt, str):
-            raise TypeError(f"prompt {index} must be a string, got {type(prompt).__name__}")
+            raise TypeError(f"{name} must be a string, got {type(prompt).__name__}")
         if not prompt.strip():
-            raise ValueError(f"prompt {index} is empty: write what the image should show "
-                             "(for an unconditional sample use guidance_scale=1 with a neutral caption)")
+            raise ValueError(f"{name} is empty: {hint}")
+    if count is not None and len(prompts) == 1 and count > 1:
+        prompts = prompts * count
+    if count is not None and len(prompts) != count:
+        raise ValueError(f"got {len(prompts)} prompts for {count} images; give one prompt, or one per image")
     return prompts
 
 

@@ -42,8 +42,9 @@ if str(REPO) not in sys.path:
 
 from diffusion_lab.editing import edit_generated, edit_real  # noqa: E402
 from diffusion_lab.generation import text_to_image  # noqa: E402
-from diffusion_lab.inversion import invert, synchronize  # noqa: E402
+from diffusion_lab.inversion import invert  # noqa: E402
 from diffusion_lab.latents import image_size  # noqa: E402
+from diffusion_lab.models.loading import synchronize  # noqa: E402
 from diffusion_lab.shapes import random_scene, render  # noqa: E402
 
 MODELS = ("sd15", "sdxl")

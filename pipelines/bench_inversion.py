@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion_lab.inversion import METHODS, invert, synchronize
+from diffusion_lab.inversion import METHODS, invert
 from diffusion_lab.latents import decode_latents, encode_images, image_size
 from diffusion_lab.metrics import mse, psnr, ssim
 from diffusion_lab.models import load_pipeline
+from diffusion_lab.models.loading import synchronize
 from diffusion_lab.sampling import sample
 from diffusion_lab.schedules import NoiseSchedule
 from diffusion_lab.shapes import caption, random_scene, render

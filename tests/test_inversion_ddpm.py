@@ -10,12 +10,12 @@ from diffusion_lab.editing import edit_real
 from diffusion_lab.inversion import (
     ConditionalModel,
     Inversion,
+    edit_friendly_noise_space,
     invert,
     invert_with_model,
     reconstruct,
     reconstruct_with_model,
 )
-from diffusion_lab.inversion_ddpm import edit_friendly_edit, edit_friendly_inversion, edit_friendly_noise_space
 from diffusion_lab.latents import encode_images, image_size
 from diffusion_lab.models import load_pipeline
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
@@ -127,7 +127,7 @@ def test_exact_reconstruction_on_pipelines_at_several_eta(pipe_name, request):
 
 def test_record_saves_and_loads_the_noise_maps(tiny, tmp_path):
     image, _ = _scene_image(tiny)
-    inversion = edit_friendly_inversion(tiny, image, "a red circle", num_steps=4, eta=0.7, seed=3, progress=False)
+    inversion = invert(tiny, image, "a red circle", "edit_friendly", num_steps=4, eta=0.7, seed=3, progress=False)
     loaded = Inversion.load(inversion.save(tmp_path / "ef"))
     assert torch.equal(loaded.noise_maps, inversion.noise_maps) and loaded.method == "edit_friendly"
     assert (loaded.eta, loaded.variance, loaded.settings["seed"]) == (0.7, "eta", 3)
@@ -136,7 +136,7 @@ def test_record_saves_and_loads_the_noise_maps(tiny, tmp_path):
     with pytest.raises(ValueError, match="noise_maps must be"):
         Inversion(inversion.latents, inversion.timesteps, inversion.text_embeddings, inversion.uncond_embeddings,
                   inversion.prompts, "edit_friendly", 3.5, noise_maps=inversion.noise_maps[1:])
-    other_seed = edit_friendly_inversion(tiny, image, "a red circle", num_steps=4, eta=0.7, seed=4, progress=False)
+    other_seed = invert(tiny, image, "a red circle", "edit_friendly", num_steps=4, eta=0.7, seed=4, progress=False)
     assert not torch.equal(other_seed.latents[0], inversion.latents[0])
 
 
@@ -145,18 +145,58 @@ def test_edits_alone_and_with_prompt_to_prompt(tiny):
     inversion = invert(tiny, image, "a red circle", "edit_friendly", num_steps=4, eta=1.0, progress=False)
     source = reconstruct(tiny, inversion, output_type="latents", progress=False)
     # alone: the recorded noises with the target prompt (the paper's edit), optionally skipping the first steps
-    swapped = edit_friendly_edit(tiny, inversion, "a blue circle", output_type="latents", progress=False)
-    skipped = edit_friendly_edit(tiny, inversion, "a blue circle", skip_steps=2, output_type="latents",
-                                 progress=False)
+    swapped = reconstruct(tiny, inversion, "a blue circle", output_type="latents", progress=False)
+    skipped = reconstruct(tiny, inversion, "a blue circle", skip_steps=2, output_type="latents", progress=False)
     assert _max_error(swapped, source) > 1e-3 and _max_error(skipped, source) < _max_error(swapped, source)
-    assert torch.equal(edit_friendly_edit(tiny, inversion, output_type="latents", progress=False), source)
+    # skipping steps with the source prompt still lands on every recorded x_t: the reconstruction stays exact
+    source_skipped = reconstruct(tiny, inversion, skip_steps=2, output_type="latents", progress=False)
+    tolerance = 1e-4 * max(float(inversion.z_0.abs().max()), 1.0)
+    assert _max_error(source_skipped, inversion.z_0) < tolerance and _max_error(source, inversion.z_0) < tolerance
     # with Prompt-to-Prompt: the source row is the reconstruction, an identical target copies it
     result = edit_real(tiny, inversion, target_prompts=["a blue circle", "a red circle"], progress=False)
     torch.testing.assert_close(result.latents[:1], source, atol=ATOL, rtol=0)
     assert torch.equal(result.latents[2], result.latents[0])
     assert _max_error(result.latents[1], result.latents[0]) > 1e-3
     with pytest.raises(ValueError, match="skip_steps must be in"):
-        edit_friendly_edit(tiny, inversion, "a blue circle", skip_steps=4)
-    ddim = invert(tiny, image, "a red circle", "ddim", num_steps=2, progress=False)
-    with pytest.raises(ValueError, match="without noise maps"):
-        edit_friendly_edit(tiny, ddim, "a blue circle")
+        reconstruct(tiny, inversion, "a blue circle", skip_steps=4)
+
+
+def test_skipping_steps_keeps_each_steps_own_null_text_embedding(tiny):
+    """reconstruct(skip_steps=k) of a null-text inversion samples step k with the embedding optimised for step k."""
+    image, _ = _scene_image(tiny)
+    inversion = invert(tiny, image, "a red circle", "null_text", num_steps=4, inner_steps=2, progress=False)
+    later = inversion.from_step(1)
+    assert torch.equal(later.uncond_embeddings, inversion.uncond_embeddings[1:]) and later.num_steps == 3
+    assert torch.equal(later.z_T, inversion.latents[1]) and torch.equal(later.timesteps, inversion.timesteps[1:])
+    assert later.diagnostics["null_text_losses"].shape[0] == 3
+
+
+def test_a_final_alpha_bar_of_one_is_refused_with_its_reason_and_sigma_hat_still_inverts(exact_model):
+    """set_alpha_to_one=True: the last step t -> -1 has sigma_from_eta = 0 at every eta (factor 1 - alpha_bar_{-1}),
+    so no noise map can make it land on the image; the error names the config, not eta. sigma_hat's noise
+    sqrt(1 - alpha_bar_t) is > 0 there, so that variance inverts exactly."""
+    model, x_0 = exact_model
+    schedule = NoiseSchedule.create(**{**SD, "set_alpha_to_one": True})
+    alpha_one = ConditionalModel(model.conditional_output, schedule)
+    timesteps = schedule.timesteps(10)
+    for eta in (0.5, 1.0):
+        with pytest.raises(ValueError, match="set_alpha_to_one=True") as error:
+            invert_with_model(alpha_one, x_0, timesteps, 0, None, "edit_friendly", 1.0, eta=eta, progress=False)
+        assert "eta > 0" not in str(error.value)
+    inversion = invert_with_model(alpha_one, x_0, timesteps, 0, None, "edit_friendly", 3.0, variance="sigma_hat",
+                                  generator=torch.Generator().manual_seed(1), progress=False)
+    assert _max_error(reconstruct_with_model(alpha_one, inversion, progress=False).sample, x_0) < 1e-10
+
+
+def test_pipeline_with_set_alpha_to_one_gets_the_reason_before_any_model_call():
+    from diffusers import DDIMScheduler
+
+    pipe = build_tiny_random_pipeline(seed=0)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
+    image, _ = _scene_image(pipe)
+    with pytest.raises(ValueError, match="set_alpha_to_one=False"):
+        invert(pipe, image, "a red circle", "edit_friendly", num_steps=4, progress=False)
+    inversion = invert(pipe, image, "a red circle", "edit_friendly", num_steps=4, variance="sigma_hat", progress=False)
+    assert inversion.variance == "sigma_hat"
+    reconstruction = reconstruct(pipe, inversion, output_type="latents", progress=False)
+    assert _max_error(reconstruction, inversion.z_0) < 1e-4 * max(float(inversion.z_0.abs().max()), 1.0)

@@ -37,9 +37,9 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
-    """Write `data` to a hidden temporary file next to `path`, then os.replace it into place."""
-    path = Path(path)
+def _stage(path: Path, data: bytes, fsync: bool = True) -> Path:
+    """Write `data` completely to a new hidden temporary file next to `path` (its folder made if needed) and return
+    the temporary file's path; on any failure the temporary file is removed and the error raised."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # umask applies
@@ -49,12 +49,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    """Write `data` to a hidden temporary file next to `path`, then os.replace it into place."""
+    path = Path(path)
+    tmp = _stage(path, data, fsync)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         raise
     return path
 
@@ -68,19 +83,10 @@ def atomic_write_many(contents: dict) -> dict:
     try:
         for path, data in contents.items():
             path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temporary_name(path)
-            staged.append((tmp, path))
-            with open(tmp, "xb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            staged.append((_stage(path, data), path))
     except BaseException:
         for tmp, _ in staged:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _remove(tmp)
         raise
     for tmp, path in staged:
         os.replace(tmp, path)

@@ -32,6 +32,17 @@ def default_device() -> str:
     return "cpu"
 
 
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings measure it (no-op on the CPU)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def clear_pipeline_cache() -> None:
     _CACHE.clear()
 

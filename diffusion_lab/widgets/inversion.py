@@ -171,7 +171,6 @@ def wrong_basin_example(pipe, image, prompt: str, num_steps: int = 50) -> dict:
     eps(z_{t-1}, t) ~ eps(z_t, t) carries the sample to another image and solving each step exactly does not.
 
     Returns dict(rows={"VAE" | "DDIM" | "fixed-point": {"psnr", "objects"}}, figure (one row of pictures))."""
-    from diffusion_lab.inversion import invert, reconstruct
     from diffusion_lab.metrics import psnr
     from diffusion_lab.shapes import analyze
 
@@ -179,9 +178,8 @@ def wrong_basin_example(pipe, image, prompt: str, num_steps: int = 50) -> dict:
 
     source = _uint8([image])
     pictures = {"VAE": vae_ceiling(pipe, [image])["images"][0]}
-    for name, method in (("DDIM", "ddim"), ("fixed-point", "fixed_point")):
-        inversion = invert(pipe, image, prompt, method, num_steps=num_steps, guidance_scale=1.0, progress=False)
-        pictures[name] = reconstruct(pipe, inversion, output_type="uint8", progress=False)[0]
+    for name, key in (("DDIM", "ddim"), ("fixed-point", "fixed_point")):
+        pictures[name] = invert_and_reconstruct(pipe, [image], [prompt], key, num_steps, 1.0)["reconstruction"][0]
     rows = {name: {"psnr": round(float(np.mean(psnr(picture[None], source))), 1),
                    "objects": ", ".join(f"{o.colour} {o.shape}" for o in analyze(picture).objects)}
             for name, picture in pictures.items()}

@@ -32,7 +32,7 @@
 # the source prompt's embedding as $\varnothing$ (no optimisation).
 #
 # *Implemented by* `diffusion_lab.inversion.optimize_null_text` (the inner Adam loop of null-text inversion),
-# `inversion.null_text_inversion`, `inversion.negative_prompt_inversion` and `inversion.ddim_inversion`.
+# and `inversion.invert` (`method="null_text"`, `"negative_prompt"` or `"ddim"`).
 #
 # **How to use this lab.** Run all cells (*Run > Run All Cells*). The panels marked *Try it* have sliders that
 # update when you release them and **Run** buttons for the expensive work; pipelines and inversions are cached, so a
@@ -245,14 +245,12 @@ assert all(row["PSNR (dB)"] > vae["psnr"] - 0.1 for row in rows), "edit-friendly
 
 # %%
 from diffusion_lab.editing import edit_real
-from diffusion_lab.inversion_ddpm import edit_friendly_edit
 
 index = 0
 inversion = invert(pipe, images[index], prompts[index], "edit_friendly", num_steps=STEPS,
                    guidance_scale=FRIENDLY_GUIDANCE, eta=1.0, seed=0, progress=False)
-prompt_swap = edit_friendly_edit(pipe, inversion, targets[index], output_type="uint8", progress=False)[0]
-skipped = edit_friendly_edit(pipe, inversion, targets[index], skip_steps=STEPS // 3, output_type="uint8",
-                             progress=False)[0]
+prompt_swap = reconstruct(pipe, inversion, targets[index], output_type="uint8", progress=False)[0]
+skipped = reconstruct(pipe, inversion, targets[index], skip_steps=STEPS // 3, output_type="uint8", progress=False)[0]
 p2p = edit_real(pipe, inversion, target_prompts=[targets[index]], progress=False)
 row = common.image_row([images[index], vae["images"][index], p2p.source_image, prompt_swap, skipped,
                         p2p.edited_images[0]],
