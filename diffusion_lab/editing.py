@@ -54,11 +54,11 @@ from .conditioning import denoising_unet
 from .denoisers import TextConditionedDenoiser
 from .generation import initial_noise, sample_with_controller
 from .latents import decode_latents
+from .models.defaults import CROSS_REPLACE_STEPS, SELF_REPLACE_STEPS, resolve_guidance
 from .schedules import NoiseSchedule
 from .text import PromptError, check_prompt, encode_prompts
 
-EDIT_KINDS = ("replace", "refine", "reweight")
-DEFAULT_GUIDANCE = 7.5  # P2P's guidance scale (and null-text inversion's)
+PROMPT_EDIT_KINDS = ("replace", "refine", "reweight")
 
 
 class EditError(ValueError):
@@ -90,8 +90,8 @@ class PromptEdit:
     source_prompt: str
     target_prompts: list[str]
     edit: str = "replace"
-    cross_replace_steps: Any = 0.8
-    self_replace_steps: Any = 0.4
+    cross_replace_steps: Any = CROSS_REPLACE_STEPS
+    self_replace_steps: Any = SELF_REPLACE_STEPS
     reweight: dict[str, float] | None = None
     blend_words: str | list[str] | None = None
     blend_threshold: float = 0.3
@@ -137,8 +137,8 @@ class PromptEdit:
     # -- checks ------------------------------------------------------------------------------------------
     def check(self, tokenizer) -> None:
         """Raise an EditError for anything that would fail (or silently do nothing) once sampling runs."""
-        if self.edit not in EDIT_KINDS:
-            raise EditError(f"unknown edit {self.edit!r}; choose one of {', '.join(EDIT_KINDS)}")
+        if self.edit not in PROMPT_EDIT_KINDS:
+            raise EditError(f"unknown edit {self.edit!r}; choose one of {', '.join(PROMPT_EDIT_KINDS)}")
         if not isinstance(self.source_prompt, str):
             raise EditError(f"source_prompt must be a string, got {type(self.source_prompt).__name__}")
         if not self.target_prompts:
@@ -331,7 +331,7 @@ def run_edit(
     """Run one PromptEdit: from the seed's x_T (inversion None) or from an Inversion of a real image.
 
     Generated: x_T = initial_noise(pipe, 1, seed) for every prompt, unconditional embedding of
-    `negative_prompt`, `num_steps` DDIM steps at `guidance_scale` (default 7.5).
+    `negative_prompt`, `num_steps` DDIM steps at `guidance_scale` (None: the model's, models.defaults).
     Real: x_T = inversion.z_T, the inversion's timesteps and (per-step) unconditional embeddings, at the
     inversion's guidance unless `guidance_scale` is given (num_steps and seed are then unused); an edit-friendly
     inversion also gives its eta and noise maps, shared by every row (its P2P edit).
@@ -342,7 +342,7 @@ def run_edit(
     text_embeddings = encode_prompts(pipe, prompts).to(device)  # (P, L, D)
     if inversion is None:
         _check_steps(num_steps)
-        guidance = DEFAULT_GUIDANCE if guidance_scale is None else float(guidance_scale)
+        guidance = resolve_guidance(pipe, guidance_scale)
         x_T = initial_noise(pipe, 1, seed)  # (1, C, h, w)
         timesteps = NoiseSchedule.from_scheduler_config(pipe.scheduler).timesteps(num_steps)
         uncond = encode_prompts(pipe, [negative_prompt]).to(device) if guidance != 1.0 else None
@@ -383,8 +383,8 @@ def edit_generated(
     target_prompts: str | Sequence[str],
     edit: str = "replace",
     *,
-    cross_replace_steps=0.8,
-    self_replace_steps=0.4,
+    cross_replace_steps=CROSS_REPLACE_STEPS,
+    self_replace_steps=SELF_REPLACE_STEPS,
     reweight: dict[str, float] | None = None,
     blend_words: str | Sequence[str] | None = None,
     blend_threshold: float = 0.3,
@@ -392,7 +392,7 @@ def edit_generated(
     attention_control: bool = True,
     seed: int = 0,
     num_steps: int = 50,
-    guidance_scale: float = DEFAULT_GUIDANCE,
+    guidance_scale: float | None = None,
     negative_prompt: str = "",
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
@@ -418,8 +418,8 @@ def edit_real(
     target_prompts: str | Sequence[str] | None = None,
     edit: str = "replace",
     *,
-    cross_replace_steps=0.8,
-    self_replace_steps=0.4,
+    cross_replace_steps=CROSS_REPLACE_STEPS,
+    self_replace_steps=SELF_REPLACE_STEPS,
     reweight: dict[str, float] | None = None,
     blend_words: str | Sequence[str] | None = None,
     blend_threshold: float = 0.3,

@@ -97,7 +97,7 @@ def lab4(args) -> None:
 
     from diffusion_lab.editing import PromptEdit, run_edit
     from diffusion_lab.widgets import common
-    from diffusion_lab.widgets.prompt_to_prompt import score_edit
+    from diffusion_lab.shapes.scoring import score_edit
 
     common.configure_threads(1)
     pipe = common.get_pipeline("shapes-tiny")

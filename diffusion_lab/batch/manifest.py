@@ -418,10 +418,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 def validate_manifest(
     manifest: Manifest,
     tokenizer,
-    default_num_steps: int = 50,
-    default_guidance_scale: float = 7.5,
+    default_num_steps: int,
+    default_guidance_scale: float,
 ) -> tuple[list[Row], list[InvalidRow]]:
-    """Resolve and check every row; returns (valid rows, invalid rows), in manifest order."""
+    """Resolve and check every row; returns (valid rows, invalid rows), in manifest order. The defaults fill
+    rows that do not set num_steps / guidance_scale: the model's (models.defaults.model_defaults)."""
     valid: list[Row] = []
     invalid: list[InvalidRow] = []
     seen: dict[str, int] = {}

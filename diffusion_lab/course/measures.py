@@ -14,9 +14,10 @@ import numpy as np
 def main_object_mask(image) -> np.ndarray | None:
     """Boolean (H, W) mask of the largest object the analyzer finds in a uint8 (H, W, 3) image (None: no object)."""
     from diffusion_lab.shapes import analyze
+    from diffusion_lab.shapes.scoring import main_object
 
-    analysis = analyze(np.asarray(image))
-    return max(analysis.objects, key=lambda o: o.mask.sum()).mask if analysis.objects else None
+    found = main_object(analyze(np.asarray(image)))
+    return None if found is None else found.mask
 
 
 def object_iou(image, reference) -> float:
@@ -36,13 +37,13 @@ def outside_edit_psnr(image, reference) -> float:
     return float(background_psnr(np.asarray(image), np.asarray(reference), np.stack(masks))) if masks else float("nan")
 
 
-def compare_edit(pipe, spec: dict, seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+def compare_edit(pipe, spec: dict, seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None,
                  baseline: bool = True) -> dict:
     """Run one edit (a PromptEdit dict; "title" is ignored) with Prompt-to-Prompt and, with `baseline`, without
     attention control, from the same x_T. Returns per run: target_matched (analyzer, from
-    widgets.prompt_to_prompt.score_edit), iou (main object, edit vs source), outside_psnr (dB), and the images."""
+    shapes.scoring.score_edit), iou (main object, edit vs source), outside_psnr (dB), and the images."""
     from diffusion_lab.editing import PromptEdit, run_edit
-    from diffusion_lab.widgets.prompt_to_prompt import score_edit
+    from diffusion_lab.shapes.scoring import score_edit
 
     spec = {k: v for k, v in spec.items() if k != "title"}
     runs = {"P2P": spec}
@@ -71,7 +72,7 @@ def colour_share(image, colour: str) -> float:
 
 
 def reweight_sweep(pipe, prompt: str, word: str, scales: Sequence[float], seed: int = 0, num_steps: int = 50,
-                   guidance_scale: float = 5.0, colour: str | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                   guidance_scale: float | None = None, colour: str | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """The prompt generated with `word`'s cross-attention scaled by each factor (P2P reweighting, via run_edit).
     Returns (images, rows: scale, main-object area (fraction of the image) and, given `colour`, its pixel share)."""
     from diffusion_lab.editing import PromptEdit, run_edit
