@@ -189,7 +189,7 @@ def run_chunk(payload: dict) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from ..kernels import EncryptedKernelManager
+    from .kernels import EncryptedKernelManager
 
     out = Path(payload["out_dir"])
     name = payload["name"]

@@ -46,10 +46,8 @@ def is_builtin(model: str) -> bool:
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads: `threads`, or half the cores (at most 4) when None.
-
-    Measured on a shared 2-core machine: the small UNet of shapes-tiny ran an inversion in 1.8 s with one thread
-    and in 16 s with two (threads spin-wait for each other when other processes hold the cores)."""
+    """Set torch's CPU threads: `threads`, or half the cores (at most 4) when None (why: README, "Speed on a
+    CPU")."""
     import torch
 
     threads = int(threads) if threads else max(1, min(4, (os.cpu_count() or 2) // 2))
