@@ -92,7 +92,7 @@ def reweight_sweep(pipe, prompt: str, word: str, scales: Sequence[float], seed: 
 
 
 def table1_reference_features(count: int, seed: int = 0) -> np.ndarray:
-    """Features (quality.shapes_features) of the renders widgets.posterior.table1 compares with: `count` random
+    """Features (quality.shapes_features) of the renders widgets.posterior_panel.table1 compares with: `count` random
     one-object scenes drawn from np.random.default_rng(seed + 10_000), as table1 draws them."""
     from diffusion_lab.quality import feature_matrix
     from diffusion_lab.shapes import random_scene, render
@@ -102,7 +102,7 @@ def table1_reference_features(count: int, seed: int = 0) -> np.ndarray:
 
 
 def table1_error_bars(table: dict, reference: np.ndarray, draws: int = 50, seed: int = 0) -> dict:
-    """Bootstrap of the Frechet distance of every cell of a widgets.posterior.table1 result: the samples of a cell
+    """Bootstrap of the Frechet distance of every cell of a widgets.posterior_panel.table1 result: the samples of a cell
     are resampled with replacement `draws` times. Returns {setting: [per S: (mean, standard deviation)]}."""
     from diffusion_lab.quality import feature_matrix, frechet_distance
 
@@ -120,13 +120,13 @@ def table1_error_bars(table: dict, reference: np.ndarray, draws: int = 50, seed:
 
 
 def sampler_noise(pipe, num_samples: int, num_steps: int, seed: int = 0, guidance_scale: float = 1.0) -> list[dict]:
-    """Noise left in the samples of every sampler setting of DDIM's Table 1 (widgets.posterior.SETTINGS), per image
+    """Noise left in the samples of every sampler setting of DDIM's Table 1 (widgets.posterior_panel.SETTINGS), per image
     quality.high_frequency_energy, averaged over `num_samples` captions of random one-object scenes sampled from
     the same x_T. Returns rows: setting, noise (mean), standard_error (of the mean)."""
     from diffusion_lab.generation import initial_noise
     from diffusion_lab.quality import high_frequency_energy
     from diffusion_lab.shapes import caption, random_scene
-    from diffusion_lab.widgets import posterior
+    from diffusion_lab.widgets import posterior_panel as posterior
 
     rng = np.random.default_rng(seed)
     prompts = [caption(random_scene(rng, num_objects=1)) for _ in range(num_samples)]
