@@ -28,7 +28,7 @@ NOTEBOOK_PACKAGES = (
 )
 # Everything under diffusion_lab/ that is NOT the maths core: the applications on top of it, and the runtime corner.
 APPLICATION_PARTS = ("widgets", "batch", "course", "runtime")
-APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusion_lab.training")
+APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusion_lab.training", "diffusion_lab.lab_extra")
 RUNTIME_TRICKS = ("diffusion_lab.runtime.traced_unet", "diffusion_lab.runtime.convolution_backend")
 
 
