@@ -383,13 +383,6 @@ def edit_generated(
     target_prompts: str | Sequence[str],
     edit: str = "replace",
     *,
-    cross_replace_steps=CROSS_REPLACE_STEPS,
-    self_replace_steps=SELF_REPLACE_STEPS,
-    reweight: dict[str, float] | None = None,
-    blend_words: str | Sequence[str] | None = None,
-    blend_threshold: float = 0.3,
-    self_replace_max_resolution: int | None = None,
-    attention_control: bool = True,
     seed: int = 0,
     num_steps: int = 50,
     guidance_scale: float | None = None,
@@ -397,13 +390,14 @@ def edit_generated(
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
+    **edit_settings,
 ) -> EditResult:
-    """Generate the source prompt from `seed` and edit it into every target prompt (one batch). See PromptEdit
-    for the edit settings and run_edit for the sampling ones."""
-    prompt_edit = PromptEdit(
-        source_prompt, target_prompts, edit, cross_replace_steps, self_replace_steps, reweight, blend_words,
-        blend_threshold, self_replace_max_resolution, attention_control,
-    )
+    """Generate the source prompt from `seed` and edit it into every target prompt (one batch).
+
+    edit_settings: PromptEdit's settings by name (cross_replace_steps, self_replace_steps, reweight, blend_words,
+    blend_threshold, self_replace_max_resolution, attention_control), with PromptEdit's defaults; run_edit
+    describes the sampling ones."""
+    prompt_edit = _prompt_edit(source_prompt, target_prompts, edit, edit_settings)
     return run_edit(
         pipe, prompt_edit, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
         negative_prompt=negative_prompt, store_self_attention=store_self_attention,
@@ -418,29 +412,24 @@ def edit_real(
     target_prompts: str | Sequence[str] | None = None,
     edit: str = "replace",
     *,
-    cross_replace_steps=CROSS_REPLACE_STEPS,
-    self_replace_steps=SELF_REPLACE_STEPS,
-    reweight: dict[str, float] | None = None,
-    blend_words: str | Sequence[str] | None = None,
-    blend_threshold: float = 0.3,
-    self_replace_max_resolution: int | None = None,
-    attention_control: bool = True,
     inversion_method: str = "null_text",
     num_steps: int = 50,
     guidance_scale: float | None = None,
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
-    **inversion_options,
+    **options,
 ) -> EditResult:
     """Edit a real image: invert it with the source prompt (null-text inversion by default), then run P2P from
     the inversion. The edit is checked BEFORE the (slow) inversion.
+
+    options: PromptEdit's settings by name (as for edit_generated); the others go to inversion.invert.
 
     image_or_inversion: a path, PIL image or uint8 array of ONE image, or an Inversion (from
         inversion.invert, or a previous result.inversion) to reuse; then source_prompt defaults to its prompt.
     inversion_method: "null_text", "negative_prompt", "ddim", "fixed_point", "direct" or "edit_friendly"
         (inversion.invert; edit_friendly takes eta and seed as inversion_options);
-        inversion_options go to invert (e.g. inner_steps=5). guidance_scale: None = the inversion's
+        invert's options (e.g. inner_steps=5) are passed through. guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion.
     """
     from .inversion import Inversion, invert
@@ -452,10 +441,9 @@ def edit_real(
         source_prompt = image_or_inversion.prompts[0]
     if target_prompts is None:
         raise EditError("give at least one target prompt (target_prompts=['...'])")
-    prompt_edit = PromptEdit(
-        source_prompt, target_prompts, edit, cross_replace_steps, self_replace_steps, reweight, blend_words,
-        blend_threshold, self_replace_max_resolution, attention_control,
-    )
+    settings = {name: options.pop(name) for name in EDIT_SETTINGS if name in options}
+    inversion_options = options
+    prompt_edit = _prompt_edit(source_prompt, target_prompts, edit, settings)
     prompt_edit.check(pipe.tokenizer)
     if is_inversion:
         inversion = image_or_inversion
@@ -474,6 +462,16 @@ def edit_real(
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+# PromptEdit's settings besides its prompts and edit kind (edit_generated / edit_real keywords, manifest fields)
+EDIT_SETTINGS = tuple(f.name for f in dataclasses.fields(PromptEdit) if f.name not in ("source_prompt", "target_prompts", "edit"))
+
+
+def _prompt_edit(source_prompt, target_prompts, edit: str, settings: dict) -> PromptEdit:
+    """PromptEdit from keyword settings; a misspelt setting is an EditError that lists the settings."""
+    return PromptEdit.from_dict({"source_prompt": source_prompt, "target_prompts": target_prompts, "edit": edit,
+                                 **settings})
 
 
 def _roles(prompts: list[str]):

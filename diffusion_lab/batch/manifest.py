@@ -68,9 +68,9 @@ def edit_choices() -> tuple[str, ...]:
 @functools.cache
 def edit_settings() -> tuple[str, ...]:
     """The PromptEdit fields a row may set besides its prompts and edit kind, in PromptEdit's order."""
-    from ..editing import PromptEdit
+    from ..editing import EDIT_SETTINGS
 
-    return tuple(f.name for f in dataclasses.fields(PromptEdit) if f.name not in ("source_prompt", "target_prompts", "edit"))
+    return EDIT_SETTINGS
 
 
 @functools.cache
