@@ -29,7 +29,7 @@ def lab_command(port: int | None = None, allow_root: bool = False) -> tuple[list
     """The JupyterLab command line and environment of `python -m diffusion_lab lab`. Its kernels inherit the
     environment: TRANSFORMERS_VERBOSITY=error silences transformers' "requires torchvision" warning in every
     lab's first cell, as the headless runs do (set it yourself to see transformers' warnings)."""
-    from .kernels import jupyter_server_arguments
+    from .batch.kernels import jupyter_server_arguments
 
     command = [sys.executable, "-m", "jupyter", "lab", str(_repo_root() / "labs"), *jupyter_server_arguments()]
     if port:
@@ -39,6 +39,18 @@ def lab_command(port: int | None = None, allow_root: bool = False) -> tuple[list
     env = {**os.environ}
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     return command, env
+
+
+def _check_lab_packages(args) -> None:
+    """The notebook commands need the [lab] extra: say so before any work starts."""
+    from .lab_extra import JUPYTERLAB, LAB_PACKAGES, require_lab_packages
+
+    if args.command == "lab":
+        require_lab_packages("diffusion-lab lab", {**LAB_PACKAGES, **JUPYTERLAB})
+    elif args.command == "demo" and not args.no_labs:
+        require_lab_packages("diffusion-lab demo (its labs; --no-labs skips them)")
+    elif args.command == "batch" and not getattr(args, "validate_only", False):
+        require_lab_packages("diffusion-lab batch (--validate-only needs none)")
 
 
 def main(argv=None) -> int:
@@ -61,6 +73,11 @@ def main(argv=None) -> int:
 
     add_course_arguments(sub.add_parser("course", help="build the course's lab versions; grade submissions"))
     args = parser.parse_args(argv)
+    try:
+        _check_lab_packages(args)
+    except ImportError as error:  # lab_extra.MissingLabPackages: what to install
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     if args.command == "demo":
         from .demo import run_demo, run_labs_demo

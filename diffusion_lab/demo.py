@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .shapes import EDIT_KINDS, caption, edit_scene, random_scene, render
+from .shapes import SCENE_EDIT_KINDS, caption, edit_scene, random_scene, render
 from .viz import image_grid
 
 SAMPLER_SETTINGS = [("eta 0 (DDIM)", 0.0, "eta"), ("eta 0.5", 0.5, "eta"), ("eta 1 (DDPM)", 1.0, "eta"), ("sigma-hat", 1.0, "sigma_hat")]
@@ -33,7 +33,7 @@ def edits_figure(seed: int, max_tries: int = 100):
         scene = random_scene(seed + offset, num_objects=2)
         rng = np.random.default_rng(seed + offset)
         try:
-            edits = [edit_scene(scene, kind, rng=rng) for kind in EDIT_KINDS]
+            edits = [edit_scene(scene, kind, rng=rng) for kind in SCENE_EDIT_KINDS]
             break
         except ValueError:  # e.g. no room to enlarge an object: try the next scene
             continue

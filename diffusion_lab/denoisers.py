@@ -18,8 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
-from .convolution_backend import convolution_backend
-from .traced_unet import unet_sample
+from .runtime import call_unet
 
 
 class Denoiser(Protocol):
@@ -84,9 +83,7 @@ class TextConditionedDenoiser:
 
     def _unet(self, x: Tensor, t: int | Tensor, embeddings: Tensor) -> Tensor:
         dtype = _module_dtype(self.unet)
-        with convolution_backend(x):  # native CPU kernels for small latents: see convolution_backend.py
-            # a frozen trace of the UNet where it cannot change the result (CPU, no autograd, stock attention)
-            output = unet_sample(self.unet, x.to(dtype), t, embeddings.to(dtype), **self.unet_kwargs)
+        output = call_unet(self.unet, x.to(dtype), t, embeddings.to(dtype), **self.unet_kwargs)  # runtime/: same numbers
         return output.float()
 
     def unconditional_and_conditional(self, x_t: Tensor, t: int | Tensor, step_index: int = 0) -> tuple[Tensor, Tensor]:

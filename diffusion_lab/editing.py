@@ -54,11 +54,11 @@ from .conditioning import denoising_unet
 from .denoisers import TextConditionedDenoiser
 from .generation import initial_noise, sample_with_controller
 from .latents import decode_latents
+from .models.defaults import CROSS_REPLACE_STEPS, SELF_REPLACE_STEPS, resolve_guidance
 from .schedules import NoiseSchedule
 from .text import PromptError, check_prompt, encode_prompts
 
-EDIT_KINDS = ("replace", "refine", "reweight")
-DEFAULT_GUIDANCE = 7.5  # P2P's guidance scale (and null-text inversion's)
+PROMPT_EDIT_KINDS = ("replace", "refine", "reweight")
 
 
 class EditError(ValueError):
@@ -90,8 +90,8 @@ class PromptEdit:
     source_prompt: str
     target_prompts: list[str]
     edit: str = "replace"
-    cross_replace_steps: Any = 0.8
-    self_replace_steps: Any = 0.4
+    cross_replace_steps: Any = CROSS_REPLACE_STEPS
+    self_replace_steps: Any = SELF_REPLACE_STEPS
     reweight: dict[str, float] | None = None
     blend_words: str | list[str] | None = None
     blend_threshold: float = 0.3
@@ -137,8 +137,8 @@ class PromptEdit:
     # -- checks ------------------------------------------------------------------------------------------
     def check(self, tokenizer) -> None:
         """Raise an EditError for anything that would fail (or silently do nothing) once sampling runs."""
-        if self.edit not in EDIT_KINDS:
-            raise EditError(f"unknown edit {self.edit!r}; choose one of {', '.join(EDIT_KINDS)}")
+        if self.edit not in PROMPT_EDIT_KINDS:
+            raise EditError(f"unknown edit {self.edit!r}; choose one of {', '.join(PROMPT_EDIT_KINDS)}")
         if not isinstance(self.source_prompt, str):
             raise EditError(f"source_prompt must be a string, got {type(self.source_prompt).__name__}")
         if not self.target_prompts:
@@ -331,7 +331,7 @@ def run_edit(
     """Run one PromptEdit: from the seed's x_T (inversion None) or from an Inversion of a real image.
 
     Generated: x_T = initial_noise(pipe, 1, seed) for every prompt, unconditional embedding of
-    `negative_prompt`, `num_steps` DDIM steps at `guidance_scale` (default 7.5).
+    `negative_prompt`, `num_steps` DDIM steps at `guidance_scale` (None: the model's, models.defaults).
     Real: x_T = inversion.z_T, the inversion's timesteps and (per-step) unconditional embeddings, at the
     inversion's guidance unless `guidance_scale` is given (num_steps and seed are then unused); an edit-friendly
     inversion also gives its eta and noise maps, shared by every row (its P2P edit).
@@ -342,7 +342,7 @@ def run_edit(
     text_embeddings = encode_prompts(pipe, prompts).to(device)  # (P, L, D)
     if inversion is None:
         _check_steps(num_steps)
-        guidance = DEFAULT_GUIDANCE if guidance_scale is None else float(guidance_scale)
+        guidance = resolve_guidance(pipe, guidance_scale)
         x_T = initial_noise(pipe, 1, seed)  # (1, C, h, w)
         timesteps = NoiseSchedule.from_scheduler_config(pipe.scheduler).timesteps(num_steps)
         uncond = encode_prompts(pipe, [negative_prompt]).to(device) if guidance != 1.0 else None
@@ -383,27 +383,21 @@ def edit_generated(
     target_prompts: str | Sequence[str],
     edit: str = "replace",
     *,
-    cross_replace_steps=0.8,
-    self_replace_steps=0.4,
-    reweight: dict[str, float] | None = None,
-    blend_words: str | Sequence[str] | None = None,
-    blend_threshold: float = 0.3,
-    self_replace_max_resolution: int | None = None,
-    attention_control: bool = True,
     seed: int = 0,
     num_steps: int = 50,
-    guidance_scale: float = DEFAULT_GUIDANCE,
+    guidance_scale: float | None = None,
     negative_prompt: str = "",
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
+    **edit_settings,
 ) -> EditResult:
-    """Generate the source prompt from `seed` and edit it into every target prompt (one batch). See PromptEdit
-    for the edit settings and run_edit for the sampling ones."""
-    prompt_edit = PromptEdit(
-        source_prompt, target_prompts, edit, cross_replace_steps, self_replace_steps, reweight, blend_words,
-        blend_threshold, self_replace_max_resolution, attention_control,
-    )
+    """Generate the source prompt from `seed` and edit it into every target prompt (one batch).
+
+    edit_settings: PromptEdit's settings by name (cross_replace_steps, self_replace_steps, reweight, blend_words,
+    blend_threshold, self_replace_max_resolution, attention_control), with PromptEdit's defaults; run_edit
+    describes the sampling ones."""
+    prompt_edit = _prompt_edit(source_prompt, target_prompts, edit, edit_settings)
     return run_edit(
         pipe, prompt_edit, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
         negative_prompt=negative_prompt, store_self_attention=store_self_attention,
@@ -418,29 +412,24 @@ def edit_real(
     target_prompts: str | Sequence[str] | None = None,
     edit: str = "replace",
     *,
-    cross_replace_steps=0.8,
-    self_replace_steps=0.4,
-    reweight: dict[str, float] | None = None,
-    blend_words: str | Sequence[str] | None = None,
-    blend_threshold: float = 0.3,
-    self_replace_max_resolution: int | None = None,
-    attention_control: bool = True,
     inversion_method: str = "null_text",
     num_steps: int = 50,
     guidance_scale: float | None = None,
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
-    **inversion_options,
+    **options,
 ) -> EditResult:
     """Edit a real image: invert it with the source prompt (null-text inversion by default), then run P2P from
     the inversion. The edit is checked BEFORE the (slow) inversion.
+
+    options: PromptEdit's settings by name (as for edit_generated); the others go to inversion.invert.
 
     image_or_inversion: a path, PIL image or uint8 array of ONE image, or an Inversion (from
         inversion.invert, or a previous result.inversion) to reuse; then source_prompt defaults to its prompt.
     inversion_method: "null_text", "negative_prompt", "ddim", "fixed_point", "direct" or "edit_friendly"
         (inversion.invert; edit_friendly takes eta and seed as inversion_options);
-        inversion_options go to invert (e.g. inner_steps=5). guidance_scale: None = the inversion's
+        invert's options (e.g. inner_steps=5) are passed through. guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion.
     """
     from .inversion import Inversion, invert
@@ -452,10 +441,9 @@ def edit_real(
         source_prompt = image_or_inversion.prompts[0]
     if target_prompts is None:
         raise EditError("give at least one target prompt (target_prompts=['...'])")
-    prompt_edit = PromptEdit(
-        source_prompt, target_prompts, edit, cross_replace_steps, self_replace_steps, reweight, blend_words,
-        blend_threshold, self_replace_max_resolution, attention_control,
-    )
+    settings = {name: options.pop(name) for name in EDIT_SETTINGS if name in options}
+    inversion_options = options
+    prompt_edit = _prompt_edit(source_prompt, target_prompts, edit, settings)
     prompt_edit.check(pipe.tokenizer)
     if is_inversion:
         inversion = image_or_inversion
@@ -474,6 +462,16 @@ def edit_real(
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+# PromptEdit's settings besides its prompts and edit kind (edit_generated / edit_real keywords, manifest fields)
+EDIT_SETTINGS = tuple(f.name for f in dataclasses.fields(PromptEdit) if f.name not in ("source_prompt", "target_prompts", "edit"))
+
+
+def _prompt_edit(source_prompt, target_prompts, edit: str, settings: dict) -> PromptEdit:
+    """PromptEdit from keyword settings; a misspelt setting is an EditError that lists the settings."""
+    return PromptEdit.from_dict({"source_prompt": source_prompt, "target_prompts": target_prompts, "edit": edit,
+                                 **settings})
 
 
 def _roles(prompts: list[str]):

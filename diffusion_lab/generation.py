@@ -17,6 +17,7 @@ import torch
 from .conditioning import denoising_unet
 from .denoisers import TextConditionedDenoiser
 from .latents import decode_latents
+from .models.defaults import resolve_guidance
 from .sampling import sample
 from .schedules import NoiseSchedule
 from .text import encode_prompts
@@ -108,7 +109,7 @@ def text_to_image(
     pipe,
     prompts: Sequence[str],
     num_steps: int = 50,
-    guidance_scale: float = 5.0,
+    guidance_scale: float | None = None,
     seed: int = 0,
     x_T: Optional[torch.Tensor] = None,
     eta: float = 0.0,
@@ -118,8 +119,10 @@ def text_to_image(
     callback=None,
 ) -> GenerationResult:
     """Generate one image per prompt (a single string is one prompt). `x_T` (B, C, h, w) overrides the seed; a
-    (1, C, h, w) x_T is shared by all prompts (what Prompt-to-Prompt does: same seed, different prompts)."""
+    (1, C, h, w) x_T is shared by all prompts (what Prompt-to-Prompt does: same seed, different prompts).
+    guidance_scale None: the model's default (models.defaults: 5 for shapes-tiny, 7.5 for Stable Diffusion)."""
     prompts = prompt_list(prompts)
+    guidance_scale = resolve_guidance(pipe, guidance_scale)
     device = pipe.unet.device
     x_T = initial_noise(pipe, 1 if controller is not None else len(prompts), seed) if x_T is None else x_T
     if x_T.shape[0] == 1 and len(prompts) > 1:

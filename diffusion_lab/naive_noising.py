@@ -97,20 +97,22 @@ def naive_noising_edit(
     prompt: str | Sequence[str],
     strength: float = 0.6,
     num_steps: int = 50,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     generator: torch.Generator | None = None,
     negative_prompt: str = "",
     eta: float = 0.0,
     output_type: str = "pil",
     progress: bool = True,
 ):
-    """Edit by naive noising: noise the image to `strength`, then sample with `prompt` at `guidance_scale`.
+    """Edit by naive noising: noise the image to `strength`, then sample with `prompt` at `guidance_scale` (None:
+    the model's, models.defaults).
 
     generator drives the added noise (and the sampler's noise when eta > 0). Returns, by output_type,
     "pil" (list of PIL images), "uint8" (numpy (B, H, W, 3)) or "latents" ((B, C, h, w)).
     """
     from diffusion_lab.denoisers import TextConditionedDenoiser
     from diffusion_lab.latents import decode_latents
+    from diffusion_lab.models.defaults import resolve_guidance
     from diffusion_lab.text import encode_prompts
 
     if output_type not in ("pil", "uint8", "latents"):
@@ -123,7 +125,7 @@ def naive_noising_edit(
     device = pipe.unet.device
     text_embeddings = encode_prompts(pipe, prompts).to(device)  # (B, L, D)
     uncond_embeddings = encode_prompts(pipe, [negative_prompt]).to(device)  # (1, L, D)
-    denoiser = TextConditionedDenoiser(pipe.unet, text_embeddings, uncond_embeddings, guidance_scale)
+    denoiser = TextConditionedDenoiser(pipe.unet, text_embeddings, uncond_embeddings, resolve_guidance(pipe, guidance_scale))
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     result = sample(
         denoiser, noised.latents.to(device), schedule, noised.timesteps, eta=eta, generator=generator,

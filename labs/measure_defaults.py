@@ -29,7 +29,7 @@ LAB1_CANDIDATES = [
 def lab1(args) -> None:
     from diffusion_lab.shapes import caption, edit_scene
     from diffusion_lab.widgets import common
-    from diffusion_lab.widgets import naive_noising as lab
+    from diffusion_lab.widgets import naive_noising_panel as lab
 
     common.configure_threads(1)
     pipe = common.get_pipeline("shapes-tiny")
@@ -53,7 +53,7 @@ def lab2(args) -> None:
     from diffusion_lab.quality import feature_matrix, frechet_distance
     from diffusion_lab.shapes import random_scene, render
     from diffusion_lab.widgets import common
-    from diffusion_lab.widgets import posterior as lab
+    from diffusion_lab.widgets import posterior_panel as lab
 
     common.configure_threads(1)
     pipe = common.get_pipeline("shapes-tiny")
@@ -97,7 +97,7 @@ def lab4(args) -> None:
 
     from diffusion_lab.editing import PromptEdit, run_edit
     from diffusion_lab.widgets import common
-    from diffusion_lab.widgets.prompt_to_prompt import score_edit
+    from diffusion_lab.shapes.scoring import score_edit
 
     common.configure_threads(1)
     pipe = common.get_pipeline("shapes-tiny")

@@ -54,12 +54,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from diffusion_lab.editing import PromptEdit, auto_self_replace_resolution, run_edit
 from diffusion_lab.inversion import METHODS as INVERSION_METHODS
 from diffusion_lab.latents import image_size
-from diffusion_lab.metrics import masked_psnr, psnr, ssim
+from diffusion_lab.metrics import mask_iou, psnr
 from diffusion_lab.progress import progress_bar
 from diffusion_lab.shapes import (
     ObjectDescription,
@@ -74,6 +73,7 @@ from diffusion_lab.shapes import (
     render,
 )
 from diffusion_lab.shapes.scene import SIZES
+from diffusion_lab.shapes.scoring import score_against_truth as score  # one edit's numbers (see its docstring)
 
 KINDS = ("colour", "shape", "background", "add", "reweight")
 MODES = ("generated", "real")
@@ -140,11 +140,6 @@ def prompt_edit_for(kind: str, source_prompt: str, targets: list[str], new_value
 # ---------------------------------------------------------------------------------------------------------
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else float("nan")
-
-
 def scene_from_analysis(analysis) -> Scene | None:
     """The one-object scene the analyzer sees (None when it sees no object): the generated image's 'truth'."""
     if not analysis.objects:
@@ -160,47 +155,6 @@ def with_new_value(scene: Scene, kind: str, value: str) -> Scene:
         return scene.replace(background=value)
     attribute = "shape" if kind == "shape" else "colour"
     return Scene(scene.background, (scene.objects[0].replace(**{attribute: value}),))
-
-
-def kept_region(kind: str, source_mask: np.ndarray, target_mask: np.ndarray | None) -> np.ndarray:
-    """Where the edit should change nothing: outside the objects, or inside the object for a background edit."""
-    if kind == "background":
-        return ndimage.binary_erosion(source_mask, iterations=1)
-    edited = source_mask if target_mask is None else source_mask | target_mask
-    return ~ndimage.binary_dilation(edited, iterations=2)
-
-
-def score(kind: str, new_value: str, edited: np.ndarray, source_image: np.ndarray, source_mask, truth) -> dict:
-    """Numbers of one edited image. source_mask: (H, W) bool or None; truth: (image, mask) of the ground truth
-    or None."""
-    analysis = analyze(edited)
-    found = None
-    if analysis.objects:
-        if source_mask is not None:
-            found = max(analysis.objects, key=lambda o: np.logical_and(o.mask, source_mask).sum())
-        else:
-            found = analysis.objects[0]
-    if kind == "background":
-        success = analysis.background == new_value
-    else:
-        attribute = "shape" if kind == "shape" else "colour"
-        success = found is not None and getattr(found, attribute) == new_value
-    record = {"success": float(success), "iou": math.nan, "iou_ceiling": math.nan, "truth_iou": math.nan,
-              "kept_psnr": math.nan, "gt_psnr": math.nan, "gt_ssim": math.nan}
-    if source_mask is not None:
-        record["iou"] = mask_iou(source_mask, found.mask) if found is not None else 0.0
-        if truth is not None:
-            record["iou_ceiling"] = mask_iou(source_mask, truth[1])
-        region = kept_region(kind, source_mask, None if truth is None else truth[1])
-        if region.any():
-            record["kept_psnr"] = float(masked_psnr(edited, source_image, region))
-    if truth is not None:
-        if found is None and analysis.objects:
-            found = max(analysis.objects, key=lambda o: np.logical_and(o.mask, truth[1]).sum())
-        record["truth_iou"] = mask_iou(truth[1], found.mask) if found is not None else 0.0
-        record["gt_psnr"] = float(psnr(edited, truth[0]))
-        record["gt_ssim"] = float(ssim(edited, truth[0]))
-    return record
 
 
 # ---------------------------------------------------------------------------------------------------------

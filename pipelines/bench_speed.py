@@ -2,9 +2,9 @@
 
     python pipelines/bench_speed.py [--model shapes-tiny] [--runs 7] [--threads 2] [--sd-sides 16 32 64]
 
-For the traced UNet (diffusion_lab/traced_unet.py: what plain sampling on a CPU uses) and the eager one, and for
+For the traced UNet (diffusion_lab/runtime/traced_unet.py: what plain sampling on a CPU uses) and the eager one, and for
 each CPU convolution backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own
-kernels; see diffusion_lab/convolution_backend.py) it times `text_to_image`: the first sample (which pays for the
+kernels; see diffusion_lab/runtime/convolution_backend.py) it times `text_to_image`: the first sample (which pays for the
 trace) and the median of --runs later ones, with the time of one UNet call and of the VAE decode. --sd-sides
 also times one forward of a Stable Diffusion 1.x-sized UNet
 (random weights, batch 2 = one guided step) at those latent sides, which is what decides the threshold for real
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from diffusion_lab import load_pipeline
-from diffusion_lab.convolution_backend import CHOICES
+from diffusion_lab.runtime import CALLS_BEFORE_TRACING, CONVOLUTION_CHOICES, convolution_backend, forget_traces
 from diffusion_lab.generation import initial_noise, text_to_image
 from diffusion_lab.latents import decode_latents
 from diffusion_lab.text import encode_prompts
@@ -46,10 +46,9 @@ def time_backend(pipe, backend: str, traced: bool, runs: int, steps: int, guidan
     UNet call (batch 2) and of one VAE decode, with CPU convolutions `backend` and the traced UNet on or off."""
     os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] = backend
     os.environ["DIFFUSION_LAB_TRACED_UNET"] = "1" if traced else "0"
-    from diffusion_lab import traced_unet
     from diffusion_lab.denoisers import TextConditionedDenoiser
 
-    traced_unet._TRACES.pop(pipe.unet, None)  # the first sample pays for its trace
+    forget_traces(pipe.unet)  # the first sample pays for its trace
     x_T = initial_noise(pipe, 1, 0)
     denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, [PROMPT]), encode_prompts(pipe, [""]), guidance)
     generate = lambda: text_to_image(pipe, [PROMPT], num_steps=steps, guidance_scale=guidance, progress=False)  # noqa: E731
@@ -58,7 +57,7 @@ def time_backend(pipe, backend: str, traced: bool, runs: int, steps: int, guidan
         generate()
         first = time.perf_counter() - start
         sample = _median_seconds(generate, runs, warm_up=0)
-        unet = _median_seconds(lambda: denoiser(x_T, 500, 0), runs * 5, warm_up=traced_unet.CALLS_BEFORE_TRACING + 1)
+        unet = _median_seconds(lambda: denoiser(x_T, 500, 0), runs * 5, warm_up=CALLS_BEFORE_TRACING + 1)
         decode = _median_seconds(lambda: decode_latents(pipe, x_T), runs * 5)
     return {"first_s": first, "sample_s": sample, "unet_ms": 1000 * unet, "decode_ms": 1000 * decode}
 
@@ -69,8 +68,6 @@ _SD_UNET: dict = {}
 def time_sd_sized_unet(side: int, backend: str) -> float:
     """Seconds of one forward of an SD 1.x-sized UNet2DConditionModel (random weights) at batch 2."""
     from diffusers import UNet2DConditionModel
-
-    from diffusion_lab.convolution_backend import convolution_backend
 
     if side not in _SD_UNET:
         _SD_UNET.clear()
@@ -93,9 +90,9 @@ def main(argv=None) -> str:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
-    parser.add_argument("--backends", nargs="+", default=list(CHOICES), choices=CHOICES)
+    parser.add_argument("--backends", nargs="+", default=list(CONVOLUTION_CHOICES), choices=CONVOLUTION_CHOICES)
     parser.add_argument("--unet", nargs="+", default=["traced", "eager"], choices=["traced", "eager"],
-                        help="traced: the frozen TorchScript trace diffusion-lab uses for plain CPU sampling (diffusion_lab/traced_unet.py)")
+                        help="traced: the frozen TorchScript trace diffusion-lab uses for plain CPU sampling (diffusion_lab/runtime/traced_unet.py)")
     parser.add_argument("--sd-sides", type=int, nargs="*", default=[])
     parser.add_argument("--out", default="outputs/bench_speed.md")
     args = parser.parse_args(argv)

@@ -79,7 +79,7 @@ def clean_notebook(path: Path) -> None:
 def execute(lab: str, output_path: Path, parameters: dict | None, cwd: Path, timeout: int | None) -> float:
     import papermill
 
-    from diffusion_lab.kernels import EncryptedKernelManager
+    from diffusion_lab.batch.kernels import EncryptedKernelManager
 
     start = time.perf_counter()
     papermill.execute_notebook(

@@ -453,3 +453,25 @@ def test_validation_refuses_words_the_model_was_never_trained_on(tmp_path):
     valid, invalid = validate_manifest(read_manifest(manifest), load_tokenizer("shapes-tiny"), 50, 5.0)
     assert [row.id for row in valid] == ["plain"]
     assert len(invalid) == 1 and "never used in this model's training" in str(invalid[0])
+
+
+def test_manifest_fields_follow_the_library_dataclasses():
+    """The manifest's edit settings are PromptEdit's fields and its inversion options are invert's keywords that set
+    NullTextSettings / FixedPointSettings: derived, not a second hand-written list."""
+    import dataclasses
+
+    from diffusion_lab.batch import manifest
+    from diffusion_lab.editing import PROMPT_EDIT_KINDS, PromptEdit
+    from diffusion_lab.inversion import FixedPointSettings, NullTextSettings
+
+    settings = [f.name for f in dataclasses.fields(PromptEdit) if f.name not in ("source_prompt", "target_prompts", "edit")]
+    assert list(manifest.edit_settings()) == settings and set(settings) <= set(manifest.FIELDS)
+    assert manifest.EDIT_CHOICES == (*PROMPT_EDIT_KINDS, "local_blend")
+    options = manifest.INVERSION_OPTIONS
+    assert {"inner_steps", "learning_rate", "early_stop_epsilon"} <= set(options)
+    assert {"fixed_point_iterations", "fixed_point_tolerance", "anderson_memory"} <= set(options)
+    for name, kind in options.items():
+        field = name.removeprefix("fixed_point_")
+        owner = NullTextSettings if field in {f.name for f in dataclasses.fields(NullTextSettings)} else FixedPointSettings
+        assert type(getattr(owner(), field)) is kind
+        assert f"inversion_options.{name}" in manifest.BOUNDS  # every option is range-checked

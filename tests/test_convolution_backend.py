@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffusion_lab.convolution_backend import NATIVE_MAX_AREA, convolution_backend, use_native_convolutions
+from diffusion_lab.runtime.convolution_backend import NATIVE_MAX_AREA, convolution_backend, use_native_convolutions
 from diffusion_lab.denoisers import TextConditionedDenoiser
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
 

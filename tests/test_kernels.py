@@ -1,9 +1,9 @@
-"""Kernels of headless runs and JupyterLab ask for CurveZMQ transport encryption (diffusion_lab.kernels)."""
+"""Kernels of headless runs and JupyterLab ask for CurveZMQ transport encryption (diffusion_lab.batch.kernels)."""
 
 import nbformat
 import pytest
 
-from diffusion_lab.kernels import EncryptedKernelManager, curve_available, jupyter_server_arguments
+from diffusion_lab.batch.kernels import EncryptedKernelManager, curve_available, jupyter_server_arguments
 
 WARNING = "running over TCP without encryption"
 

@@ -5,10 +5,10 @@ import warnings
 import pytest
 import torch
 
-from diffusion_lab import traced_unet
+from diffusion_lab.runtime import traced_unet
 from diffusion_lab.attention import AttentionStore, register_attention_control
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
-from diffusion_lab.traced_unet import CALLS_BEFORE_TRACING, _traces, unet_sample
+from diffusion_lab.runtime.traced_unet import CALLS_BEFORE_TRACING, _traces, unet_sample
 
 
 @pytest.fixture()

@@ -11,9 +11,9 @@ import torch
 
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
 from diffusion_lab.widgets import common
-from diffusion_lab.widgets.inversion import InversionPanel, swap_shape
-from diffusion_lab.widgets.naive_noising import ForwardProcessPanel, NaiveEditPanel
-from diffusion_lab.widgets.posterior import SamplerPanel, caption_accuracy, marginal_check, schedule_of
+from diffusion_lab.widgets.inversion_panel import InversionPanel, swap_shape
+from diffusion_lab.widgets.naive_noising_panel import ForwardProcessPanel, NaiveEditPanel
+from diffusion_lab.widgets.posterior_panel import SamplerPanel, caption_accuracy, marginal_check, schedule_of
 from diffusion_lab.widgets.prompt_to_prompt import PromptToPromptPanel, examples, score_edit
 
 PROMPT = "a large red circle on a gray background"
@@ -108,7 +108,7 @@ def test_marginal_check_keeps_the_marginals_for_every_eta(pipe):
 
 
 def test_table1_reaches_every_timestep_at_s_equal_t(pipe):
-    from diffusion_lab.widgets.posterior import sampling_timesteps
+    from diffusion_lab.widgets.posterior_panel import sampling_timesteps
 
     schedule = schedule_of(pipe)  # leading spacing, steps_offset 1: S = 1000 would need t = 1000
     assert sampling_timesteps(schedule, 1000).tolist() == list(range(999, -1, -1))

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 CODE = r"""
 import json
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
-from diffusion_lab.widgets.posterior import SamplerPanel
+from diffusion_lab.widgets.posterior_panel import SamplerPanel
 
 panel = SamplerPanel(build_tiny_random_pipeline(seed=0), ["a large red circle on a gray background"], num_steps=5)
 panel.button.click()

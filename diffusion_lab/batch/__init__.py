@@ -6,6 +6,7 @@ processes or a Dask cluster. `diffusion-lab batch MANIFEST --out DIR` (see docs/
     rows       what the notebook edit_chunk.ipynb runs in its kernel: one chunk of rows, one model load
     report     report.md / report.html with a before/after contact sheet and the metrics table
     files      atomic writes, paths kept inside the output folder, the run lock
+    kernels    Jupyter kernels with CurveZMQ transport encryption (batch chunks, run_labs, `diffusion-lab lab`)
 """
 
 from .manifest import InvalidRow, ManifestError, Row, read_manifest, row_key, validate_manifest

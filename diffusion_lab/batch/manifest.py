@@ -37,8 +37,11 @@ are not in this model's vocabulary; use only: ...". Nothing is loaded but the to
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -48,24 +51,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EDIT_CHOICES = ("replace", "refine", "reweight", "local_blend")
 _LOCAL_BLEND_ALIASES = {"local_blend", "local blend", "local-blend", "localblend", "blend"}
-INVERSION_OPTIONS = {
-    "inner_steps": int,
-    "learning_rate": float,
-    "early_stop_epsilon": float,
-    "fixed_point_iterations": int,
-    "fixed_point_tolerance": float,
-    "anderson_memory": int,
-}
-_EDIT_SETTINGS = (
-    "cross_replace_steps", "self_replace_steps", "reweight", "blend_words", "blend_threshold",
-    "self_replace_max_resolution", "attention_control",
-)
-FIELDS = (
-    "id", "image", "scene_seed", "scene_objects", "scene", "source_prompt", "target_prompts", "edit",
-    *_EDIT_SETTINGS, "inversion", "inversion_options", "seed", "num_steps", "guidance_scale", "notes",
-)
+
+
+# The manifest's edit fields and inversion options are derived from the library's own dataclasses (PromptEdit,
+# NullTextSettings, FixedPointSettings) and from invert's keywords, so a new setting there is a manifest field here.
+# They are computed on first use (the editing and inversion modules import torch).
+@functools.cache
+def edit_choices() -> tuple[str, ...]:
+    """PromptEdit's edit kinds, and local_blend (a word swap with blend_words)."""
+    from ..editing import PROMPT_EDIT_KINDS
+
+    return (*PROMPT_EDIT_KINDS, "local_blend")
+
+
+@functools.cache
+def edit_settings() -> tuple[str, ...]:
+    """The PromptEdit fields a row may set besides its prompts and edit kind, in PromptEdit's order."""
+    from ..editing import EDIT_SETTINGS
+
+    return EDIT_SETTINGS
+
+
+@functools.cache
+def inversion_options() -> dict[str, type]:
+    """{option: int or float}: the keywords of inversion.invert that set a NullTextSettings field (same name) or a
+    FixedPointSettings field (its name with or without the prefix fixed_point_), typed like the field's default."""
+    from ..inversion import FixedPointSettings, NullTextSettings, invert
+
+    keywords = inspect.signature(invert).parameters
+    options: dict[str, type] = {}
+    for settings, prefixes in ((NullTextSettings, ("",)), (FixedPointSettings, ("fixed_point_", ""))):
+        for setting in dataclasses.fields(settings):
+            name = next((prefix + setting.name for prefix in prefixes if prefix + setting.name in keywords), None)
+            if name is not None:
+                options[name] = type(setting.default)
+    return options
+
+
+@functools.cache
+def manifest_fields() -> tuple[str, ...]:
+    """Every field (CSV column, YAML key) of a row."""
+    return ("id", "image", "scene_seed", "scene_objects", "scene", "source_prompt", "target_prompts", "edit",
+            *edit_settings(), "inversion", "inversion_options", "seed", "num_steps", "guidance_scale", "notes")
+
+
+def __getattr__(name: str):  # the derived tables under their constant names: manifest.FIELDS, ...
+    derived = {"FIELDS": manifest_fields, "EDIT_CHOICES": edit_choices, "INVERSION_OPTIONS": inversion_options}
+    if name in derived:
+        return derived[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 ALIASES = {"target_prompt": "target_prompts", "targets": "target_prompts", "prompt": "source_prompt",
            "image_path": "image", "path": "image", "inversion_method": "inversion", "steps": "num_steps",
            "guidance": "guidance_scale"}
@@ -210,19 +246,19 @@ def _read_csv(text: str, path: Path) -> list[RawRow]:
             "is separated by commas (a spreadsheet's 'CSV (comma delimited)'), or write a YAML manifest"
         )
     columns = [_canonical_name(name) for name in reader.fieldnames]
-    unknown = [name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS]
+    unknown = [name for name, canonical in zip(reader.fieldnames, columns) if canonical not in manifest_fields()]
     typos = {name: close for name in unknown
-             for close in difflib.get_close_matches(_canonical_name(name), FIELDS, n=1, cutoff=0.75)}
+             for close in difflib.get_close_matches(_canonical_name(name), manifest_fields(), n=1, cutoff=0.75)}
     if typos:  # a misspelt field would silently fall back to its default: refuse
         raise ManifestError("unknown column(s) in " + path.name + ": " + ", ".join(
-            f"{name!r} (did you mean {close!r}?)" for name, close in typos.items()) + f"; the columns are: {', '.join(FIELDS)}")
+            f"{name!r} (did you mean {close!r}?)" for name, close in typos.items()) + f"; the columns are: {', '.join(manifest_fields())}")
     if unknown:  # other columns (comments, an author, ...) are the user's own: ignored, with a warning
         warnings.warn(f"{path.name}: column(s) {unknown} are not manifest fields and are ignored "
-                      f"(the fields are: {', '.join(FIELDS)})", ManifestWarning, stacklevel=3)
-    duplicated = sorted({c for c in columns if columns.count(c) > 1 and c in FIELDS})
+                      f"(the fields are: {', '.join(manifest_fields())})", ManifestWarning, stacklevel=3)
+    duplicated = sorted({c for c in columns if columns.count(c) > 1 and c in manifest_fields()})
     if duplicated:
         raise ManifestError(f"column(s) {duplicated} appear more than once in {path.name}")
-    ignored = {name for name, canonical in zip(reader.fieldnames, columns) if canonical not in FIELDS}
+    ignored = {name for name, canonical in zip(reader.fieldnames, columns) if canonical not in manifest_fields()}
     rows = []
     for number, record in enumerate(reader, start=1):
         values = {}
@@ -257,7 +293,7 @@ def _read_yaml(text: str, path: Path) -> tuple[list[RawRow], dict]:
         if not isinstance(defaults, dict):
             raise ManifestError(f"'defaults' in {path.name} must be a mapping of row fields, got {type(defaults).__name__}")
         defaults = {_canonical_name(k): v for k, v in defaults.items()}
-        bad = sorted(set(defaults) - set(FIELDS) | ({"id"} & set(defaults)))
+        bad = sorted(set(defaults) - set(manifest_fields()) | ({"id"} & set(defaults)))
         if bad:
             raise ManifestError(f"unknown or per-row field(s) {bad} in 'defaults' of {path.name}")
         data = data["rows"]
@@ -418,10 +454,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 def validate_manifest(
     manifest: Manifest,
     tokenizer,
-    default_num_steps: int = 50,
-    default_guidance_scale: float = 7.5,
+    default_num_steps: int,
+    default_guidance_scale: float,
 ) -> tuple[list[Row], list[InvalidRow]]:
-    """Resolve and check every row; returns (valid rows, invalid rows), in manifest order."""
+    """Resolve and check every row; returns (valid rows, invalid rows), in manifest order. The defaults fill
+    rows that do not set num_steps / guidance_scale: the model's (models.defaults.model_defaults)."""
     valid: list[Row] = []
     invalid: list[InvalidRow] = []
     seen: dict[str, int] = {}
@@ -458,9 +495,9 @@ def validate_manifest(
 def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, default_guidance_scale) -> dict:
     if "__extra__" in values:
         raise RowError(f"more cells than columns: {values['__extra__']!r} (quote cells that contain commas)")
-    unknown = sorted(set(values) - set(FIELDS))
+    unknown = sorted(set(values) - set(manifest_fields()))
     if unknown:
-        raise RowError(f"unknown field(s) {unknown}; the fields are: {', '.join(FIELDS)}")
+        raise RowError(f"unknown field(s) {unknown}; the fields are: {', '.join(manifest_fields())}")
     defaults = manifest.defaults
     merged = {**defaults, **values}
 
@@ -489,11 +526,11 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     kind = _as_text("edit", merged.get("edit", "replace")).strip().lower()
     if kind in _LOCAL_BLEND_ALIASES:
         kind = "local_blend"
-    if kind not in EDIT_CHOICES:
-        raise RowError(f"unknown edit {kind!r}; choose one of {', '.join(EDIT_CHOICES)}")
+    if kind not in edit_choices():
+        raise RowError(f"unknown edit {kind!r}; choose one of {', '.join(edit_choices())}")
     edit = {"source_prompt": source_prompt, "target_prompts": targets,
             "edit": "replace" if kind == "local_blend" else kind}
-    for name in _EDIT_SETTINGS:
+    for name in edit_settings():
         if name not in merged:
             continue
         value = merged[name]
@@ -530,10 +567,10 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
         options = _as_mapping("inversion_options", merged["inversion_options"]) if "inversion_options" in merged else {}
         checked = {}
         for name, value in options.items():
-            if name not in INVERSION_OPTIONS:
-                raise RowError(f"unknown inversion option {name!r}; the options are {', '.join(INVERSION_OPTIONS)}")
+            if name not in inversion_options():
+                raise RowError(f"unknown inversion option {name!r}; the options are {', '.join(inversion_options())}")
             label = f"inversion_options.{name}"
-            checked[name] = _bounded(label, (_as_int if INVERSION_OPTIONS[name] is int else _as_float)(label, value))
+            checked[name] = _bounded(label, (_as_int if inversion_options()[name] is int else _as_float)(label, value))
         inversion = {"method": method, "options": dict(sorted(checked.items()))}
     else:
         for name in ("inversion", "inversion_options"):

@@ -227,6 +227,7 @@ def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
     from ..images import load_image
     from ..inversion import invert
     from ..latents import image_size
+    from ..models.defaults import inversion_guidance_for_edit
 
     edit = PromptEdit.from_dict(row["edit"])
     image = row["image"]
@@ -250,7 +251,7 @@ def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
         tick = time.perf_counter()
         inversion = invert(
             pipe, input_image, edit.source_prompt, method=method, num_steps=int(row["num_steps"]),
-            guidance_scale=1.0 if method == "ddim" else guidance, progress=False, **row["inversion"]["options"],
+            guidance_scale=inversion_guidance_for_edit(method, guidance), progress=False, **row["inversion"]["options"],
         )
         timing["inversion"] = time.perf_counter() - tick
         tick = time.perf_counter()
@@ -305,7 +306,7 @@ def _analyzer_scores(source, edited, prompt: str) -> dict:
         parse_caption(prompt)
     except ValueError:  # not a shapes-world caption: nothing the analyzer can check
         return {}
-    from ..widgets.prompt_to_prompt import score_edit
+    from ..shapes.scoring import score_edit
 
     score = score_edit(source, edited, prompt)
     return {name: round(float(score[name]), 4) for name in ("target_matched", "layout_kept")}

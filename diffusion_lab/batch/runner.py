@@ -147,12 +147,6 @@ def load_tokenizer(model: str):
         ) from None
 
 
-def model_defaults(model: str) -> dict:
-    from ..widgets.common import model_defaults as defaults
-
-    return defaults(model)
-
-
 def check_kernel(kernel_name: str) -> str | None:
     """Raise BatchError when there is no kernel of that name; return a warning when it runs another Python than
     this one (it would not see this environment's diffusion-lab)."""
@@ -195,7 +189,7 @@ def run_chunk(payload: dict) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from ..kernels import EncryptedKernelManager
+    from .kernels import EncryptedKernelManager
 
     out = Path(payload["out_dir"])
     name = payload["name"]
@@ -531,6 +525,8 @@ def run_batch(
         log(f"warning: {warning.message}")
     model = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
     tokenizer = load_tokenizer(model)
+    from ..models.defaults import model_defaults
+
     defaults = model_defaults(model)
     valid, invalid = validate_manifest(parsed, tokenizer, defaults["num_steps"], defaults["guidance_scale"])
     for bad in invalid:

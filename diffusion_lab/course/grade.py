@@ -84,7 +84,7 @@ def execute(nb, cwd: Path, timeout: int = 600):
     """Run every cell, errors allowed (a failed check must not stop the next one)."""
     from nbclient import NotebookClient
 
-    from diffusion_lab.kernels import EncryptedKernelManager
+    from diffusion_lab.batch.kernels import EncryptedKernelManager
 
     environment = {"DIFFUSION_LAB_QUICK": "1", "DIFFUSION_LAB_NO_PROGRESS": "1", "TRANSFORMERS_VERBOSITY": "error",
                    "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

@@ -14,9 +14,10 @@ import numpy as np
 def main_object_mask(image) -> np.ndarray | None:
     """Boolean (H, W) mask of the largest object the analyzer finds in a uint8 (H, W, 3) image (None: no object)."""
     from diffusion_lab.shapes import analyze
+    from diffusion_lab.shapes.scoring import main_object
 
-    analysis = analyze(np.asarray(image))
-    return max(analysis.objects, key=lambda o: o.mask.sum()).mask if analysis.objects else None
+    found = main_object(analyze(np.asarray(image)))
+    return None if found is None else found.mask
 
 
 def object_iou(image, reference) -> float:
@@ -36,13 +37,13 @@ def outside_edit_psnr(image, reference) -> float:
     return float(background_psnr(np.asarray(image), np.asarray(reference), np.stack(masks))) if masks else float("nan")
 
 
-def compare_edit(pipe, spec: dict, seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+def compare_edit(pipe, spec: dict, seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None,
                  baseline: bool = True) -> dict:
     """Run one edit (a PromptEdit dict; "title" is ignored) with Prompt-to-Prompt and, with `baseline`, without
     attention control, from the same x_T. Returns per run: target_matched (analyzer, from
-    widgets.prompt_to_prompt.score_edit), iou (main object, edit vs source), outside_psnr (dB), and the images."""
+    shapes.scoring.score_edit), iou (main object, edit vs source), outside_psnr (dB), and the images."""
     from diffusion_lab.editing import PromptEdit, run_edit
-    from diffusion_lab.widgets.prompt_to_prompt import score_edit
+    from diffusion_lab.shapes.scoring import score_edit
 
     spec = {k: v for k, v in spec.items() if k != "title"}
     runs = {"P2P": spec}
@@ -71,7 +72,7 @@ def colour_share(image, colour: str) -> float:
 
 
 def reweight_sweep(pipe, prompt: str, word: str, scales: Sequence[float], seed: int = 0, num_steps: int = 50,
-                   guidance_scale: float = 5.0, colour: str | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                   guidance_scale: float | None = None, colour: str | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """The prompt generated with `word`'s cross-attention scaled by each factor (P2P reweighting, via run_edit).
     Returns (images, rows: scale, main-object area (fraction of the image) and, given `colour`, its pixel share)."""
     from diffusion_lab.editing import PromptEdit, run_edit
@@ -91,7 +92,7 @@ def reweight_sweep(pipe, prompt: str, word: str, scales: Sequence[float], seed: 
 
 
 def table1_reference_features(count: int, seed: int = 0) -> np.ndarray:
-    """Features (quality.shapes_features) of the renders widgets.posterior.table1 compares with: `count` random
+    """Features (quality.shapes_features) of the renders widgets.posterior_panel.table1 compares with: `count` random
     one-object scenes drawn from np.random.default_rng(seed + 10_000), as table1 draws them."""
     from diffusion_lab.quality import feature_matrix
     from diffusion_lab.shapes import random_scene, render
@@ -101,7 +102,7 @@ def table1_reference_features(count: int, seed: int = 0) -> np.ndarray:
 
 
 def table1_error_bars(table: dict, reference: np.ndarray, draws: int = 50, seed: int = 0) -> dict:
-    """Bootstrap of the Frechet distance of every cell of a widgets.posterior.table1 result: the samples of a cell
+    """Bootstrap of the Frechet distance of every cell of a widgets.posterior_panel.table1 result: the samples of a cell
     are resampled with replacement `draws` times. Returns {setting: [per S: (mean, standard deviation)]}."""
     from diffusion_lab.quality import feature_matrix, frechet_distance
 
@@ -119,13 +120,13 @@ def table1_error_bars(table: dict, reference: np.ndarray, draws: int = 50, seed:
 
 
 def sampler_noise(pipe, num_samples: int, num_steps: int, seed: int = 0, guidance_scale: float = 1.0) -> list[dict]:
-    """Noise left in the samples of every sampler setting of DDIM's Table 1 (widgets.posterior.SETTINGS), per image
+    """Noise left in the samples of every sampler setting of DDIM's Table 1 (widgets.posterior_panel.SETTINGS), per image
     quality.high_frequency_energy, averaged over `num_samples` captions of random one-object scenes sampled from
     the same x_T. Returns rows: setting, noise (mean), standard_error (of the mean)."""
     from diffusion_lab.generation import initial_noise
     from diffusion_lab.quality import high_frequency_energy
     from diffusion_lab.shapes import caption, random_scene
-    from diffusion_lab.widgets import posterior
+    from diffusion_lab.widgets import posterior_panel as posterior
 
     rng = np.random.default_rng(seed)
     prompts = [caption(random_scene(rng, num_objects=1)) for _ in range(num_samples)]

@@ -118,7 +118,7 @@ def build_untrained_pipeline(seed: int = 0, text_layers: int = 0):
     text_encoder = CLIPTextModel(text_config)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
-    return StableDiffusionPipeline(
+    pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -128,3 +128,5 @@ def build_untrained_pipeline(seed: int = 0, text_layers: int = 0):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipe.diffusion_lab_family = "shapes-tiny"  # models.defaults.model_family: its defaults are shapes-tiny's
+    return pipe

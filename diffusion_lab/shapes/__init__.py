@@ -12,7 +12,7 @@ from .captions import (
     vocabulary,
     word_owners,
 )
-from .edits import EDIT_KINDS, SceneEdit, edit_scene
+from .edits import SCENE_EDIT_KINDS, SceneEdit, edit_scene
 from .render import Render, render, render_image, shape_coverage
 from .scene import (
     BACKGROUNDS,

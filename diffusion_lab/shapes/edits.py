@@ -13,7 +13,7 @@ import numpy as np
 
 from .scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, objects_fit, random_object, random_position
 
-EDIT_KINDS = ("colour", "shape", "size", "position", "background", "add", "remove")
+SCENE_EDIT_KINDS = ("colour", "shape", "size", "position", "background", "add", "remove")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,8 @@ def edit_scene(
     For "position" the object moves to a random free place in another grid cell; for "add" a random
     object is added; for "remove" object `object_index` is removed (the scene must keep one object).
     """
-    if kind not in EDIT_KINDS:
-        raise ValueError(f"unknown edit kind {kind!r}; choose one of {', '.join(EDIT_KINDS)}")
+    if kind not in SCENE_EDIT_KINDS:
+        raise ValueError(f"unknown edit kind {kind!r}; choose one of {', '.join(SCENE_EDIT_KINDS)}")
     rng = rng if rng is not None else np.random.default_rng(0)
     objects = list(scene.objects)
     if kind != "background" and kind != "add" and not 0 <= object_index < len(objects):

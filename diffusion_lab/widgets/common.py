@@ -3,7 +3,7 @@
 Panels (one module per lab) only call the diffusion_lab API; this module holds the plumbing:
 
     pipe = get_pipeline("shapes-tiny")              # loaded once per kernel (load_pipeline caches too)
-    settings = model_defaults("shapes-tiny")        # image size, guidance, steps that suit the model
+    settings = model_defaults("shapes-tiny")        # image size, guidance, steps (diffusion_lab.models.defaults)
     image, prompt = source_scene(pipe, seed=3)      # a "real" image: a rendered shapes scene and its caption
     view = ImageView(); view.show(image)            # an ipywidgets.Image fed with PNG bytes
     save_outputs(out_dir, {"edits": figure}, {"psnr": 31.2})   # PNGs + metrics.json (headless runs)
@@ -27,7 +27,9 @@ from typing import Any, Callable, Hashable
 import numpy as np
 from PIL import Image
 
-BUILTIN = "shapes-tiny"
+from diffusion_lab.models.defaults import SHAPES_TINY as BUILTIN
+from diffusion_lab.models.defaults import model_defaults  # noqa: F401  (the labs' common.model_defaults)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_ENV = "DIFFUSION_LAB_OUT"
 
@@ -43,23 +45,9 @@ def is_builtin(model: str) -> bool:
     return str(model) == BUILTIN
 
 
-def model_defaults(model: str = BUILTIN) -> dict:
-    """Settings that suit a model: the built-in shapes-tiny (64 px, guidance 5, CPU) or a Stable Diffusion
-    checkpoint (512 px, guidance 7.5, the best device). Labs read these after their `parameters` cell."""
-    from diffusion_lab.models import default_device
-
-    if is_builtin(model):  # small enough for any CPU; pass device="cuda" (DEVICE parameter) for long tables
-        return {"image_size": 64, "guidance_scale": 5.0, "num_steps": 50, "device": "cpu", "dtype": "float32"}
-    device = default_device()
-    # Inversion wants float32 noise predictions (inversion.py warns otherwise); SD in fp32 fits any recent GPU.
-    return {"image_size": 512, "guidance_scale": 7.5, "num_steps": 50, "device": device, "dtype": "float32"}
-
-
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads: `threads`, or half the cores (at most 4) when None.
-
-    Measured on a shared 2-core machine: the small UNet of shapes-tiny ran an inversion in 1.8 s with one thread
-    and in 16 s with two (threads spin-wait for each other when other processes hold the cores)."""
+    """Set torch's CPU threads: `threads`, or half the cores (at most 4) when None (why: README, "Speed on a
+    CPU")."""
     import torch
 
     threads = int(threads) if threads else max(1, min(4, (os.cpu_count() or 2) // 2))

@@ -16,6 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusion_lab.models.defaults import inversion_guidance_for_edit, resolve_guidance
+from diffusion_lab.shapes.scoring import score_edit  # noqa: F401  (the lab's scorer: lab.score_edit)
+
 from .common import ImageView, Panel, cached_inversion, markdown_table, slider
 
 
@@ -24,7 +27,7 @@ from .common import ImageView, Panel, cached_inversion, markdown_table, slider
 # ----------------------------------------------------------------------------------------------------------
 
 
-def word_maps(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+def word_maps(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None,
               resolution: int | None = None, progress: bool = False):
     """Generate `prompt` with an AttentionStore and draw each word's cross-attention map averaged over all steps
     (and the layers of one map size) over the image: the lecture's figure. Returns (uint8 image, PIL figure)."""
@@ -39,7 +42,7 @@ def word_maps(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_sc
     return result.images[0], figure
 
 
-def word_maps_by_size(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+def word_maps_by_size(pipe, prompt: str, seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None,
                       progress: bool = False):
     """Like word_maps, but one row per map size on one shared scale (which layers place the words), with each
     shape and colour word's mass inside the analyzer's (dilated) object mask relative to a uniform map.
@@ -123,35 +126,7 @@ def examples(source_prompt: str, shape_swap: tuple[str, str] = ("circle", "squar
     return result
 
 
-def score_edit(source_image, edited_image, target_prompt: str) -> dict:
-    """Analyzer scores of one edit: does the edited image show what the target prompt names (shape, colour, size,
-    background of its first object), was the layout kept (the main object within 0.12 of the source's), and the
-    PSNR to the source image (dB)."""
-    from diffusion_lab.metrics import psnr
-    from diffusion_lab.shapes import analyze, parse_caption
-
-    def main_object(analysis):
-        return max(analysis.objects, key=lambda o: o.mask.sum()) if analysis.objects else None
-
-    try:
-        description = parse_caption(target_prompt)
-    except ValueError:  # not a shapes-world caption (e.g. a Stable Diffusion prompt): nothing to check
-        description = None
-    source, edited = analyze(np.asarray(source_image)), analyze(np.asarray(edited_image))
-    found, before = main_object(edited), main_object(source)
-    checks = []
-    if description is not None:
-        want = description.objects[0]
-        checks = [found is not None and getattr(found, a) == getattr(want, a)
-                  for a in ("shape", "colour", "size") if getattr(want, a) is not None]
-        if description.background is not None:
-            checks.append(edited.background == description.background)
-    kept = found is not None and before is not None and float(np.hypot(found.x - before.x, found.y - before.y)) < 0.12
-    return {"target_matched": float(np.mean(checks)) if checks else float("nan"), "layout_kept": float(kept),
-            "psnr_to_source": float(psnr(np.array(edited_image), np.array(source_image)))}
-
-
-def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0,
+def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None,
                  real_image=None, inversion_method: str = "null_text", inversion_guidance: float | None = None,
                  inversion_options: dict | None = None, baseline: bool = True, progress: bool = False):
     """Run each edit with P2P and (baseline) without it, from the same x_T: the seed's noise, or, with `real_image`,
@@ -163,6 +138,7 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
     from diffusion_lab.editing import PromptEdit, run_edit
     from diffusion_lab.viz import image_grid
 
+    guidance_scale = resolve_guidance(pipe, guidance_scale)
     rows, pictures, labels = [], [], []
     for spec in edits:
         spec = dict(spec)
@@ -200,11 +176,12 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
 
 
 def reweight_strip(pipe, prompt: str, word: str, scales: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0), seed: int = 0,
-                   num_steps: int = 50, guidance_scale: float = 5.0, inversion=None, progress: bool = False):
+                   num_steps: int = 50, guidance_scale: float | None = None, inversion=None, progress: bool = False):
     """The same image with one word's attention scaled by each factor (P2P's reweighting), left to right."""
     from diffusion_lab.editing import PromptEdit, run_edit
     from diffusion_lab.viz import image_grid
 
+    guidance_scale = resolve_guidance(pipe, guidance_scale)
     pictures, labels = [], []
     for scale in scales:
         edit = PromptEdit(prompt, [prompt], edit="reweight", reweight={word: float(scale)})
@@ -230,11 +207,12 @@ class PromptToPromptPanel(Panel):
     without P2P, and the target's word maps."""
 
     def __init__(self, pipe, image, image_prompt: str, source_prompt: str | None = None, target_prompt: str = "",
-                 seed: int = 0, num_steps: int = 50, guidance_scale: float = 5.0, inversion_method: str = "negative_prompt",
+                 seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None, inversion_method: str = "negative_prompt",
                  inner_steps: int = 10):
         import ipywidgets as widgets
 
         super().__init__()
+        guidance_scale = resolve_guidance(pipe, guidance_scale)
         self.pipe, self.image, self.image_prompt = pipe, image, image_prompt
         source_prompt = source_prompt or image_prompt
         wide = widgets.Layout(width="560px")
@@ -302,7 +280,8 @@ class PromptToPromptPanel(Panel):
         if real:
             options = {"inner_steps": self.inner_steps} if self.method.value == "null_text" else {}
             inversion = cached_inversion(self.pipe, self.image, edit.source_prompt, self.method.value,
-                                         int(self.steps.value), 1.0 if self.method.value == "ddim" else guidance, **options)
+                                         int(self.steps.value), inversion_guidance_for_edit(self.method.value, guidance),
+                                         **options)
             self.progress.advance()
             kwargs = dict(inversion=inversion, guidance_scale=guidance)
         else:

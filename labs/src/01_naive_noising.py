@@ -70,7 +70,7 @@ common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop:
 pipe = common.get_pipeline(MODEL, device=DEVICE)
 
 from diffusion_lab.shapes import caption, edit_scene
-from diffusion_lab.widgets import naive_noising as lab
+from diffusion_lab.widgets import naive_noising_panel as lab
 if QUICK:
     STRENGTHS, NUM_SEEDS, STEPS = [0.1, 0.5, 1.0], 2, 20
 image, source_prompt, scene = common.source_scene(pipe, SCENE_SEED, objects=[OBJECT], background=BACKGROUND)

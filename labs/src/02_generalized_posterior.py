@@ -88,7 +88,7 @@ pipe = common.get_pipeline(MODEL, device=DEVICE)
 
 from diffusion_lab.images import pil_to_tensor
 from diffusion_lab.shapes import caption, random_scene
-from diffusion_lab.widgets import posterior as lab
+from diffusion_lab.widgets import posterior_panel as lab
 from diffusion_lab.course import measures
 if FULL_TABLE:
     TABLE_STEPS, TABLE_SAMPLES, REFERENCE_RENDERS = [10, 20, 50, 100, 1000], TABLE_SAMPLES_FULL, 512

@@ -74,7 +74,7 @@ common.reset_metrics(OUT)
 common.configure_threads(THREADS)  # None: half the cores (1 on a 2-core laptop: faster than 2 when shared)
 pipe = common.get_pipeline(MODEL, device=DEVICE)
 
-from diffusion_lab.widgets import inversion as lab
+from diffusion_lab.widgets import inversion_panel as lab
 if QUICK:
     NUM_IMAGES, STEPS_SWEEP, GUIDANCE_SWEEP, SWEEP_STEPS, STEPS, NULL_TEXT_INNER_STEPS = 2, [10, 20], [1.0, 7.5], 10, 20, 3
 scenes = [common.source_scene(pipe, SEED + i) for i in range(NUM_IMAGES)]

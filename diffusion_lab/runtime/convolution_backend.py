@@ -2,14 +2,8 @@
 
 PyTorch sends CPU convolutions to oneDNN by default. oneDNN pays a fixed cost per call (primitive set-up and layout
 conversions), which pays off for large feature maps and loses on small ones. A denoising loop calls the same
-small convolutions thousands of times, so for small latents the native kernels win. Measured on the 2-core CPU
-of the course machines:
-
-- shapes-tiny (16x16 latents), 50-step DDIM sample with guidance at batch 1, `python pipelines/bench_speed.py
-  --threads 2`: median 1.13 s with native kernels against 1.41 s with oneDNN (a second run: 1.61 s against 1.99 s).
-- a Stable Diffusion 1.x-sized UNet (random weights, 1 thread, batch 2, one forward; measured while another job
-  shared the CPU, `bench_speed.py --sd-sides 16 32 64` repeats it): 16x16 latents 4.2 s with oneDNN against 3.5 s
-  native; 32x32 14.2 s against 9.1 s; 64x64 (512x512 images) 38.8 s against 41.6 s.
+small convolutions thousands of times, so for small latents the native kernels win (measurements: README, "Speed
+on a CPU"; `python pipelines/bench_speed.py`).
 
 So `convolution_backend` picks native kernels on the CPU when the latent has at most `NATIVE_MAX_AREA` pixels and
 leaves everything else (GPUs, 512x512 Stable Diffusion, training batches) to PyTorch's default. Set the

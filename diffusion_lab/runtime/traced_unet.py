@@ -3,9 +3,8 @@
 A denoising loop calls the UNet hundreds of times with the same shapes. For a model as small as shapes-tiny,
 diffusers' Python (module calls, checks, reshapes; about 200 modules per call) costs about as much on a CPU as
 the arithmetic. `torch.jit.trace` records one call as a graph, `torch.jit.freeze` folds the weights into it,
-and later calls run in the TorchScript interpreter. Measured with `python pipelines/bench_speed.py --threads 2`
-on the idle 2-core CPU: a guided shapes-tiny call (batch 2) drops from 24.6 ms to 14.3 ms, a 50-step guided
-sample from 1.13 s to 0.75 s.
+and later calls run in the TorchScript interpreter (the speed-up: README, "Speed on a CPU";
+`python pipelines/bench_speed.py`).
 
 It is used only where it cannot change a result (outputs agree with the eager UNet to ~1e-6):
 - the UNet is on the CPU, autograd is off (torch.no_grad / torch.inference_mode), no extra UNet arguments;
@@ -129,3 +128,8 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     if graph is _EAGER:
         return _eager(unet, sample, t, encoder_hidden_states)
     return graph(sample, timesteps, encoder_hidden_states)
+
+
+def forget_traces(unet: nn.Module) -> None:
+    """Drop the traces (and call counts) of `unet`: its next calls run eagerly and trace it anew."""
+    _TRACES.pop(unet, None)

@@ -16,6 +16,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffusion_lab.models.defaults import resolve_guidance
+from diffusion_lab.shapes.scoring import score_scene_edit
+
 from .common import ImageView, Panel, markdown_table, slider
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,26 +76,6 @@ def forward_process_strip(pipe, image, timesteps: Sequence[int] = (0, 100, 250, 
     return grid, {int(t): float(schedule.alpha_bar(int(t))) for t in timesteps}
 
 
-def _edit_scores(images, source_scene, target_scene) -> list[dict]:
-    """Per image: did the edit happen (the main object has the target's shape / colour / size and the background
-    is the target's) and was the layout kept (object centre within 0.12 of the source's)."""
-    from diffusion_lab.shapes import analyze
-
-    want, where = target_scene.objects[0], source_scene.objects[0]
-    scores = []
-    for image in images:
-        analysis = analyze(np.asarray(image))
-        found = max(analysis.objects, key=lambda o: o.mask.sum()) if analysis.objects else None
-        edited = (
-            found is not None
-            and (found.shape, found.colour, found.size) == (want.shape, want.colour, want.size)
-            and analysis.background == target_scene.background
-        )
-        kept = found is not None and float(np.hypot(found.x - where.x, found.y - where.y)) < 0.12
-        scores.append({"edited": bool(edited), "layout_kept": bool(kept)})
-    return scores
-
-
 def strength_sweep(
     pipe,
     image,
@@ -101,7 +84,7 @@ def strength_sweep(
     strengths: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0),
     num_seeds: int = 3,
     num_steps: int = 50,
-    guidance_scale: float = 5.0,
+    guidance_scale: float | None = None,
     seed: int = 0,
     source_scene=None,
     target_scene=None,
@@ -116,6 +99,8 @@ def strength_sweep(
     """
     from diffusion_lab.metrics import psnr
     from diffusion_lab.naive_noising import naive_noising_edit
+
+    guidance_scale = resolve_guidance(pipe, guidance_scale)
 
     reference = np.array(image.convert("RGB"))
     rows, edits, round_trips = [], [], []
@@ -133,7 +118,7 @@ def strength_sweep(
             "psnr_round_trip_to_input": float(np.mean(psnr(back, np.repeat(reference[None], len(back), 0)))),
         }
         if source_scene is not None and target_scene is not None:
-            scores = _edit_scores(edited, source_scene, target_scene)
+            scores = score_scene_edit(edited, source_scene, target_scene)
             row["edit_success"] = float(np.mean([s["edited"] for s in scores]))
             row["layout_kept"] = float(np.mean([s["layout_kept"] for s in scores]))
         rows.append(row)
@@ -226,10 +211,11 @@ class NaiveEditPanel(Panel):
     """Naive editing: noise the image to a strength, then denoise with a new prompt (Run button)."""
 
     def __init__(self, pipe, image, source_prompt: str, target_prompt: str, strength: float = 0.6,
-                 num_steps: int = 50, guidance_scale: float = 5.0, seed: int = 0):
+                 num_steps: int = 50, guidance_scale: float | None = None, seed: int = 0):
         import ipywidgets as widgets
 
         super().__init__()
+        guidance_scale = resolve_guidance(pipe, guidance_scale)
         self.pipe, self.image, self.source_prompt = pipe, image, source_prompt
         text_layout = widgets.Layout(width="520px")
         self.prompt = widgets.Text(value=target_prompt, description="new prompt", layout=text_layout)

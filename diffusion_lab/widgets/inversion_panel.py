@@ -67,11 +67,12 @@ def invert_and_reconstruct(pipe, images, prompts, key: str, num_steps: int, guid
 
     Returns dict(reconstruction uint8 (B, H, W, 3), edit (or None), inversion, seconds of the inversion)."""
     from diffusion_lab.inversion import reconstruct
+    from diffusion_lab.models.defaults import inversion_guidance as default_inversion_guidance
 
     method, inversion_guidance = METHODS[key][:2]
     inversion_guidance = guidance_scale if inversion_guidance is None else inversion_guidance
     if method in ("negative_prompt", "direct"):  # the w = 1 pivot whatever w is: one inversion serves every w
-        inversion_guidance = 7.5
+        inversion_guidance = default_inversion_guidance(method, pipe)
     options = {"inner_steps": inner_steps} if (method == "null_text" and inner_steps) else {}
     start = time.perf_counter()
     inversion = cached_inversion(pipe, list(images), list(prompts), method, num_steps, inversion_guidance,

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from diffusion_lab.models.defaults import resolve_guidance
+
 from .common import ImageView, Panel, markdown_table, slider
 
 # (label, eta, variance) of the sampler settings of DDIM's Table 1.
@@ -155,10 +157,11 @@ def sample_images(pipe, prompts: Sequence[str], num_steps: int, eta: float = 0.0
 
 
 def sample_settings(pipe, prompts: Sequence[str], steps: Sequence[int] = (10, 50), settings=SETTINGS,
-                    guidance_scale: float = 5.0, seed: int = 0):
+                    guidance_scale: float | None = None, seed: int = 0):
     """Samples of the same prompts and x_T for every (S, setting): a PIL grid (a row per (S, setting))."""
     from diffusion_lab.viz import image_grid
 
+    guidance_scale = resolve_guidance(pipe, guidance_scale)
     pictures, row_labels = [], []
     for num_steps in steps:
         for label, eta, variance in settings:
@@ -299,10 +302,11 @@ class SamplerPanel(Panel):
     of the first sample along the way (what the sampler believes the image is at each step)."""
 
     def __init__(self, pipe, prompts: Sequence[str], num_steps: int = 20, eta: float = 0.0,
-                 guidance_scale: float = 5.0, seed: int = 0):
+                 guidance_scale: float | None = None, seed: int = 0):
         import ipywidgets as widgets
 
         super().__init__()
+        guidance_scale = resolve_guidance(pipe, guidance_scale)
         self.pipe = pipe
         self.prompts = widgets.Textarea(value="\n".join(prompts), description="prompts",
                                         layout=widgets.Layout(width="520px", height="80px"))
