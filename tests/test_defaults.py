@@ -55,3 +55,29 @@ def test_generation_and_editing_share_the_models_default_guidance():
     assert (edit.latents[:1] - at_seven_and_a_half.latents).abs().max() > 1e-2
     tiny = build_tiny_random_pipeline()
     assert edit_generated(tiny, "a cat", ["a dog"], num_steps=1, progress=False).guidance_scale == 7.5
+
+
+def test_invert_takes_its_defaults_from_the_models_defaults(monkeypatch):
+    """invert(guidance_scale=None) inverts for models.defaults.inversion_guidance(method, pipe), and null-text's
+    learning rate is the model's ModelDefaults.null_text_learning_rate (NullTextSettings keeps the paper's 1e-2)."""
+    import dataclasses
+
+    from diffusion_lab.inversion import METHODS, NullTextSettings, invert
+    from diffusion_lab.models import defaults
+
+    assert set(defaults.INVERSION_GUIDANCE) == set(METHODS)  # every method has a default guidance, and only they
+    assert NullTextSettings().learning_rate == model_defaults(SHAPES_TINY).null_text_learning_rate == 1e-2
+    pipe = build_tiny_random_pipeline()
+    size = pipe.unet.config.sample_size
+    latents = torch.randn(1, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    changed = dataclasses.replace(
+        defaults._FAMILY_DEFAULTS[STABLE_DIFFUSION], null_text_learning_rate=0.05,
+        inversion_guidance={**defaults.INVERSION_GUIDANCE, "null_text": 6.0},
+    )
+    monkeypatch.setitem(defaults._FAMILY_DEFAULTS, STABLE_DIFFUSION, changed)
+    inversion = invert(pipe, None, "a cat", method="null_text", num_steps=1, latents=latents, inner_steps=1,
+                       progress=False)
+    assert inversion.guidance_scale == 6.0 and inversion.settings["learning_rate"] == 0.05
+    explicit = invert(pipe, None, "a cat", method="null_text", num_steps=1, guidance_scale=2.0, latents=latents,
+                      inner_steps=1, learning_rate=0.2, progress=False)
+    assert explicit.guidance_scale == 2.0 and explicit.settings["learning_rate"] == 0.2

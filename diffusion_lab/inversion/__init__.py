@@ -17,7 +17,8 @@ same sampling produces. Six methods, all built on the same sampling step (poster
     edit_friendly    Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024), for eta > 0: x_t drawn
                      independently from q(x_t | x_0), the noise map of each stochastic step recorded (edit_friendly.py).
 
-Files, bottom-up: methods.py (names, default guidance and eta), step.py (the inversion step), model.py (what
+Files, bottom-up: methods.py (names, edit-friendly's default eta; the default guidance per method is a per-model
+default, models.defaults.inversion_guidance), step.py (the inversion step), model.py (what
 inversion needs from a model), fixed_point.py, null_text.py, direct.py, edit_friendly.py (one method each, on
 latents), latent_level.py (`invert_with_model` / `reconstruct_with_model`: every method for any ConditionalModel,
 e.g. the exact `ClosedFormDenoiser` in pixel space, no VAE), result.py (`Inversion`, saved as safetensors + JSON),
@@ -32,7 +33,7 @@ from .direct import rectify_source_branch, source_rectifier
 from .edit_friendly import NoiseSpace, edit_friendly_noise_space
 from .fixed_point import FixedPointSettings, LatentTrajectory, anderson_extrapolation, invert_latents
 from .latent_level import LatentInversion, invert_with_model, reconstruct_with_model
-from .methods import DEFAULT_ETA, DEFAULT_GUIDANCE, METHODS
+from .methods import DEFAULT_ETA, METHODS
 from .model import ConditionalModel, StepwiseGuidedDenoiser
 from .null_text import NullTextResult, NullTextSettings, optimize_null_text
 from .pipeline_level import inversion_inputs, invert, pipeline_name, reconstruct
@@ -40,7 +41,7 @@ from .result import FORMAT_VERSION, Inversion
 from .step import ETA_ERROR, check_eta, ddim_inversion_step
 
 __all__ = [
-    "ConditionalModel", "DEFAULT_ETA", "DEFAULT_GUIDANCE", "ETA_ERROR", "FORMAT_VERSION", "FixedPointSettings",
+    "ConditionalModel", "DEFAULT_ETA", "ETA_ERROR", "FORMAT_VERSION", "FixedPointSettings",
     "Inversion", "LatentInversion", "LatentTrajectory", "METHODS", "NoiseSpace", "NullTextResult", "NullTextSettings",
     "StepwiseGuidedDenoiser", "anderson_extrapolation", "check_eta", "ddim_inversion_step",
     "edit_friendly_noise_space", "invert", "invert_latents", "invert_with_model", "inversion_inputs",

@@ -1,15 +1,13 @@
-"""The inversion methods by name, and what each uses when the caller gives nothing: the guidance it inverts for and
-(edit-friendly) the eta it samples at. The one place for these defaults in the inversion package."""
+"""The inversion methods by name, edit-friendly inversion's default eta, and the checks of both.
+
+The guidance each method inverts for when the caller gives none is a per-model default: `models.defaults`
+(`inversion_guidance(method, pipe)`: 1 for ddim, 3.5 for edit_friendly, 7.5 otherwise)."""
 
 from __future__ import annotations
 
 import math
 
 METHODS = ("ddim", "null_text", "negative_prompt", "fixed_point", "direct", "edit_friendly")
-# Guidance each method inverts for when none is given: DDIM inversion is only reliable at w = 1; the others exist
-# to make the usual text-to-image guidance (7.5) work; edit-friendly uses the paper's source scale (cfg_scale_src).
-DEFAULT_GUIDANCE = {"ddim": 1.0, "null_text": 7.5, "negative_prompt": 7.5, "fixed_point": 7.5, "direct": 7.5,
-                    "edit_friendly": 3.5}
 DEFAULT_ETA = 1.0  # edit-friendly: the paper's DDPM sampler (eta = 1: DDPM's posterior variance)
 
 

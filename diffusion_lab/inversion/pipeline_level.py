@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from diffusion_lab.generation import prompt_list
+from diffusion_lab.models.defaults import inversion_guidance, model_defaults
 from diffusion_lab.models.loading import synchronize
 from diffusion_lab.sampling import sample
 from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
@@ -21,7 +22,7 @@ from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
 from .edit_friendly import check_edit_friendly_eta
 from .fixed_point import FixedPointSettings
 from .latent_level import invert_with_model
-from .methods import DEFAULT_ETA, DEFAULT_GUIDANCE, check_guidance, check_method
+from .methods import DEFAULT_ETA, check_guidance, check_method
 from .model import ConditionalModel
 from .null_text import NullTextSettings
 from .result import Inversion
@@ -98,10 +99,12 @@ def invert(
         then VAE-encoded (latent_dist.mean * scaling_factor, fp32). Or pass `latents` (B, C, h, w) instead.
     prompt: the source prompt (one, or one per image). method: "ddim", "null_text", "negative_prompt",
         "fixed_point", "direct" or "edit_friendly" (see the package docstring). num_steps: S, on the scheduler's own
-        subsequence unless `timesteps` (descending) is given. guidance_scale: the w edits will sample with; default
-        per method (DEFAULT_GUIDANCE: 1 for ddim, 3.5 for edit_friendly, 7.5 otherwise). negative_prompt: the
-        text whose embedding is the unconditional one ("" = the null text of SD; zeros for SDXL).
-    Null-text options (paper defaults): inner_steps 10, learning_rate 1e-2, early_stop_epsilon 1e-5.
+        subsequence unless `timesteps` (descending) is given. guidance_scale: the w edits will sample with; None: the
+        model's default for the method (models.defaults.inversion_guidance: 1 for ddim, 3.5 for edit_friendly, 7.5
+        otherwise). negative_prompt: the text whose embedding is the unconditional one ("" = the null text of SD;
+        zeros for SDXL).
+    Null-text options (paper defaults): inner_steps 10, learning_rate (None: the model's
+        ModelDefaults.null_text_learning_rate, the paper's 1e-2), early_stop_epsilon 1e-5.
     Fixed-point options: fixed_point_iterations 5, fixed_point_tolerance 1e-5, anderson_memory 2.
     eta must be 0 (None) for every method but "edit_friendly", which takes 0 < eta <= 1 (None: 1, DDPM), `variance`
     ("eta" or "sigma_hat") and `seed`: image b of the batch draws its x_t from seed + b, so it gets the same
@@ -114,8 +117,8 @@ def invert(
     else:
         eta = 0.0 if eta is None else eta
         check_eta(eta)
-    guidance_scale = check_guidance(DEFAULT_GUIDANCE[method] if guidance_scale is None else guidance_scale)
-    null_text = NullTextSettings()
+    guidance_scale = check_guidance(inversion_guidance(method, pipe) if guidance_scale is None else guidance_scale)
+    null_text = NullTextSettings(learning_rate=model_defaults(pipe).null_text_learning_rate)
     for name, value in (("inner_steps", inner_steps), ("learning_rate", learning_rate),
                         ("early_stop_epsilon", early_stop_epsilon)):
         if value is not None:
