@@ -5,6 +5,8 @@
                                 widgets/ batch/ course/, and of the runtime corner only `runtime.call_unet`
                                 (denoisers.py), never its tricks (traced_unet, convolution_backend) directly
     runtime/                    imports nothing of diffusion_lab outside runtime/
+    inversion/                  part of the maths core (the rules above), and each of its files imports only the
+                                files listed before it in ARCHITECTURE.md's table of the package (INVERSION_FILES)
     the core package            imports without the notebook packages installed (checked in a subprocess that
                                 blocks them with a sys.meta_path finder)
 """
@@ -30,6 +32,9 @@ NOTEBOOK_PACKAGES = (
 APPLICATION_PARTS = ("widgets", "batch", "course", "runtime")
 APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusion_lab.training", "diffusion_lab.lab_extra")
 RUNTIME_TRICKS = ("diffusion_lab.runtime.traced_unet", "diffusion_lab.runtime.convolution_backend")
+# The inversion package bottom-up, as ARCHITECTURE.md lists it: a file imports only the files before it.
+INVERSION_FILES = ("methods", "step", "model", "fixed_point", "null_text", "direct", "edit_friendly", "latent_level",
+                   "result", "pipeline_level")
 
 
 def module_name(path: Path) -> str:
@@ -106,12 +111,28 @@ def test_the_import_rule_holds():
     assert violations() == []
 
 
+def test_the_inversion_package_is_layered_bottom_up():
+    """Every file of diffusion_lab/inversion/ is in INVERSION_FILES (so ARCHITECTURE.md describes it), is checked
+    as maths core by the rule above, and imports only the package's files listed before it."""
+    files = {path.stem: path for path in python_files(PACKAGE / "inversion") if path.name != "__init__.py"}
+    assert sorted(files) == sorted(INVERSION_FILES)
+    assert all(is_core(module_name(path)) for path in files.values())
+    documented = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for position, stem in enumerate(INVERSION_FILES):
+        assert f"| `{stem}.py` |" in documented, f"ARCHITECTURE.md does not describe inversion/{stem}.py"
+        inside = {name.split(".")[2] for name in imports_of(files[stem])
+                  if name.startswith("diffusion_lab.inversion.")}
+        assert inside <= set(INVERSION_FILES[:position]), f"inversion/{stem}.py imports {sorted(inside)}"
+
+
 def test_the_rule_sees_a_violation(tmp_path):
     """The parser resolves relative imports, so the rule cannot pass by not seeing them."""
     fake = PACKAGE / "batch" / "rows.py"
     assert "diffusion_lab.shapes.scoring" in imports_of(fake)  # `from ..shapes.scoring import score_edit`
     denoisers = imports_of(PACKAGE / "denoisers.py")
     assert "diffusion_lab.runtime.call_unet" in denoisers and not any(starts_with(n, RUNTIME_TRICKS) for n in denoisers)
+    pipeline_level = imports_of(PACKAGE / "inversion" / "pipeline_level.py")  # relative imports one package down
+    assert {"diffusion_lab.inversion.methods", "diffusion_lab.models.defaults"} <= pipeline_level
 
 
 BLOCKER = textwrap.dedent("""
