@@ -130,8 +130,9 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
                  real_image=None, inversion_method: str = "null_text", inversion_guidance: float | None = None,
                  inversion_options: dict | None = None, baseline: bool = True, progress: bool = False):
     """Run each edit with P2P and (baseline) without it, from the same x_T: the seed's noise, or, with `real_image`,
-    an inversion of it with the edit's source prompt (`inversion_method` at `inversion_guidance`, default the
-    sampling guidance; cached, so edits that share a source prompt share an inversion).
+    an inversion of it with the edit's source prompt (`inversion_method` at `inversion_guidance`, default
+    models.defaults.inversion_guidance_for_edit: 1 for ddim, the sampling guidance otherwise; cached, so edits that
+    share a source prompt share an inversion).
 
     Returns (rows of analyzer scores, PIL figure with a row per edit: [input,] source or reconstruction,
     without P2P, with P2P)."""
@@ -150,7 +151,8 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
         else:
             inversion = cached_inversion(
                 pipe, real_image, edit.source_prompt, inversion_method, num_steps,
-                guidance_scale if inversion_guidance is None else inversion_guidance, progress=progress,
+                inversion_guidance_for_edit(inversion_method, guidance_scale) if inversion_guidance is None
+                else inversion_guidance, progress=progress,
                 **(inversion_options or {}),
             )
             kwargs = dict(inversion=inversion, guidance_scale=guidance_scale, progress=progress)
