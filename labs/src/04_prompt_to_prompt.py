@@ -104,7 +104,6 @@ edits = [  # PromptEdit dicts (diffusion_lab.editing.PromptEdit) plus a title
 wanted = parse_caption(SOURCE_PROMPT)
 objects = [{k: getattr(o, k) for k in ("shape", "colour", "size") if getattr(o, k)} for o in wanted.objects]
 real_image, real_prompt, _ = common.source_scene(pipe, REAL_SCENE_SEED, objects=objects, background=wanted.background)
-inversion_guidance = 1.0 if REAL_INVERSION == "ddim" else GUIDANCE
 inversion_options = {"inner_steps": NULL_TEXT_INNER_STEPS} if REAL_INVERSION == "null_text" else {}
 
 # %%
@@ -246,8 +245,7 @@ assert max(shares[s] for s in shares if s <= 2) - min(shares[s] for s in shares 
 # %%
 real_rows, real_figure = lab.run_examples(
     pipe, lab.examples(real_prompt, SHAPE_SWAP, COLOUR_SWAP)[:2], guidance_scale=GUIDANCE,  # the two word swaps
-    real_image=real_image, inversion_method=REAL_INVERSION, num_steps=STEPS, inversion_guidance=inversion_guidance,
-    inversion_options=inversion_options)
+    real_image=real_image, inversion_method=REAL_INVERSION, num_steps=STEPS, inversion_options=inversion_options)
 show(real_figure)
 show_table(lab.rows_markdown(real_rows))
 common.save_outputs(OUT, {"edits_real": real_figure}, {"edits_real": real_rows})
