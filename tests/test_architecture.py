@@ -2,11 +2,14 @@
 
     batch/ and pipelines/       never import diffusion_lab.widgets (the notebook panels)
     the maths core              imports no notebook package (papermill, ipywidgets, nbformat, jupyter, ...), none of
-                                widgets/ batch/ course/, and of the runtime corner only `runtime.call_unet`
+                                widgets/ batch/ course/ training/, and of the runtime corner only `runtime.call_unet`
                                 (denoisers.py), never its tricks (traced_unet, convolution_backend) directly
     runtime/                    imports nothing of diffusion_lab outside runtime/
     inversion/                  part of the maths core (the rules above), and each of its files imports only the
                                 files listed before it in ARCHITECTURE.md's table of the package (INVERSION_FILES)
+    training/                   an application that imports only layers 0-1: no notebook package, none of widgets/
+                                batch/ course/ or the other applications, no runtime trick; each of its files imports
+                                only the files listed before it in ARCHITECTURE.md's table (TRAINING_FILES)
     the core package            imports without the notebook packages installed (checked in a subprocess that
                                 blocks them with a sys.meta_path finder)
 """
@@ -29,12 +32,15 @@ NOTEBOOK_PACKAGES = (
     "jupyter_server", "jupyterlab", "jupytext", "IPython", "notebook",
 )
 # Everything under diffusion_lab/ that is NOT the maths core: the applications on top of it, and the runtime corner.
-APPLICATION_PARTS = ("widgets", "batch", "course", "runtime")
-APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusion_lab.training", "diffusion_lab.lab_extra")
+APPLICATION_PARTS = ("widgets", "batch", "course", "runtime", "training")
+APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusion_lab.lab_extra")
 RUNTIME_TRICKS = ("diffusion_lab.runtime.traced_unet", "diffusion_lab.runtime.convolution_backend")
 # The inversion package bottom-up, as ARCHITECTURE.md lists it: a file imports only the files before it.
 INVERSION_FILES = ("methods", "step", "model", "fixed_point", "null_text", "direct", "edit_friendly", "latent_level",
                    "result", "pipeline_level")
+# The training package bottom-up, as ARCHITECTURE.md lists it: a file imports only the files before it.
+TRAINING_FILES = ("settings", "run_folder", "data", "vae", "locality", "text_encoder", "grounding", "batches", "ema",
+                  "evaluation", "export", "unet")
 
 
 def module_name(path: Path) -> str:
@@ -100,6 +106,13 @@ def violations() -> list[str]:
                 if starts_with(other, ("diffusion_lab.runtime",)) and other not in (
                         "diffusion_lab.runtime", "diffusion_lab.runtime.call_unet"):
                     found.append(f"{name} imports {other}: of the runtime corner only call_unet is public")
+        if starts_with(name, ("diffusion_lab.training",)):
+            above = [f"diffusion_lab.{part}" for part in ("widgets", "batch", "course")] + list(APPLICATION_MODULES)
+            for other in sorted(imported):
+                if starts_with(other, NOTEBOOK_PACKAGES):
+                    found.append(f"{name} imports the notebook package {other} (training imports layers 0-1 only)")
+                if starts_with(other, above) or starts_with(other, RUNTIME_TRICKS):
+                    found.append(f"{name} imports {other} (training imports layers 0-1 only)")
         if name.startswith("diffusion_lab.runtime"):
             for other in sorted(imported):
                 if starts_with(other, ("diffusion_lab",)) and not starts_with(other, ("diffusion_lab.runtime",)):
@@ -125,6 +138,20 @@ def test_the_inversion_package_is_layered_bottom_up():
         assert inside <= set(INVERSION_FILES[:position]), f"inversion/{stem}.py imports {sorted(inside)}"
 
 
+def test_the_training_package_is_layered_bottom_up():
+    """Every file of diffusion_lab/training/ is in TRAINING_FILES (so ARCHITECTURE.md describes it), is an application
+    (not maths core) and imports only the package's files listed before it."""
+    files = {path.stem: path for path in python_files(PACKAGE / "training") if path.name != "__init__.py"}
+    assert sorted(files) == sorted(TRAINING_FILES)
+    assert not any(is_core(module_name(path)) for path in python_files(PACKAGE / "training"))
+    documented = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for position, stem in enumerate(TRAINING_FILES):
+        assert f"| `{stem}.py` |" in documented, f"ARCHITECTURE.md does not describe training/{stem}.py"
+        inside = {name.split(".")[2] for name in imports_of(files[stem])
+                  if name.startswith("diffusion_lab.training.")}
+        assert inside <= set(TRAINING_FILES[:position]), f"training/{stem}.py imports {sorted(inside)}"
+
+
 def test_the_rule_sees_a_violation(tmp_path):
     """The parser resolves relative imports, so the rule cannot pass by not seeing them."""
     fake = PACKAGE / "batch" / "rows.py"
@@ -133,6 +160,8 @@ def test_the_rule_sees_a_violation(tmp_path):
     assert "diffusion_lab.runtime.call_unet" in denoisers and not any(starts_with(n, RUNTIME_TRICKS) for n in denoisers)
     pipeline_level = imports_of(PACKAGE / "inversion" / "pipeline_level.py")  # relative imports one package down
     assert {"diffusion_lab.inversion.methods", "diffusion_lab.models.defaults"} <= pipeline_level
+    unet = imports_of(PACKAGE / "training" / "unet.py")  # `from ..posterior import ...`, `from .export import ...`
+    assert {"diffusion_lab.posterior", "diffusion_lab.training.export", "diffusion_lab.progress"} <= unet
 
 
 BLOCKER = textwrap.dedent("""
