@@ -124,32 +124,21 @@ def test_the_import_rule_holds():
     assert violations() == []
 
 
-def test_the_inversion_package_is_layered_bottom_up():
-    """Every file of diffusion_lab/inversion/ is in INVERSION_FILES (so ARCHITECTURE.md describes it), is checked
-    as maths core by the rule above, and imports only the package's files listed before it."""
-    files = {path.stem: path for path in python_files(PACKAGE / "inversion") if path.name != "__init__.py"}
-    assert sorted(files) == sorted(INVERSION_FILES)
-    assert all(is_core(module_name(path)) for path in files.values())
+@pytest.mark.parametrize("package, bottom_up, core", [("inversion", INVERSION_FILES, True),
+                                                      ("training", TRAINING_FILES, False)])
+def test_the_package_is_layered_bottom_up(package, bottom_up, core):
+    """Every file of diffusion_lab/<package>/ is in its bottom-up list (so ARCHITECTURE.md describes it), is checked as
+    maths core (inversion) or as an application (training) by the rule above, and imports only the package's files
+    listed before it."""
+    files = {path.stem: path for path in python_files(PACKAGE / package) if path.name != "__init__.py"}
+    assert sorted(files) == sorted(bottom_up)
+    assert all(is_core(module_name(path)) == core for path in python_files(PACKAGE / package))
     documented = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
-    for position, stem in enumerate(INVERSION_FILES):
-        assert f"| `{stem}.py` |" in documented, f"ARCHITECTURE.md does not describe inversion/{stem}.py"
+    for position, stem in enumerate(bottom_up):
+        assert f"| `{stem}.py` |" in documented, f"ARCHITECTURE.md does not describe {package}/{stem}.py"
         inside = {name.split(".")[2] for name in imports_of(files[stem])
-                  if name.startswith("diffusion_lab.inversion.")}
-        assert inside <= set(INVERSION_FILES[:position]), f"inversion/{stem}.py imports {sorted(inside)}"
-
-
-def test_the_training_package_is_layered_bottom_up():
-    """Every file of diffusion_lab/training/ is in TRAINING_FILES (so ARCHITECTURE.md describes it), is an application
-    (not maths core) and imports only the package's files listed before it."""
-    files = {path.stem: path for path in python_files(PACKAGE / "training") if path.name != "__init__.py"}
-    assert sorted(files) == sorted(TRAINING_FILES)
-    assert not any(is_core(module_name(path)) for path in python_files(PACKAGE / "training"))
-    documented = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
-    for position, stem in enumerate(TRAINING_FILES):
-        assert f"| `{stem}.py` |" in documented, f"ARCHITECTURE.md does not describe training/{stem}.py"
-        inside = {name.split(".")[2] for name in imports_of(files[stem])
-                  if name.startswith("diffusion_lab.training.")}
-        assert inside <= set(TRAINING_FILES[:position]), f"training/{stem}.py imports {sorted(inside)}"
+                  if name.startswith(f"diffusion_lab.{package}.")}
+        assert inside <= set(bottom_up[:position]), f"{package}/{stem}.py imports {sorted(inside)}"
 
 
 def test_the_rule_sees_a_violation(tmp_path):
