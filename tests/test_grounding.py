@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lab.shapes import BACKGROUND_OWNER, random_scene, render, word_owners
+from diffusion_lab.shapes import BACKGROUND_OWNER, caption, random_scene, render, word_owners
 from diffusion_lab.training import (
     BACKGROUND_WORD,
     OBJECT_WORD,
+    POSITION_WORD,
     CrossAttentionRecorder,
     grounding_loss,
     object_coverage,
@@ -112,7 +113,7 @@ def test_recorder_gives_cross_attention_maps_with_gradients():
     regions, kinds = word_regions(prompts, object_coverage(scenes), text.shape[1])
     loss = grounding_loss(recorder.maps, regions, kinds)
     loss.backward()
-    assert 0 < float(loss) < 1
+    assert 0 < float(loss.detach()) < 1
     assert pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q.weight.grad is not None
 
 
@@ -138,6 +139,54 @@ def test_position_words_belong_to_their_object():
     assert [owners[i] for i, w in enumerate(words) if w in ("top", "left")] == [0, 0]
     assert owners[words.index("center")] == 1
     assert [owners[i] for i, w in enumerate(words) if w in ("at", "the", "in")] == [None] * 4
+
+
+def test_position_words_are_grounded_on_their_object_as_a_kind_of_their_own():
+    """Position words supervise their object's region like its attributes, with a kind of their own, so training can
+    weigh them apart (position_grounding_weight); one call over all kinds gives the loss of before."""
+    scene = random_scene(3, num_objects=2)
+    text = caption(scene, include_position=True)
+    coverage = object_coverage([scene])
+    regions, kinds = word_regions([text], coverage, 32)
+    words = text.split()
+    for i, word in enumerate(words):
+        owner = word_owners(text)[i]
+        expected = (POSITION_WORD if word in ("top", "bottom", "left", "right", "center") else
+                    BACKGROUND_WORD if owner == BACKGROUND_OWNER else OBJECT_WORD if owner is not None else 0)
+        assert int(kinds[0, i + 1]) == expected, word
+        if expected in (OBJECT_WORD, POSITION_WORD):
+            assert torch.equal(regions[0, i + 1], coverage[0, owner].float())
+    assert (kinds == POSITION_WORD).any() and (kinds == OBJECT_WORD).any()
+    # maps that put every position word's attention on its object and the other words' uniformly
+    side = 16
+    attention = torch.full((1, 2, side * side, 32), 1.0 / (side * side))
+    for i in torch.nonzero(kinds[0] == POSITION_WORD).flatten().tolist():
+        inside = regions[0, i].flatten() > 0
+        attention[0, :, :, i] = inside.float() / inside.sum()
+    maps = [attention]
+    is_position = kinds == POSITION_WORD
+    assert float(grounding_loss(maps, regions, kinds * is_position)) < 1e-10
+    others = float(grounding_loss(maps, regions, kinds.masked_fill(is_position, 0)))
+    together = float(grounding_loss(maps, regions, kinds))
+    supervised = int((kinds > 0).sum())
+    assert others > 0.1
+    assert math.isclose(together, others * int((kinds > 0).sum() - is_position.sum()) / supervised, rel_tol=1e-5)
+
+
+def test_training_with_a_position_grounding_weight_logs_both_terms(tmp_path):
+    from diffusion_lab.models.shapes_tiny import build_untrained_pipeline
+    from diffusion_lab.training import train_unet, train_vae
+    from test_models import tiny_training_settings
+
+    settings = tiny_training_settings(tmp_path, grounding_weight=0.0, position_grounding_weight=0.3, eval_every=0,
+                                      export_dir=None, unet_steps=2, position_caption_rate=1.0, caption_dropout=0.0)
+    pipe = build_untrained_pipeline(seed=0)
+    train_vae(pipe, settings)
+    train_unet(pipe, settings)  # grounding_weight 0 with a position weight: the batches still carry the regions
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    unet_records = [r for r in log if r["stage"] == "unet"]
+    assert unet_records and all(0 < r["position_grounding_loss"] <= 1 and 0 <= r["grounding_loss"] <= 1
+                                for r in unet_records)
 
 
 def test_training_captions_name_positions_at_the_given_rate():

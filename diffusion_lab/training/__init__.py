@@ -32,6 +32,7 @@ from .text_encoder import TEXT_LAYER_PREFIX, build_run_pipeline, grow_text_encod
 from .grounding import (
     BACKGROUND_WORD,
     OBJECT_WORD,
+    POSITION_WORD,
     CrossAttentionRecorder,
     grounding_loss,
     object_coverage,

@@ -70,7 +70,7 @@ def training_data(pipe, settings: TrainingSettings):
         atomic_save_file({"latents": latents}, cache, metadata={"encoder_fingerprint": fingerprint})
         del images
     coverage = None
-    if settings.grounding_weight > 0:
+    if grounds_words(settings):
         coverage_cache = run_dir / f"coverage_{settings.num_scenes}_{settings.seed}.safetensors"
         if coverage_cache.exists():
             coverage = load_file(str(coverage_cache))["coverage"]
@@ -139,3 +139,8 @@ def training_batch_loader(batches: TrainingBatches, workers: int):
 
 def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)  # a worker's tensors are small; many workers with many threads each fight for the cores
+
+
+def grounds_words(settings: TrainingSettings) -> bool:
+    """Whether the run adds a grounding loss (so its batches need the objects' coverage)."""
+    return settings.grounding_weight > 0 or settings.position_grounding_weight > 0

@@ -25,7 +25,7 @@ def object_coverage(scenes, latent_size: int = 16, image_size: int = 64, progres
     return out
 
 
-OBJECT_WORD, BACKGROUND_WORD = 1, 2  # the kinds of supervised tokens of word_regions
+OBJECT_WORD, BACKGROUND_WORD, POSITION_WORD = 1, 2, 3  # the kinds of supervised tokens of word_regions
 
 
 def word_regions(
@@ -40,17 +40,20 @@ def word_regions(
     coverage: (B, MAX_OBJECTS, h, w), the objects' cell coverage of each prompt's scene. timesteps (B,) and
     max_timestep: rows noised to t >= max_timestep supervise no word (near pure noise the layout is not yet
     decided, so there is nothing to ground). Returns
-    regions (B, tokens, h, w) in [0, 1] (an attribute word: its object's coverage; the background
+    regions (B, tokens, h, w) in [0, 1] (an attribute or position word: its object's coverage; the background
     colour word: 1 - all objects' coverage) and kinds (B, tokens) int: 0 for tokens without a region,
-    OBJECT_WORD or BACKGROUND_WORD. Token i + 1 is word i (bos first): the word-level tokenizer of
-    shapes-tiny gives every word exactly one token.
+    OBJECT_WORD (size, colour, shape), POSITION_WORD ("top", "left", ...: the region of the object they place) or
+    BACKGROUND_WORD. Token i + 1 is word i (bos first): the word-level tokenizer of shapes-tiny gives every word
+    exactly one token.
     """
     from ..shapes import BACKGROUND_OWNER, word_owners
+    from ..shapes.captions import POSITION_WORDS, check_words
 
     batch, _, h, w = coverage.shape
     regions = torch.zeros(batch, num_tokens, h, w)
     kinds = torch.zeros(batch, num_tokens, dtype=torch.long)
     for b, prompt in enumerate(prompts):
+        words = check_words(prompt)
         for i, owner in enumerate(word_owners(prompt)):
             if owner is None or i + 1 >= num_tokens:
                 continue
@@ -59,7 +62,7 @@ def word_regions(
                 kinds[b, i + 1] = BACKGROUND_WORD
             else:
                 regions[b, i + 1] = coverage[b, owner].float()
-                kinds[b, i + 1] = OBJECT_WORD
+                kinds[b, i + 1] = POSITION_WORD if words[i] in POSITION_WORDS else OBJECT_WORD
     if timesteps is not None and max_timestep is not None:
         kinds[timesteps.cpu() >= max_timestep] = 0
     return regions, kinds
@@ -76,7 +79,8 @@ def grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, kinds: torch
     each word's attention lies on its region.
 
     maps: (B, heads, HW, tokens) per cross-attention layer (square maps); regions (B, tokens, h, w)
-    from word_regions, kinds (B, tokens).
+    from word_regions, kinds (B, tokens). To weigh some words differently, call it once per group of words with
+    the other words' kinds set to 0 (train_unet does so for position words: `position_grounding_weight`).
     """
     supervised = kinds > 0
     if not supervised.any():

@@ -46,6 +46,9 @@ class TrainingSettings:
     # learning rate of the text encoder's transformer layers relative to --lr (a layer grown from zero learns slowly)
     text_layer_lr_scale: float = 1.0
     grounding_weight: float = 0.0  # > 0: add the token grounding loss of the cross-attention maps (see grounding_loss)
+    # >= 0: position words ("top", "left", ...) get a grounding term of their own with this weight, the other words
+    # keep grounding_weight; < 0: position words are grounded with the other words (one term, grounding_weight)
+    position_grounding_weight: float = -1.0
     grounding_max_timestep: int = 1000  # ground only the noise levels t < this (layout is unknowable from pure noise)
     checkpoint_every: int = 250
     export_every: int = 500

@@ -19,7 +19,7 @@ from .batches import TrainingBatches, training_batch_loader, training_data
 from .ema import ExponentialMovingAverage
 from .evaluation import evaluate_one_object
 from .export import export_pipeline, run_training_info
-from .grounding import CrossAttentionRecorder, grounding_loss
+from .grounding import POSITION_WORD, CrossAttentionRecorder, grounding_loss
 from .run_folder import atomic_save_file, log_record
 from .settings import TrainingSettings
 from .text_encoder import text_layers_of_run
@@ -109,8 +109,16 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
         denoising_loss = (per_sample * min_snr_weights(alphas_cumprod, t, settings.min_snr_gamma).float()).mean()
         loss = denoising_loss
         if coverage is not None:
-            grounding = grounding_loss(recorder.maps, batch["regions"].to(device), batch["kinds"].to(device))
-            loss = denoising_loss + settings.grounding_weight * grounding
+            regions, kinds = batch["regions"].to(device), batch["kinds"].to(device)
+            if settings.position_grounding_weight < 0:  # one term for every grounded word
+                grounding = grounding_loss(recorder.maps, regions, kinds)
+                loss = denoising_loss + settings.grounding_weight * grounding
+            else:  # position words weighed on their own
+                is_position = kinds == POSITION_WORD
+                grounding = grounding_loss(recorder.maps, regions, kinds.masked_fill(is_position, 0))
+                position_grounding = grounding_loss(recorder.maps, regions, kinds * is_position)
+                loss = (denoising_loss + settings.grounding_weight * grounding
+                        + settings.position_grounding_weight * position_grounding)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -123,6 +131,8 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
                       "seconds": round(time.time() - started, 1)}
             if coverage is not None:
                 record["grounding_loss"] = round(grounding.item(), 4)
+                if settings.position_grounding_weight >= 0:
+                    record["position_grounding_loss"] = round(position_grounding.item(), 4)
             log_record(run_dir, record)
         if done % settings.checkpoint_every == 0 or done == settings.unet_steps or out_of_time:
             atomic_save_file({f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}, state_path)
