@@ -32,21 +32,22 @@ echo "start: $(date -u) device=$DEVICE budget=${BUDGET}s"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
-# name  lr  grounding weight
-RUNS="A 2e-4 0.01
+# name  lr  grounding weight  [position grounding weight: < 0 or absent = position words grounded with the others]
+RUNS=${RUNS:-"A 2e-4 0.01
 B 2e-4 0.1
-C 4e-4 0.3"
+C 4e-4 0.3"}
 R=/tmp/position_runs
 rm -rf $R && mkdir -p $R
 
 # 1. data on the CPU (seed three runs, render + encode once) while the benchmark has the GPU
 (
-  for name in A B C; do
+  for name in $(cut -d' ' -f1 <<< "$RUNS"); do
     $PY pipelines/train_shapes_tiny.py --stage seed --run-dir $R/$name --seed-from shapes-tiny --device cpu || exit 1
   done
-  $PY pipelines/train_shapes_tiny.py --stage data --run-dir $R/A --device cpu --threads 8 --grounding-weight 0.01 \
+  $PY pipelines/train_shapes_tiny.py --stage data --run-dir $R/$(head -1 <<< "$RUNS" | cut -d' ' -f1) --device cpu --threads 8 --grounding-weight 0.01 \
       --progress false $TRAIN_ARGS || exit 1
-  for name in B C; do cp $R/A/latents_* $R/A/coverage_* $R/$name/; done
+  FIRST=$(head -1 <<< "$RUNS" | cut -d' ' -f1)
+  for name in $(cut -d' ' -f1 <<< "$RUNS"); do [ $name = $FIRST ] || cp $R/$FIRST/latents_* $R/$FIRST/coverage_* $R/$name/; done
   echo "data ready at $(elapsed) s"
 ) > $R/data.log 2>&1 &
 DATA=$!
@@ -60,9 +61,10 @@ wait $DATA; echo "data rc=$?"; cat $R/data.log | tail -5
 MINUTES=$($PY -c "print(max(0.5, ($BUDGET - 110 - $(elapsed) - 25) / 60))")
 echo "== training for $MINUTES minutes each, from $(elapsed) s"
 PIDS=""  # a plain `wait` would also wait for the tee of the log (a process substitution): wait for these alone
-while read name lr grounding; do
+while read name lr grounding position_grounding; do
   $PY pipelines/train_shapes_tiny.py --stage unet --run-dir $R/$name --device $DEVICE --unet-steps 200000 \
       --lr $lr --min-lr $lr --batch-size 256 --ema-decay 0.998 --grounding-weight $grounding --text-layer-lr-scale 3 \
+      --position-grounding-weight ${position_grounding:--1} \
       --position-caption-rate 0.5 --data-workers 4 --max-minutes $MINUTES --checkpoint-every 2000 \
       --export-every 1000000 --export-dir $R/$name/export --eval-every 0 --log-every 200 --progress false \
       --threads 2 $TRAIN_ARGS > $R/$name/train.out 2>&1 &
@@ -73,7 +75,7 @@ echo "training done at $(elapsed) s"
 
 # 3. evaluate each export (float32), side by side
 PIDS=""
-for name in A B C; do
+for name in $(cut -d' ' -f1 <<< "$RUNS"); do
   timeout 100 $PY pipelines/evaluate_model.py --model $R/$name/export --device $DEVICE --dtype float32 \
       --vae-images 0 --speed-runs 0 --out $R/$name/eval $EVAL_ARGS > $R/$name/eval.txt 2>&1 &
   PIDS="$PIDS $!"
@@ -81,7 +83,7 @@ done
 wait $PIDS
 echo "evaluation done at $(elapsed) s"
 
-for name in A B C; do
+for name in $(cut -d' ' -f1 <<< "$RUNS"); do
   {
     echo "===== run $name"; echo "$RUNS" | grep "^$name "
     echo "--- unet_state.json"; cat $R/$name/unet_state.json; echo
