@@ -396,3 +396,24 @@ def test_words_the_model_was_never_trained_on_are_refused_with_the_reason(tmp_pa
     shutil.copytree(MODEL_DIR, folder)
     (folder / "training_info.json").write_text('{"unet_steps": 1}')
     assert check_prompt(load_pipeline(str(folder)).tokenizer, "a red circle at the top left")
+
+
+def test_importing_a_pipeline_class_shows_no_torchvision_notice():
+    """transformers 5.2x tells everyone who imports diffusers' pipelines to install torchvision (which breaks beside
+    the course's CPU torch wheel); importing diffusion_lab first drops exactly that notice."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+
+    def stderr_of(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+
+    without = stderr_of("from diffusers import StableDiffusionPipeline")
+    if "requires torchvision" not in without:
+        pytest.skip("this transformers does not log the torchvision notice (nothing to drop)")
+    with_package = stderr_of("import diffusion_lab\nfrom diffusers import StableDiffusionPipeline\n"
+                             "import logging\nlogging.getLogger('transformers.utils.import_utils').warning('kept')")
+    assert "requires torchvision" not in with_package
+    assert "kept" in with_package  # other transformers warnings still show
