@@ -165,9 +165,12 @@ def position_study(pipe, count: int, steps: int, guidance: float, seed: int, bat
     for named in (False, True):
         images = _generate(pipe, [caption(s, include_position=named) for s in two], steps, guidance, seed + 13, batch)
         pairing = in_cells = more = 0
+        extra = []  # images with more than two objects: what they are is easier seen than counted
         for image, scene in zip(images, two):
             found = analyze(image).objects
             more += len(found) > 2
+            if len(found) > 2:
+                extra.append(image)
             pairing += {(o.shape, o.colour) for o in scene.objects} <= {(o.shape, o.colour) for o in found}
             in_cells += all(any((f.shape, f.colour, f.position) == (o.shape, o.colour, o.position) for f in found)
                             for o in scene.objects)
@@ -175,6 +178,9 @@ def position_study(pipe, count: int, steps: int, guidance: float, seed: int, bat
         result[key] = {"pairing": pairing / count, "both_in_named_cells": in_cells / count, "more_than_two_objects": more / count}
         if named:
             image_grid(images[:16], columns=8, scale=2).save(out / "position_two_object_samples.png")
+        if extra:
+            image_grid(extra[:16], columns=8, scale=2).save(
+                out / f"position_two_object_{'named' if named else 'unnamed'}_more_than_two.png")
     return result
 
 

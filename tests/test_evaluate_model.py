@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,3 +88,18 @@ def test_position_study_tells_a_model_that_follows_positions_from_one_that_ignor
     assert ignores["one_object"] < 0.4  # chance is 1/9
     assert ignores["two_object_named"]["both_in_named_cells"] < 0.3
     assert ignores["two_object_named"]["pairing"] >= 0.85  # positions ignored, attributes still right
+
+
+def test_position_study_shows_the_images_with_more_than_two_objects(evaluate, monkeypatch, tmp_path):
+    """A 'model' that draws every two-object caption with a third object: the study counts them AND saves them."""
+    from diffusion_lab.shapes import random_scene, render
+
+    def three_objects(pipe, prompts, steps, guidance, seed, batch):
+        rng = np.random.default_rng(seed)
+        return [render(random_scene(rng, num_objects=3 if " and " in prompt else 1)).image for prompt in prompts]
+
+    monkeypatch.setattr(evaluate, "_generate", three_objects)
+    result = evaluate.position_study(None, count=9, steps=1, guidance=1.0, seed=0, batch=8, out=tmp_path)
+    assert result["two_object_unnamed"]["more_than_two_objects"] > 0.5
+    assert (tmp_path / "position_two_object_unnamed_more_than_two.png").exists()
+    assert (tmp_path / "position_two_object_named_more_than_two.png").exists()
