@@ -16,6 +16,7 @@ DEVICE=${DEVICE:-cuda}
 BENCH_ARGS=${BENCH_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:---one-object 100 --two-object 200 --positions 100}
+BENCH_SECONDS=${BENCH_SECONDS:-280}  # 0: no benchmark (e.g. BENCH_ARGS="--models sdxl" needs more than 280 s)
 START=$(date +%s)
 mkdir -p "$OUT"
 LOG=$OUT/session.log
@@ -33,6 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
 # name  lr  grounding weight  [position grounding weight: < 0 or absent = position words grounded with the others]
+#   [position caption rate: absent = 0.5; give the position grounding weight (-1 = none of its own) to set it]
 RUNS=${RUNS:-"A 2e-4 0.01
 B 2e-4 0.1
 C 4e-4 0.3"}
@@ -51,9 +53,11 @@ rm -rf $R && mkdir -p $R
   echo "data ready at $(elapsed) s"
 ) > $R/data.log 2>&1 &
 DATA=$!
-echo "== bench_gpu at $(elapsed) s"
-timeout 280 $PY pipelines/bench_gpu.py --out $R/bench $BENCH_ARGS
-echo "bench_gpu rc=$? at $(elapsed) s"
+if [ "$BENCH_SECONDS" -gt 0 ]; then
+  echo "== bench_gpu at $(elapsed) s"
+  timeout $BENCH_SECONDS $PY pipelines/bench_gpu.py --out $R/bench $BENCH_ARGS
+  echo "bench_gpu rc=$? at $(elapsed) s"
+fi
 cp $R/bench/results.md $OUT/bench_gpu.md 2>/dev/null; cp $R/bench/results.json $OUT/bench_gpu.json 2>/dev/null
 wait $DATA; echo "data rc=$?"; cat $R/data.log | tail -5
 
@@ -61,11 +65,11 @@ wait $DATA; echo "data rc=$?"; cat $R/data.log | tail -5
 MINUTES=$($PY -c "print(max(0.5, ($BUDGET - 110 - $(elapsed) - 25) / 60))")
 echo "== training for $MINUTES minutes each, from $(elapsed) s"
 PIDS=""  # a plain `wait` would also wait for the tee of the log (a process substitution): wait for these alone
-while read name lr grounding position_grounding; do
+while read name lr grounding position_grounding caption_rate; do
   $PY pipelines/train_shapes_tiny.py --stage unet --run-dir $R/$name --device $DEVICE --unet-steps 200000 \
       --lr $lr --min-lr $lr --batch-size 256 --ema-decay 0.998 --grounding-weight $grounding --text-layer-lr-scale 3 \
       --position-grounding-weight ${position_grounding:--1} \
-      --position-caption-rate 0.5 --data-workers 4 --max-minutes $MINUTES --checkpoint-every 2000 \
+      --position-caption-rate ${caption_rate:-0.5} --data-workers 4 --max-minutes $MINUTES --checkpoint-every 2000 \
       --export-every 1000000 --export-dir $R/$name/export --eval-every 0 --log-every 200 --progress false \
       --threads 2 $TRAIN_ARGS > $R/$name/train.out 2>&1 &
   PIDS="$PIDS $!"
