@@ -417,3 +417,27 @@ def test_importing_a_pipeline_class_shows_no_torchvision_notice():
                              "import logging\nlogging.getLogger('transformers.utils.import_utils').warning('kept')")
     assert "requires torchvision" not in with_package
     assert "kept" in with_package  # other transformers warnings still show
+
+
+def test_builtin_model_loads_without_loading_bars_and_leaves_them_on(tmp_path):
+    """The built-in model loads in well under a second: no 'Loading pipeline components' bar. A checkpoint folder
+    (here a tiny random one) still shows it, and loading the built-in model leaves the libraries' bars as they were."""
+    import os
+    import subprocess
+    import sys
+
+    build_untrained_pipeline(seed=0).save_pretrained(tmp_path, safe_serialization=True)
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSION_LAB_NO_PROGRESS"}
+    code = ("import sys\nfrom diffusion_lab.models import load_pipeline\n"
+            "from diffusers.utils import logging\n"
+            "load_pipeline(sys.argv[1], device='cpu')\n"
+            "print('bars on after' if logging.is_progress_bar_enabled() else 'bars off after')\n")
+
+    def run(model: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, model], env=env, capture_output=True, text=True, check=True)
+
+    folder = run(str(tmp_path))
+    assert "Loading pipeline components" in folder.stderr  # the control: a checkpoint folder shows its bar
+    builtin = run("shapes-tiny")
+    assert "Loading pipeline components" not in builtin.stderr
+    assert "bars on after" in builtin.stdout

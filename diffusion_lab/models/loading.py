@@ -6,6 +6,7 @@ Security: weights are loaded only from safetensors (`use_safetensors=True`) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -72,6 +73,31 @@ def pipeline_class(path: str, local: bool):
     return StableDiffusionXLPipeline if "XL" in str(config.get("_class_name", "")) else StableDiffusionPipeline
 
 
+@contextlib.contextmanager
+def _loading_bars(enabled: bool):
+    """diffusers' and transformers' loading bars on (as they were) or off for one from_pretrained; with
+    DIFFUSION_LAB_NO_PROGRESS=1 (tests, batch logs) they are turned off for good, as every other bar."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from ..progress import progress_disabled_by_env
+
+    libraries = (diffusers_logging, transformers_logging)
+    if progress_disabled_by_env():
+        for library in libraries:
+            library.disable_progress_bar()
+    were_enabled = [library.is_progress_bar_enabled() for library in libraries]
+    if not enabled:
+        for library in libraries:
+            library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, was_enabled in zip(libraries, were_enabled):
+            if was_enabled:
+                library.enable_progress_bar()
+
+
 def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device: Optional[str] = None, dtype=None):
     """Load a StableDiffusionPipeline (or a StableDiffusionXLPipeline for an SDXL checkpoint).
 
@@ -105,17 +131,9 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
     cls = StableDiffusionPipeline if builtin else pipeline_class(str(path), local)
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    from diffusers.utils import logging as diffusers_logging
-
-    from ..progress import progress_disabled_by_env
-
-    if progress_disabled_by_env():
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
     try:
-        pipe = cls.from_pretrained(str(path), local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **kwargs)
+        with _loading_bars(enabled=not builtin):  # the built-in model loads in well under a second: no bars
+            pipe = cls.from_pretrained(str(path), local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **kwargs)
     except (OSError, EnvironmentError, ValueError) as error:
         raise ModelNotFoundError(
             f"could not load {name!r}: it is not a local diffusers folder and could not be fetched from the hub "
