@@ -378,6 +378,8 @@ def test_train_cli_seeds_a_run_with_a_grown_text_encoder(tmp_path, capsys):
 
 
 def test_words_the_model_was_never_trained_on_are_refused_with_the_reason(tmp_path):
+    """A model folder whose training_info.json lists "untrained_words" refuses them with its reason (the built-in
+    model did so for position words until it was trained on them at 37,072 steps); the shipped model takes them."""
     import shutil
 
     from diffusion_lab.editing import EditError, PromptEdit
@@ -385,17 +387,34 @@ def test_words_the_model_was_never_trained_on_are_refused_with_the_reason(tmp_pa
     from diffusion_lab.models.shapes_tiny import MODEL_DIR
     from diffusion_lab.text import PromptError, check_prompt
 
-    pipe = load_pipeline("shapes-tiny")
+    assert check_prompt(load_pipeline("shapes-tiny").tokenizer, "a red circle at the top left")  # trained on them
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    info = json.loads((folder / "training_info.json").read_text())
+    info["untrained_words"] = {"words": ["top", "bottom", "left", "right", "center"],
+                               "why": "its training captions never named positions."}
+    (folder / "training_info.json").write_text(json.dumps(info))
+    pipe = load_pipeline(str(folder))
     with pytest.raises(PromptError, match=r"'top', 'left' were never used in this model's training: .*positions.* Leave them out"):
         text_to_image(pipe, ["a red circle at the top left on a white background"], num_steps=1)
     with pytest.raises(EditError, match="never used"):
         PromptEdit("a red circle in the center", ["a blue circle in the center"], edit="replace").check(pipe.tokenizer)
     check_prompt(pipe.tokenizer, "a red circle on a white background")  # every other word is fine
-    # a model folder whose training_info.json lists no untrained words takes them
-    folder = tmp_path / "model"
-    shutil.copytree(MODEL_DIR, folder)
-    (folder / "training_info.json").write_text('{"unet_steps": 1}')
-    assert check_prompt(load_pipeline(str(folder)).tokenizer, "a red circle at the top left")
+
+
+def test_the_built_in_model_puts_the_object_where_the_caption_says():
+    """The README's position caption works as written (issue 21): the analyzer finds the red circle in the named
+    cell. pipelines/evaluate_model.py --positions 300 measures the rate over random captions (0.977)."""
+    from diffusion_lab.generation import text_to_image
+    from diffusion_lab.shapes.analyzer import analyze
+
+    pipe = load_pipeline("shapes-tiny")
+    cells = {"top left": ("top", "left"), "top right": ("top", "right"), "bottom left": ("bottom", "left"),
+             "bottom right": ("bottom", "right"), "center": ("middle", "center")}
+    prompts = [f"a large red circle at the {phrase} on a white background" for phrase in cells]
+    images = text_to_image(pipe, prompts, num_steps=20, seed=0, progress=False).images
+    found = [[(o.shape, o.colour, o.position) for o in analyze(image).objects] for image in images]
+    assert found == [[("circle", "red", cell)] for cell in cells.values()]
 
 
 def test_importing_a_pipeline_class_shows_no_torchvision_notice():
