@@ -2,6 +2,7 @@
 
     python labs/measure_defaults.py lab1 --steps 20 --seeds 4          # eight candidate edits, strength sweep
     python labs/measure_defaults.py lab2 --samples 48                  # Table 1 at S = 10, 20, 50 with bootstrap FD
+    python labs/measure_defaults.py lab3 --scene-seeds $(seq 0 59)     # DDIM inversion at w = 1: which scenes miss
     python labs/measure_defaults.py lab4 --steps 20 --parts swap refine reweight blend blend2
 
 Prints one line per candidate; the numbers are what the labs' README and check cells quote.
@@ -181,9 +182,29 @@ def lab4(args) -> None:
                 print(f"reweight {word} seed {seed} [{prompt}] " + " ".join(values), flush=True)
 
 
+def lab3(args) -> None:
+    """Lab 3's "wrong basin" scene: DDIM inversion at w = 1 and S = --steps, sampled back, against the VAE round trip,
+    for each scene seed (one line per scene, the gap in dB last; the lab shows one that misses)."""
+    import numpy as np
+
+    from diffusion_lab.metrics import psnr
+    from diffusion_lab.widgets import common
+    from diffusion_lab.widgets.inversion_panel import _uint8, invert_and_reconstruct, vae_ceiling
+
+    common.configure_threads(1)
+    pipe = common.get_pipeline("shapes-tiny")
+    for seed in args.scene_seeds:
+        image, prompt, _ = common.source_scene(pipe, seed, num_objects=None)
+        source = _uint8([image])
+        vae = float(np.mean(psnr(vae_ceiling(pipe, [image])["images"][0][None], source)))
+        ddim = invert_and_reconstruct(pipe, [image], [prompt], "ddim", args.steps, 1.0)["reconstruction"][0]
+        ddim = float(np.mean(psnr(ddim[None], source)))
+        print(f"scene {seed} [{prompt}] VAE {vae:.1f} dB, DDIM {ddim:.1f} dB, gap {vae - ddim:.1f} dB", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("lab", choices=["lab1", "lab2", "lab4"])
+    parser.add_argument("lab", choices=["lab1", "lab2", "lab3", "lab4"])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--candidates", type=int, nargs="*", help="indices into the candidate list (default: all)")
     parser.add_argument("--seeds", type=int, default=4)
@@ -197,7 +218,7 @@ def main() -> None:
     parser.add_argument("--image-seeds", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--scales", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 4.0])
     args = parser.parse_args()
-    {"lab1": lab1, "lab2": lab2, "lab4": lab4}[args.lab](args)
+    {"lab1": lab1, "lab2": lab2, "lab3": lab3, "lab4": lab4}[args.lab](args)
 
 
 if __name__ == "__main__":

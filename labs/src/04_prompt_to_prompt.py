@@ -51,7 +51,7 @@ SEED = 0                    # seed of the generated source image
 STEPS = None                # DDIM steps S (None: the model's default, 50)
 GUIDANCE = None             # w (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
 SOURCE_PROMPT = "a large blue square on a gray background"
-SHAPE_SWAP = ("square", "circle")
+SHAPE_SWAP = ("square", "triangle")
 COLOUR_SWAP = ("blue", "red")
 REFINE_PROMPTS = ("a large circle on a gray background", "a large green circle on a gray background")  # adds a colour
 BLEND_PROMPT = "a large red circle and a small blue square on a gray background"   # two objects: edit one
@@ -167,11 +167,13 @@ common.save_outputs(OUT, {"edits_generated": generated_figure}, {"edits_generate
 # %% [markdown]
 # **Check: the word swaps keep the object with P2P and not without.** The IoU of the main object between the
 # source and the edit (1 = same place and outline; `diffusion_lab.course.measures.compare_edit`) must be higher with
-# Prompt-to-Prompt, and the edit must be made. A circle is not a square, so a perfect shape swap in place still has
-# IoU below 1 (a disc inscribed in a square: 0.79). The defaults were chosen among eight word swaps measured with
-# `python labs/measure_defaults.py lab4`: "red -> blue" on the old default red circle moved the object too (IoU
-# 0.14 / 0.05 without P2P, 0.96 / 0.94 with it, seeds 0 / 1), while "circle -> square" came out in place with or
-# without P2P (0.79 vs 0.81), which is why this lab no longer uses it.
+# Prompt-to-Prompt, and the edit must be made. A triangle is not a square, so a perfect shape swap in place still
+# has IoU well below 1 (a triangle standing in its square covers about half of it: about 0.5). The defaults were
+# chosen among eight word swaps measured with `python labs/measure_defaults.py lab4 --steps 50 --parts swap` on the
+# shipped model: without P2P "blue -> red" moves the square away (IoU 0.00 / 0.00 at seeds 0 / 1; with P2P 0.96 /
+# 0.85) and "square -> triangle" moves it too (0.25 / 0.29; with P2P 0.48 / 0.47). "square -> circle", this lab's
+# shape swap before the model learnt positions, now comes out in place with or without P2P (0.77 vs 0.81 at seed
+# 0), which is why this lab no longer uses it.
 
 # %%
 for title, runs in list(results.items())[:2]:
@@ -239,8 +241,8 @@ assert max(shares[s] for s in shares if s <= 2) - min(shares[s] for s in shares 
 # on the pivot after every step, so its attention maps (the ones the targets receive) are those of the real image,
 # and the target rows are left free. Null-text inversion (lab 3, `REAL_INVERSION = "null_text"`) instead optimises
 # the unconditional embedding, which every row shares, so it steers the targets too. On `pipelines/bench_p2p.py`'s
-# 30 inverted renders, direct inversion kept the object better in word swaps (IoU 0.68 vs 0.61 with null-text) and
-# made the edit more often (97% vs 93%), in 389 s instead of 621 s (see the README).
+# 30 inverted renders, direct inversion kept the object better in word swaps (IoU 0.70 vs 0.66 with null-text) and
+# made the edit more often (98% vs 92%), in 450 s instead of 658 s (see the README).
 
 # %%
 real_rows, real_figure = lab.run_examples(
