@@ -17,3 +17,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def model_without_positions(tmp_path):
+    """A copy of the built-in model folder whose training_info.json lists the position words as untrained (as
+    shapes-tiny's did before it learnt positions at 37,072 steps): what refusing untrained words is tested on."""
+    import json
+    import shutil
+
+    from diffusion_lab.models.shapes_tiny import MODEL_DIR
+
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    info = json.loads((folder / "training_info.json").read_text())
+    info["untrained_words"] = {"words": ["top", "bottom", "left", "right", "center"],
+                               "why": "its training captions never named positions."}
+    (folder / "training_info.json").write_text(json.dumps(info))
+    return folder

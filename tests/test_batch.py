@@ -438,19 +438,11 @@ def test_chunks_on_an_external_scheduler_get_a_thread_count(monkeypatch):
     assert runner._worker_threads() == 8  # outside a Dask worker: one task slot
 
 
-def test_validation_refuses_words_the_model_was_never_trained_on(tmp_path):
+def test_validation_refuses_words_the_model_was_never_trained_on(tmp_path, model_without_positions):
     """A model folder whose training_info.json lists "untrained_words" (as shapes-tiny did for positions before
     37,072 steps): validation refuses the rows that use them, before any weights are loaded."""
-    import shutil
-
     from diffusion_lab.batch.runner import load_tokenizer
-    from diffusion_lab.models.shapes_tiny import MODEL_DIR
 
-    model = tmp_path / "model"
-    shutil.copytree(MODEL_DIR, model)
-    info = json.loads((model / "training_info.json").read_text())
-    info["untrained_words"] = {"words": ["top", "bottom", "left", "right", "center"], "why": "never named positions."}
-    (model / "training_info.json").write_text(json.dumps(info))
     manifest = tmp_path / "positions.yaml"
     import yaml
 
@@ -460,7 +452,7 @@ def test_validation_refuses_words_the_model_was_never_trained_on(tmp_path):
         {"id": "plain", "source_prompt": "a red circle on a white background",
          "target_prompts": ["a blue circle on a white background"], "edit": "replace"},
     ]}))
-    valid, invalid = validate_manifest(read_manifest(manifest), load_tokenizer(str(model)), 50, 5.0)
+    valid, invalid = validate_manifest(read_manifest(manifest), load_tokenizer(str(model_without_positions)), 50, 5.0)
     assert [row.id for row in valid] == ["plain"]
     assert len(invalid) == 1 and "never used in this model's training" in str(invalid[0])
     valid, invalid = validate_manifest(read_manifest(manifest), load_tokenizer("shapes-tiny"), 50, 5.0)
