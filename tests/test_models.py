@@ -451,3 +451,22 @@ def test_builtin_model_loads_without_loading_bars_and_leaves_them_on(tmp_path):
     builtin = run("shapes-tiny")
     assert "Loading pipeline components" not in builtin.stderr
     assert "bars on after" in builtin.stdout
+
+
+def test_an_export_writes_the_same_tokenizer_file_whatever_was_encoded_before(tmp_path):
+    """tokenizer.json records the backend's last padding/truncation; the export sets them to the pipeline's, so a
+    fresh tokenizer and one that has just encoded a prompt save the same bytes, and the committed file."""
+    from pathlib import Path
+
+    from diffusion_lab.models.shapes_tiny import build_tokenizer
+    from diffusion_lab.training.export import set_tokenizer_to_pipeline_encoding
+
+    fresh, used = build_tokenizer(), build_tokenizer()
+    used("a red circle", padding="max_length", max_length=used.model_max_length, truncation=True)
+    files = []
+    for name, tokenizer in (("fresh", fresh), ("used", used)):
+        set_tokenizer_to_pipeline_encoding(tokenizer)
+        tokenizer.save_pretrained(tmp_path / name)
+        files.append((tmp_path / name / "tokenizer.json").read_text())
+    committed = Path(__file__).parents[1] / "diffusion_lab" / "models" / "shapes-tiny" / "tokenizer" / "tokenizer.json"
+    assert files[0] == files[1] == committed.read_text()

@@ -26,6 +26,7 @@ def export_pipeline(pipe, ema, modules, export_dir: str, info: dict) -> None:
     try:
         target = Path(export_dir)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        set_tokenizer_to_pipeline_encoding(pipe.tokenizer)
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "training_info.json").write_text(json.dumps(info, indent=1))
         card = target / "README.md"
@@ -38,6 +39,20 @@ def export_pipeline(pipe, ema, modules, export_dir: str, info: dict) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         restore_weights(modules, saved)
+
+
+def set_tokenizer_to_pipeline_encoding(tokenizer) -> None:
+    """Pad and truncate the fast tokenizer's backend to model_max_length, as the pipeline's every call does.
+
+    tokenizer.json records the backend's padding and truncation as they were left by the last call, so an
+    export written before any prompt was encoded had them null and one written after had them fixed at 32:
+    two byte-different files for one model. Setting them here makes every export write the same file."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer keeps no such state
+        return
+    backend.enable_truncation(max_length=tokenizer.model_max_length)
+    backend.enable_padding(length=tokenizer.model_max_length, pad_id=tokenizer.pad_token_id,
+                           pad_token=tokenizer.pad_token)
 
 
 def export_from_run(settings: TrainingSettings) -> int:
