@@ -200,8 +200,9 @@ assert source_against_target < 1.0 and refine["target_matched"] == 1.0 and refin
 # local blend, so the old default's local-blend rows looked like the rows without it). It matters when something
 # else must stay untouched: here a second object. Local blend keeps the source's latents outside the maps of
 # "circle" and "triangle"; the PSNR outside the edited object (the small square and the background) rises. The
-# gain is modest on shapes-tiny (measured at 20 steps: +1.8 dB and +0.6 dB for seeds 0 and 1; colour swaps of two
-# objects gained between -0.6 and +0.5 dB) because its maps are 16x16 and P2P alone keeps most of the scene.
+# gain is small on shapes-tiny (measured at 50 steps: +0.9 dB at seed 0, printed below, and 0.0 dB at seed 1;
+# colour swaps of two objects changed by -0.4 to 0.0 dB) because its maps are 16x16 and P2P alone keeps most of
+# the scene.
 
 # %%
 blend_scores = {"without local blend": results[edits[3]["title"]]["P2P"], "with local blend": results[edits[4]["title"]]["P2P"]}
@@ -215,8 +216,8 @@ assert blend_scores["with local blend"]["outside_psnr"] >= blend_scores["without
 # Scaling the column of one word in every cross-attention map strengthens or weakens its effect without changing
 # the prompt (P2P's *attention re-weighting*; `diffusion_lab.attention.controllers.AttentionReweight`). **On
 # shapes-tiny it is weak, and this is why.** Below, "red" in "a large red circle" scaled from 0 to 4, with the share
-# of red pixels measured: from 0 to 2 it hardly moves (0.178, 0.179, 0.178, 0.179 at seed 0, 50 steps), and at 4
-# the circle leaves the palette (orange: red share 0.005). The text encoder is causal: "circle" comes after "red" and
+# of red pixels measured: from 0 to 2 it hardly moves (0.176, 0.178, 0.179, 0.177 at seed 0, 50 steps: the table
+# below), and at 4 the circle leaves the palette (orange: red share 0.017). The text encoder is causal: "circle" comes after "red" and
 # its embedding already carries the colour, so removing the column of "red" does not remove red. And the scaled
 # rows of the attention no longer sum to 1: a large factor inflates the output of the layer instead of moving
 # attention, and the colour goes off the palette. (In Stable Diffusion, whose maps are sharper and whose words
