@@ -17,6 +17,10 @@ To train the shipped model further (its EMA weights; Adam warms up again):
     python pipelines/train_shapes_tiny.py --stage unet --run-dir train_runs/more --unet-steps 27000 --lr 1e-4 --min-lr 1e-4 \
         --ema-decay 0.998 --grounding-weight 0.01 --text-layer-lr-scale 3
 
+--export-keep N keeps the last N exports in <run-dir>/exports/step-NNNNNN besides the latest in --export-dir, so
+that an earlier step can be evaluated (pipelines/evaluate_model.py --model <folder>) and shipped when a later one
+regresses.
+
 --locality-steps N fine-tunes the whole VAE for local latents first (finetune_vae_locality); the UNet
 stage then trains on the re-encoded dataset (pipelines/checkpoints/shapes-tiny-locality/README.md: the run behind
 the 19,000-step model the shipped one grew from). A run folder with a locality-tuned VAE always trains in its latents.

@@ -101,6 +101,25 @@ def test_training_smoke_run(tmp_path):
     assert info == {"unet_steps": 4, "vae_steps": settings.vae_steps}
 
 
+def test_export_keep_holds_the_last_exports_of_a_run(tmp_path):
+    """--export-keep 2 with an export every step: the last two exports stay in run/exports/step-N, each loadable
+    and recording its own step; the export folder holds the latest."""
+    from diffusion_lab.training import train_unet, train_vae
+
+    settings = tiny_training_settings(tmp_path, export_every=1, export_keep=2, eval_every=0)
+    pipe = build_untrained_pipeline(seed=0)
+    train_vae(pipe, settings)
+    train_unet(pipe, settings)
+    kept = sorted(p.name for p in (tmp_path / "run" / "exports").iterdir())
+    assert kept == ["step-000002", "step-000003"]
+    for name, step in zip(kept, (2, 3)):
+        assert json.loads((tmp_path / "run" / "exports" / name / "training_info.json").read_text())["unet_steps"] == step
+    earlier, latest = (load_pipeline(str(tmp_path / "run" / "exports" / name), device="cpu") for name in kept)
+    exported = load_pipeline(str(tmp_path / "export"), device="cpu")
+    assert all(torch.equal(latest.unet.state_dict()[k], v) for k, v in exported.unet.state_dict().items())
+    assert any(not torch.equal(earlier.unet.state_dict()[k], v) for k, v in exported.unet.state_dict().items())
+
+
 def test_training_batches_depend_on_the_step_alone_also_from_worker_processes():
     """Batch k is the same whether built in this process, in two DataLoader workers, or by a run resumed
     at step 3 (so an interrupted run sees the batches an uninterrupted one would); it carries the grounding

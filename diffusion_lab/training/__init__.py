@@ -41,5 +41,5 @@ from .grounding import (
 from .batches import TrainingBatches, encode_dataset, encoder_fingerprint, training_batch_loader, training_data
 from .ema import ExponentialMovingAverage
 from .evaluation import evaluate_one_object, one_object_accuracy
-from .export import export_from_run, export_pipeline, run_training_info, seed_run_from_export
+from .export import export_from_run, export_pipeline, keep_export_copy, run_training_info, seed_run_from_export
 from .unet import min_snr_weights, train_unet

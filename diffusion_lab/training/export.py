@@ -41,6 +41,24 @@ def export_pipeline(pipe, ema, modules, export_dir: str, info: dict) -> None:
         restore_weights(modules, saved)
 
 
+def keep_export_copy(export_dir: str, run_dir: str, step: int, keep: int) -> Path:
+    """Copy the export written at `step` to <run_dir>/exports/step-NNNNNN (atomically) and delete all but the
+    `keep` latest copies; returns the copy's folder. Each copy loads with load_pipeline like the export itself."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 to keep a copy of the export, got {keep}")
+    folder = Path(run_dir) / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=folder))
+    shutil.copytree(export_dir, tmp, dirs_exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
 def set_tokenizer_to_pipeline_encoding(tokenizer) -> None:
     """Pad and truncate the fast tokenizer's backend to model_max_length, as the pipeline's every call does.
 

@@ -52,6 +52,9 @@ class TrainingSettings:
     grounding_max_timestep: int = 1000  # ground only the noise levels t < this (layout is unknowable from pure noise)
     checkpoint_every: int = 250
     export_every: int = 500
+    # > 0: also keep a copy of each of the last N exports in <run_dir>/exports/step-NNNNNN (to compare or ship an
+    # earlier step when a later one regresses); 0: only the latest export exists
+    export_keep: int = 0
     eval_every: int = 1000
     eval_samples: int = 64
     log_every: int = 50

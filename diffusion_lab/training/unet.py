@@ -18,7 +18,7 @@ from ..posterior import forward_marginal_sample
 from .batches import TrainingBatches, training_batch_loader, training_data
 from .ema import ExponentialMovingAverage
 from .evaluation import evaluate_one_object
-from .export import export_pipeline, run_training_info
+from .export import export_pipeline, keep_export_copy, run_training_info
 from .grounding import POSITION_WORD, CrossAttentionRecorder, grounding_loss
 from .run_folder import atomic_save_file, log_record
 from .settings import TrainingSettings
@@ -141,6 +141,8 @@ def train_unet(pipe, settings: TrainingSettings) -> None:
             meta_path.write_text(json.dumps({"step": done, "settings": asdict(settings)}))
         if settings.export_dir and (done % settings.export_every == 0 or done == settings.unet_steps or out_of_time):
             export_pipeline(pipe, ema, modules, settings.export_dir, run_training_info(run_dir, done))
+            if settings.export_keep > 0:
+                keep_export_copy(settings.export_dir, run_dir, done, settings.export_keep)
         if settings.eval_every and (done % settings.eval_every == 0 or done == settings.unet_steps):
             metrics = evaluate_one_object(pipe, ema, modules, settings)
             log_record(run_dir, {"stage": "eval", "step": done, **metrics})
