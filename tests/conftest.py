@@ -1,6 +1,11 @@
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Progress bars off in tests (and in anything the tests start).
 os.environ.setdefault("DIFFUSION_LAB_NO_PROGRESS", "1")
@@ -35,3 +40,24 @@ def model_without_positions(tmp_path):
                                "why": "its training captions never named positions."}
     (folder / "training_info.json").write_text(json.dumps(info))
     return folder
+
+
+@pytest.fixture(scope="session")
+def import_script():
+    """Import a script of the repository (pipelines/*.py are scripts, not package modules) by its path from the
+    repository root, e.g. import_script("pipelines/bench_p2p.py"). The module is registered in sys.modules under
+    its file name while the tests run (dataclasses look their module up there)."""
+    imported = []
+
+    def load(relative_path: str):
+        path = REPO / relative_path
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        imported.append(path.stem)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in imported:
+        sys.modules.pop(name, None)

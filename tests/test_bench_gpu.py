@@ -1,22 +1,16 @@
 """pipelines/bench_gpu.py: the full-size configs are the released architectures; the benchmark runs on the CPU
 at tiny size (what CI can do; the full-size run needs a GPU)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "bench_gpu.py"
 
 
 @pytest.fixture(scope="module")
-def bench_gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_gpu(import_script):
+    return import_script("pipelines/bench_gpu.py")
 
 
 def test_full_size_configs_have_the_released_parameter_counts(bench_gpu):

@@ -1,24 +1,15 @@
 """pipelines/bench_inversion.py: it runs end to end at tiny size, and names the scenes a mean would hide."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "pipelines" / "bench_inversion.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_inversion", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_inversion"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_inversion", None)
+def bench(import_script):
+    return import_script("pipelines/bench_inversion.py")
 
 
 def test_scenes_far_below_their_own_round_trip_are_named_worst_first(bench):

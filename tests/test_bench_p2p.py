@@ -1,9 +1,6 @@
 """pipelines/bench_p2p.py: its scoring gives the ground truth perfect marks, and it runs end to end."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +8,11 @@ import torch
 
 from diffusion_lab.shapes import edit_scene, random_scene, render
 
-BENCH = Path(__file__).resolve().parents[1] / "pipelines" / "bench_p2p.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_p2p", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_p2p"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_p2p", None)
+def bench(import_script):
+    return import_script("pipelines/bench_p2p.py")
 
 
 @pytest.mark.parametrize("kind", ["colour", "shape", "background"])

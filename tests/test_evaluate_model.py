@@ -1,8 +1,5 @@
 """pipelines/evaluate_model.py: the latent-locality study tells a local encoder from a non-local one."""
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,17 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "evaluate_model.py"
 
 
 @pytest.fixture(scope="module")
-def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_model"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("evaluate_model", None)
+def evaluate(import_script):
+    return import_script("pipelines/evaluate_model.py")
 
 
 class PoolingAutoencoder:
