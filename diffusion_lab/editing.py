@@ -412,8 +412,8 @@ def edit_real(
     target_prompts: str | Sequence[str] | None = None,
     edit: str = "replace",
     *,
-    inversion_method: str = "null_text",
-    num_steps: int = 50,
+    inversion_method: str | None = None,
+    num_steps: int | None = None,
     guidance_scale: float | None = None,
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
@@ -427,10 +427,11 @@ def edit_real(
 
     image_or_inversion: a path, PIL image or uint8 array of ONE image, or an Inversion (from
         inversion.invert, or a previous result.inversion) to reuse; then source_prompt defaults to its prompt.
-    inversion_method: "null_text", "negative_prompt", "ddim", "fixed_point", "direct" or "edit_friendly"
+    inversion_method: "null_text" (None: the default), "negative_prompt", "ddim", "fixed_point", "direct" or "edit_friendly"
         (inversion.invert; edit_friendly takes eta and seed as inversion_options);
         invert's options (e.g. inner_steps=5) are passed through. guidance_scale: None = the inversion's
-        (7.5 for null-text); num_steps: steps of a new inversion.
+        (7.5 for null-text); num_steps: steps of a new inversion (None: 50). A reused inversion keeps its own
+        steps and settings: a different num_steps, or inversion options, raise EditError instead of being ignored.
     """
     from .inversion import Inversion, invert
 
@@ -447,10 +448,13 @@ def edit_real(
     prompt_edit.check(pipe.tokenizer)
     if is_inversion:
         inversion = image_or_inversion
+        _check_reuse(inversion, num_steps, inversion_method, inversion_options)
     else:
+        num_steps = DEFAULT_REAL_EDIT_STEPS if num_steps is None else num_steps
         _check_steps(num_steps)
         inversion = invert(
-            pipe, image_or_inversion, source_prompt, method=inversion_method, num_steps=num_steps,
+            pipe, image_or_inversion, source_prompt, method=inversion_method or DEFAULT_REAL_EDIT_INVERSION,
+            num_steps=num_steps,
             guidance_scale=guidance_scale, progress=progress, **inversion_options,
         )
     return run_edit(
@@ -462,6 +466,31 @@ def edit_real(
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+DEFAULT_REAL_EDIT_STEPS = 50  # edit_real's inversion steps S when none are given
+DEFAULT_REAL_EDIT_INVERSION = "null_text"  # and its inversion method
+
+
+def _check_reuse(inversion, num_steps: int | None, inversion_method: str | None, inversion_options: dict) -> None:
+    """A reused inversion fixes the steps and the method: refuse what would be silently ignored."""
+    if num_steps is not None and num_steps != inversion.num_steps:
+        raise EditError(
+            f"this inversion has S = {inversion.num_steps} steps and an edit from it takes the same steps: leave "
+            f"num_steps out, or invert again with num_steps={num_steps} (edit_real(pipe, image, ...) does)"
+        )
+    if inversion_options:
+        raise EditError(
+            f"{', '.join(sorted(inversion_options))} {'is an option' if len(inversion_options) == 1 else 'are options'} "
+            f"of a new inversion (or not an edit setting at all), but this inversion is reused as it is: leave "
+            f"{'it' if len(inversion_options) == 1 else 'them'} out, or invert the image again with "
+            f"{'it' if len(inversion_options) == 1 else 'them'}"
+        )
+    if inversion_method is not None and inversion_method != inversion.method:
+        raise EditError(
+            f"inversion_method={inversion_method!r} asks for a new inversion, but this one is a {inversion.method!r} "
+            "inversion reused as it is: leave inversion_method out, or pass the image to invert it again"
+        )
 
 
 # PromptEdit's settings besides its prompts and edit kind (edit_generated / edit_real keywords, manifest fields)

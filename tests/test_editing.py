@@ -147,6 +147,14 @@ def test_edit_real_inverts_then_edits_and_the_inversion_is_reusable(pipe):
     torch.testing.assert_close(again.latents[2], result.latents[1], atol=ATOL, rtol=0)
     with pytest.warns(UserWarning, match="will not reconstruct faithfully"):
         edit_real(pipe, inversion, "a blue square", ["a red square"], progress=False)
+    # a reused inversion keeps its steps, method and settings: asking for others is an error, not ignored
+    same_steps = edit_real(pipe, inversion, target_prompts=["a blue circle"], num_steps=STEPS, progress=False)
+    torch.testing.assert_close(same_steps.latents[1], result.latents[1], atol=ATOL, rtol=0)
+    for options, message in (({"num_steps": STEPS + 1}, f"this inversion has S = {STEPS} steps"),
+                             ({"inversion_method": "direct"}, "'null_text' inversion reused as it is"),
+                             ({"inner_steps": 5}, "inner_steps is an option of a new inversion")):
+        with pytest.raises(EditError, match=message):
+            edit_real(pipe, inversion, target_prompts=["a blue circle"], progress=False, **options)
 
 
 def test_edit_real_with_direct_inversion_keeps_the_source_on_its_pivot(pipe):
