@@ -39,6 +39,23 @@ def test_prompt_too_long_error():
 def test_missing_checkpoint_error(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no model folder"):
         load_pipeline(str(tmp_path / "does-not-exist"), device="cpu")
+    with pytest.raises(ModelNotFoundError, match="a folder but not a diffusers pipeline: it has no model_index.json"):
+        load_pipeline(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("typo", ["shapes_tiny", "Shapes-Tiny", "shape-tiny"])
+def test_a_misspelt_model_name_fails_at_once_and_names_the_built_in_model(typo):
+    """A name that is no folder and no 'owner/name' hub id is refused before from_pretrained (whose hub requests
+    retried for half a minute offline, then named no close match)."""
+    with pytest.raises(ModelNotFoundError, match="Did you mean 'shapes-tiny'"):
+        load_pipeline(typo, device="cpu")
+
+
+def test_the_built_in_model_is_recorded_by_its_name_not_its_folder():
+    """What an inversion saved from it records (Inversion.model_name): 'shapes-tiny', not this machine's path."""
+    from diffusion_lab.inversion.pipeline_level import pipeline_name
+
+    assert pipeline_name(load_pipeline("shapes-tiny", device="cpu")) == "shapes-tiny"
 
 
 def test_untrained_pipeline_round_trip_through_from_pretrained(tmp_path):

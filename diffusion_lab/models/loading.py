@@ -7,6 +7,7 @@ Security: weights are loaded only from safetensors (`use_safetensors=True`) and 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 from pathlib import Path
@@ -125,8 +126,20 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
             "or train them with `python pipelines/train_shapes_tiny.py --export-dir " + str(path) + "`"
         )
     local = Path(path).is_dir()
+    if local and not builtin and not (Path(path) / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"{name!r} is a folder but not a diffusers pipeline: it has no model_index.json. Give the folder that "
+            "holds model_index.json with unet/, vae/, text_encoder/, tokenizer/ and scheduler/ beside it (what "
+            "`huggingface-cli download owner/name --local-dir folder` or `pipe.save_pretrained(folder)` writes)"
+        )
     if not local and (Path(name).is_absolute() or name.startswith(".") or os.sep in name and name.count("/") != 1):
         raise ModelNotFoundError(f"no model folder at {name!r}; give an existing diffusers folder or a hub id like 'owner/name'")
+    if not local and "/" not in name:  # not a folder, and a hub id of a diffusers pipeline is always 'owner/name'
+        close = difflib.get_close_matches(name.lower(), list(BUILTIN_MODELS), n=1, cutoff=0.6)
+        raise ModelNotFoundError(
+            f"no model named {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), not a folder here, and "
+            f"a hub id looks like 'owner/name'" + (f". Did you mean {close[0]!r}?" if close else "")
+        )
     kwargs = dict(dtype=torch_dtype, use_safetensors=True, low_cpu_mem_usage=False)
     cls = StableDiffusionPipeline if builtin else pipeline_class(str(path), local)
     if cls is StableDiffusionPipeline:
@@ -141,6 +154,8 @@ def load_pipeline(name_or_path: Union[str, os.PathLike] = "shapes-tiny", device:
             f"`huggingface-cli download {name}` and pass the folder, or use 'shapes-tiny'. Cause: {error}"
         ) from error
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    if builtin:  # its name, not this machine's install folder: what an inversion saved from it records
+        pipe.register_to_config(_name_or_path=name)
     mark_untrained_words(pipe.tokenizer, path)
     pipe = pipe.to(device)
     if getattr(pipe.vae.config, "force_upcast", False) and pipe.vae.dtype == torch.float16:
