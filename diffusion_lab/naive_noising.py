@@ -29,10 +29,15 @@ from diffusion_lab.schedules import NoiseSchedule
 def strength_timesteps(schedule: NoiseSchedule, num_steps: int, strength: float) -> Tensor:
     """The descending timesteps still to run after noising to `strength`: the last int(num_steps * strength)
     entries of schedule.timesteps(num_steps) (empty for strength 0; all of them for strength 1)."""
+    return timesteps_left_after_noising(schedule.timesteps(num_steps), strength)
+
+
+def timesteps_left_after_noising(timesteps: Tensor, strength: float) -> Tensor:
+    """The last int(S * strength) of the S descending `timesteps`: the least noisy ones, which sampling still runs
+    after the image was noised to the first of them (lab 1's exercise 1.2 asks for this function)."""
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1] (0: keep the image, 1: start from pure noise), got {strength}")
-    timesteps = schedule.timesteps(num_steps)
     kept = min(int(len(timesteps) * strength), len(timesteps))
     return timesteps[len(timesteps) - kept :]
 

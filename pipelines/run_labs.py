@@ -4,6 +4,7 @@
     python pipelines/run_labs.py --out /tmp/labs --labs 02 --full-table      # lab 2 with the full DDIM Table 1
     python pipelines/run_labs.py --model stable-diffusion-v1-5/stable-diffusion-v1-5   # on a GPU machine
     python pipelines/run_labs.py -p SEED 3 -p STEPS 20   # any parameter of the labs' `parameters` cells
+                                                         # (a name no selected lab has is refused: exit 2)
     python pipelines/run_labs.py --in-place              # re-execute labs/*.ipynb with their default parameters
                                                          # and store the outputs (what nbval checks); widget state
                                                          # and papermill timings are stripped from the files
@@ -49,6 +50,38 @@ def parse_value(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def lab_parameters(lab: str) -> set[str]:
+    """The names in the lab's `parameters` cell (what papermill can override)."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(LABS_DIR / f"{lab}.ipynb")))
+
+
+def check_parameter_names(names, labs: list[str], parameters_of=lab_parameters) -> list[str]:
+    """Errors for the -p names that no selected lab has (with a "did you mean" from difflib), [] when all are known.
+    A name that only some of the selected labs have is allowed (papermill ignores it for the others): one note on
+    stderr says which labs use it."""
+    import difflib
+
+    known = {lab: parameters_of(lab) for lab in labs}
+    every_name = sorted(set().union(*known.values()))
+    errors = []
+    for name in dict.fromkeys(names):  # each name once, in order
+        having = [lab for lab in labs if name in known[lab]]
+        if not having:
+            close = difflib.get_close_matches(name, every_name, n=1) or difflib.get_close_matches(
+                name.upper(), every_name, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; the parameters are: {', '.join(every_name)}"
+            others = [lab for lab in LABS if lab not in labs and name in parameters_of(lab)]
+            if others:
+                hint = f"; it is a parameter of {', '.join(others)} only (select it with --labs)"
+            errors.append(f"-p {name}: not a parameter of {', '.join(labs)}{hint}")
+        elif len(having) < len(labs):
+            print(f"note: -p {name} is a parameter of {', '.join(having)} only; the other labs ignore it",
+                  file=sys.stderr)
+    return errors
 
 
 def clean_notebook(path: Path) -> None:
@@ -109,6 +142,10 @@ def main(argv=None) -> int:
     if args.quick:
         os.environ["DIFFUSION_LAB_QUICK"] = "1"
     labs = select_labs(args.labs)
+    if args.parameter and not args.in_place:  # before anything runs: a misspelt name would be ignored by papermill
+        errors = check_parameter_names([name for name, _ in args.parameter], labs)
+        if errors:
+            parser.error("\n  ".join(errors))
     times = {}
     if args.in_place:
         if args.model or args.full_table or args.parameter:

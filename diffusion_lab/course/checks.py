@@ -7,13 +7,24 @@ wrong: not implemented yet, wrong shape, a known mistake recognised (square root
 alpha_bar_{t-1} swapped, ...), or how far off the result is. Stochastic results are checked with metric
 thresholds (statistics of many draws, reconstruction PSNR). On success a check prints one line and returns True.
 
+A check judges its own exercise only. When the student's function calls the function of an earlier exercise (lab 1:
+noise_to_strength calls forward_marginal_sample and strength_timesteps; see EARLIER_EXERCISES), an earlier function
+that is not right yet is replaced by the reference while the check runs, and the feedback says so: one mistake
+costs one exercise, and the message points at the exercise where it is. A check whose whole subject is an earlier
+exercise's function (lab 3, exercise 3.2: the reconstruction through the student's inversion step) first runs that
+exercise's check and, if it fails, says "exercise N is not right yet; fix it first".
+
 The exercise cells of labs/src/*.py call these checks; `python -m diffusion_lab course build` writes the student
 notebooks (solutions removed) and `course grade` runs the same checks on the submissions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import types
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -81,6 +92,102 @@ def _example_schedule():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Chained exercises: a check judges its own exercise only
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """An earlier exercise whose function a later exercise's solution calls: its label, its check, and a reference
+    with the signature the exercise asks for (what replaces the student's function when it is not right yet)."""
+
+    label: str
+    check: Callable
+    reference: Callable
+
+
+def _earlier_problem(check: Callable, function) -> str | None:
+    """None when `function` passes `check` (run quietly), else what the check says."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            check(function)
+    except Exception as error:  # ExerciseFailed, or a crash inside the check on a strange return value
+        return str(error) or type(error).__name__
+    return None
+
+
+def _global_names(function) -> set[str]:
+    """The global (and attribute) names the code of `function` and of its nested functions refers to."""
+    code = getattr(function, "__code__", None)
+    names: set[str] = set()
+    stack = [code] if code is not None else []
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return names
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _earlier_exercises_replaced(student: Callable, earlier: dict[str, Earlier]):
+    """While the block runs, each earlier exercise's function that `student` calls through the notebook's globals and
+    that is not right yet (its check fails) or not defined is the reference. Yields the notes for the feedback; the
+    notebook's names are restored afterwards."""
+    namespace = getattr(student, "__globals__", None)
+    notes: list[str] = []
+    replaced: dict[str, object] = {}
+    if isinstance(namespace, dict):
+        used = _global_names(student)
+        for name, exercise in earlier.items():
+            if name not in used:
+                continue
+            if name in namespace:
+                if _earlier_problem(exercise.check, namespace[name]) is None:
+                    continue
+                state = "is not right yet"
+            else:
+                state = "is not defined"
+            replaced[name] = namespace.get(name, _MISSING)
+            namespace[name] = exercise.reference
+            notes.append(f"{exercise.label} ({name}) {state}: this check used the library's {name} in its place, "
+                         f"so the result judges {getattr(student, '__name__', 'your function')} alone; fix {name} in "
+                         f"{exercise.label}")
+    try:
+        yield notes
+    finally:
+        for name, previous in replaced.items():
+            if previous is _MISSING:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = previous
+
+
+def _judged_alone(student: Callable, earlier: dict[str, Earlier], run: Callable[[], str]) -> bool:
+    """Run the body of a check (`run` returns the success message) with the earlier exercises replaced where needed;
+    the notes go into the failure message or after the success line."""
+    with _earlier_exercises_replaced(student, earlier) as notes:
+        try:
+            message = run()
+        except ExerciseFailed as error:
+            if not notes:
+                raise
+            raise ExerciseFailed(f"{error} (note: {'; '.join(notes)})") from None
+    for note in notes:
+        message += f"\n  note: {note}"
+    return _passed(message)
+
+
+def _require_earlier(label: str, name: str, check: Callable, function) -> None:
+    """For a check whose subject is an earlier exercise's function: fail with "fix it first" if that one fails."""
+    problem = _earlier_problem(check, function)
+    if problem is not None:
+        raise ExerciseFailed(f"{label} ({name}) is not right yet; fix it first. Its check says: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Lab 1: the forward process and naive editing
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -136,7 +243,9 @@ def check_forward_marginal_statistics(student: Callable, num_draws: int = 4000) 
 
 def check_noise_to_strength(student: Callable) -> bool:
     """student(z_0, schedule, num_steps, strength, noise) -> (z_t, timesteps left); reference:
-    naive_noising.noise_latents_to_strength (z_t at the first timestep left; z_0 itself when none is left)."""
+    naive_noising.noise_latents_to_strength (z_t at the first timestep left; z_0 itself when none is left). Judged
+    alone: where the student's function calls forward_marginal_sample / strength_timesteps (exercises 1.1 / 1.2) and
+    those are not right yet, the references stand in for them (EARLIER_EXERCISES)."""
     from diffusion_lab.naive_noising import noise_latents_to_strength
 
     name = "noise_to_strength"
@@ -144,23 +253,28 @@ def check_noise_to_strength(student: Callable) -> bool:
     generator = torch.Generator().manual_seed(6)
     z_0 = torch.randn(2, 4, 8, 8, generator=generator)
     noise = torch.randn(2, 4, 8, 8, generator=generator)
-    for num_steps, strength in ((50, 0.0), (50, 0.3), (20, 0.75), (10, 1.0)):
-        expected = noise_latents_to_strength(z_0, schedule, strength, num_steps, noise=noise)
-        result = _call(name, student, z_0, schedule, num_steps, strength, noise)
-        if not isinstance(result, tuple) or len(result) != 2:
-            raise ExerciseFailed(f"{name} must return a pair (z_t, timesteps), got {type(result).__name__}")
-        z_t, timesteps = result
-        timesteps = torch.as_tensor(timesteps, dtype=torch.long).flatten()
-        if timesteps.tolist() != expected.timesteps.tolist():
-            raise ExerciseFailed(f"{name}(S={num_steps}, strength={strength}): timesteps left {timesteps.tolist()[:5]}..., "
-                                 f"expected {expected.timesteps.tolist()[:5]}... (use your strength_timesteps)")
-        wrong_level = {}
-        if len(expected.timesteps) > 1:
-            a = schedule.alpha_bar(int(expected.timesteps[-1]))
-            wrong_level["z_t is noised to the LAST timestep left; noise to the first (largest) one, where sampling "
-                        "starts"] = (a.sqrt() * z_0 + (1 - a).sqrt() * noise).float()
-        _compare(name, z_t, expected.latents, wrong_level, what=f"(S={num_steps}, strength={strength})")
-    return _passed("noising to a strength matches naive_noising.noise_latents_to_strength")
+
+    def run() -> str:
+        for num_steps, strength in ((50, 0.0), (50, 0.3), (20, 0.75), (10, 1.0)):
+            expected = noise_latents_to_strength(z_0, schedule, strength, num_steps, noise=noise)
+            result = _call(name, student, z_0, schedule, num_steps, strength, noise)
+            if not isinstance(result, tuple) or len(result) != 2:
+                raise ExerciseFailed(f"{name} must return a pair (z_t, timesteps), got {type(result).__name__}")
+            z_t, timesteps = result
+            timesteps = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+            if timesteps.tolist() != expected.timesteps.tolist():
+                raise ExerciseFailed(f"{name}(S={num_steps}, strength={strength}): timesteps left "
+                                     f"{timesteps.tolist()[:5]}..., expected {expected.timesteps.tolist()[:5]}... "
+                                     "(strength_timesteps(schedule.timesteps(num_steps), strength), exercise 1.2)")
+            wrong_level = {}
+            if len(expected.timesteps) > 1:
+                a = schedule.alpha_bar(int(expected.timesteps[-1]))
+                wrong_level["z_t is noised to the LAST timestep left; noise to the first (largest) one, where "
+                            "sampling starts"] = (a.sqrt() * z_0 + (1 - a).sqrt() * noise).float()
+            _compare(name, z_t, expected.latents, wrong_level, what=f"(S={num_steps}, strength={strength})")
+        return "noising to a strength matches naive_noising.noise_latents_to_strength"
+
+    return _judged_alone(student, EARLIER_EXERCISES[name], run)
 
 
 def check_strength_timesteps(student: Callable) -> bool:
@@ -361,7 +475,8 @@ def check_inversion_reconstruction(student: Callable, pipe, image, prompt: str, 
                                    margin_db: float = 0.5) -> bool:
     """Metric threshold: invert the image's latents with the student's inversion step (w = 1, `num_steps` steps, the
     loop of inversion.invert_latents), sample back with the library (DDIM, eta = 0) and decode: the PSNR to the
-    image must reach the library's own DDIM inversion (inversion.invert_latents) minus `margin_db`."""
+    image must reach the library's own DDIM inversion (inversion.invert_latents) minus `margin_db`. The step is
+    exercise 3.1's: when check_ddim_inversion_step fails, this says "exercise 3.1 is not right yet; fix it first"."""
     import numpy as np
 
     from diffusion_lab.denoisers import TextConditionedDenoiser
@@ -374,6 +489,8 @@ def check_inversion_reconstruction(student: Callable, pipe, image, prompt: str, 
     from diffusion_lab.text import encode_prompts
 
     name = "ddim_inversion_step"
+    # this exercise has no code of its own: its subject is exercise 3.1's function, so a wrong one is named as such
+    _require_earlier("exercise 3.1", name, check_ddim_inversion_step, student)
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     timesteps = schedule.timesteps(num_steps)
     denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, [prompt]).to(pipe.unet.device))
@@ -500,3 +617,36 @@ def check_local_blend_mask(student: Callable, pipe, num_steps: int = 10) -> bool
                                  f"from LocalBlend.mask; your mask covers {inside:.0%}, the reference {wanted:.0%} "
                                  f"({hint})")
     return _passed("the local-blend mask matches LocalBlend.mask at three thresholds and dilations")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which exercise uses which earlier one
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _reference_forward_marginal_sample(x_0, alpha_bar_t, noise):
+    """Exercise 1.1 with its signature: posterior.forward_marginal_sample."""
+    from diffusion_lab.posterior import forward_marginal_sample
+
+    return forward_marginal_sample(x_0, alpha_bar_t, noise=noise)
+
+
+def _reference_strength_timesteps(timesteps, strength):
+    """Exercise 1.2 with its signature (the timesteps, not the schedule): naive_noising.timesteps_left_after_noising."""
+    from diffusion_lab.naive_noising import timesteps_left_after_noising
+
+    return timesteps_left_after_noising(torch.as_tensor(timesteps), strength)
+
+
+# exercise function -> {earlier exercise's function it may call: Earlier}; tests/test_course_chained.py checks that
+# every call from a solution in labs/src to an earlier exercise's function is listed here
+EARLIER_EXERCISES: dict[str, dict[str, Earlier]] = {
+    "noise_to_strength": {
+        "forward_marginal_sample": Earlier("exercise 1.1", check_forward_marginal_sample,
+                                           _reference_forward_marginal_sample),
+        "strength_timesteps": Earlier("exercise 1.2", check_strength_timesteps, _reference_strength_timesteps),
+    },
+}
+
+# checks whose subject is an earlier exercise's function (they say "fix it first" when that exercise fails)
+CHECKS_OF_EARLIER_EXERCISES: dict[str, str] = {"check_inversion_reconstruction": "ddim_inversion_step"}

@@ -238,7 +238,8 @@ checks.check_forward_marginal_statistics(forward_marginal_sample)
 #
 # Given the $S$ descending timesteps of the sampler (`timesteps`, e.g. `schedule.timesteps(50)`) and a strength
 # $s \in [0, 1]$, return the timesteps still to run after noising: the last $\lfloor sS \rfloor$ of them (none for
-# $s = 0$, all for $s = 1$). Reference: `diffusion_lab.naive_noising.strength_timesteps`.
+# $s = 0$, all for $s = 1$). Reference: `diffusion_lab.naive_noising.timesteps_left_after_noising` (which
+# `naive_noising.strength_timesteps` calls on `schedule.timesteps(num_steps)`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex1_2_strength_timesteps", "locked": false, "schema_version": 3, "solution": true}
 def strength_timesteps(timesteps, strength):
@@ -257,7 +258,8 @@ checks.check_strength_timesteps(strength_timesteps)
 # Combine the two: return `(z_t, timesteps_left)`, where `timesteps_left` are the steps still to run and $z_t$ is
 # $z_0$ noised to the **first** of them (where sampling starts); with no step left, $z_t = z_0$. Use
 # `schedule.timesteps(num_steps)` and `schedule.alpha_bar(t)`. Reference:
-# `diffusion_lab.naive_noising.noise_latents_to_strength`.
+# `diffusion_lab.naive_noising.noise_latents_to_strength`. If exercise 1.1 or 1.2 is not right yet, this check
+# uses the library's version in its place and tells you so.
 
 # %% nbgrader={"grade": false, "grade_id": "ex1_3_noise_to_strength", "locked": false, "schema_version": 3, "solution": true}
 def noise_to_strength(z_0, schedule, num_steps, strength, noise):
