@@ -4,7 +4,7 @@
     python pipelines/batch_edit.py manifest.csv --out DIR --chunk-size 8 --workers 2
     python pipelines/batch_edit.py manifest.csv --out DIR --executor dask --scheduler tcp://host:8786
 
-See docs/batch.md for the manifest's fields, the output folder, resuming and Dask clusters.
+See the README's "Batch editing" section for the manifest's fields, the output folder, resuming and Dask clusters.
 """
 
 import sys

@@ -479,3 +479,166 @@ def test_manifest_fields_follow_the_library_dataclasses():
         owner = NullTextSettings if field in {f.name for f in dataclasses.fields(NullTextSettings)} else FixedPointSettings
         assert type(getattr(owner(), field)) is kind
         assert f"inversion_options.{name}" in manifest.BOUNDS  # every option is range-checked
+
+
+# -- bad input gets one clear message and exit 2, never a traceback (new-user review) ------------------------
+
+
+BLUE = "a large blue circle on a gray background"
+
+
+def batch_command(*args) -> int:
+    """`diffusion-lab batch ARGS` in this process: its exit code (argparse's SystemExit included)."""
+    from diffusion_lab.__main__ import main
+
+    try:
+        return main(["batch", *map(str, args)])
+    except SystemExit as exit:
+        return exit.code
+
+
+def test_os_errors_on_an_image_path_are_invalid_rows(tmp_path, tokenizer, model_dir, png, monkeypatch, capsys):
+    """An image name over 255 characters crashed validation (OSError: File name too long, exit 1); a folder, a
+    symbolic link loop, a pipe (which blocked the reader) and an unreadable file are each a row's message too."""
+    import errno
+
+    from diffusion_lab.batch import manifest as manifest_module
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "loop").symlink_to("loop")
+    os.mkfifo(tmp_path / "pipe")
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(png.read_bytes())
+    images = {"long": "a" * 300 + ".png", "folder": "folder", "loop": "loop", "pipe": "pipe", "locked": locked.name,
+              "below-a-file": f"{png.name}/x.png", "fine": png.name}
+    path = write(tmp_path / "m.csv", "id,image,source_prompt,target_prompts,num_steps\n"
+                 + "".join(f"{name},{image},{SOURCE},{BLUE},4\n" for name, image in images.items()))
+
+    def open_unless_locked(file, *args, **kwargs):  # as root, chmod 000 does not stop reading: simulate it
+        if Path(file) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "open", open_unless_locked, raising=False)
+    valid, invalid = validate_manifest(read_manifest(path), tokenizer, 50, 5.0)
+    assert [row.id for row in valid] == ["fine"]
+    messages = {bad.id: bad.message for bad in invalid}
+    assert "line 2" in messages["long"] and "too long" in messages["long"] and "304 bytes" in messages["long"]
+    assert "a" * 300 not in messages["long"]  # shortened
+    assert "is a folder" in messages["folder"]
+    assert "symbolic link that leads to itself" in messages["loop"]
+    assert "not a regular file" in messages["pipe"]
+    assert "permission denied" in messages["locked"] and "readable" in messages["locked"]
+    assert "not found" in messages["below-a-file"]
+    monkeypatch.undo()
+    long_only = write(tmp_path / "long.csv", f"id,image,source_prompt,target_prompts\nr1,{images['long']},{SOURCE},{BLUE}\n")
+    assert batch_command(long_only, "--out", tmp_path / "o", "--model", model_dir, "--validate-only") == 2
+    assert "invalid row 1 (line 2, id 'r1'): image file name" in capsys.readouterr().err
+
+
+def test_out_must_be_a_folder(tmp_path, model_dir, capsys):
+    """--out naming a file crashed with a FileExistsError traceback (exit 1)."""
+    from diffusion_lab.batch import BatchError
+
+    manifest = write(tmp_path / "m.csv", f"id,source_prompt,target_prompts,num_steps\nr1,{SOURCE},{BLUE},4\n")
+    a_file = write(tmp_path / "taken.txt", "mine")
+    assert batch_command(manifest, "--out", a_file, "--model", model_dir, "--no-progress") == 2
+    assert f"error: --out must be a folder, and '{a_file}' is a file" in capsys.readouterr().err
+    with pytest.raises(BatchError, match="is inside .*taken.txt', which is a file"):
+        run_batch(manifest, a_file / "sub", str(model_dir), progress=False, log=lambda m: None)
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--chunk-timeout", "-5", "must be a positive number of seconds, got -5"),
+    ("--chunk-timeout", "0", "must be a positive number of seconds"),
+    ("--chunk-timeout", "nan", "must be a positive number of seconds"),
+    ("--threads", "0", "must be at least 1, got 0"),
+    ("--chunk-size", "0", "must be at least 1, got 0"),
+    ("--workers", "-2", "must be at least 1, got -2"),
+])
+def test_bad_numbers_are_refused_when_the_arguments_are_parsed(tmp_path, capsys, option, value, message):
+    """A negative --chunk-timeout was accepted (every row then failed); --threads 0 meant 'all idle cores in each
+    kernel', neither the default nor a thread count."""
+    manifest = write(tmp_path / "m.csv", f"id,source_prompt,target_prompts\nr1,{SOURCE},{BLUE}\n")
+    assert batch_command(manifest, "--out", tmp_path / "o", option, value) == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_batch_refuses_bad_timeouts_and_thread_counts(tmp_path):
+    from diffusion_lab.batch import BatchError
+
+    with pytest.raises(BatchError, match="--chunk-timeout must be a positive number of seconds, got -1"):
+        run_batch(tmp_path / "m.csv", tmp_path / "o", chunk_timeout=-1, progress=False)
+    with pytest.raises(BatchError, match="--threads must be at least 1, got 0"):
+        run_batch(tmp_path / "m.csv", tmp_path / "o", threads=0, progress=False)
+
+
+def test_an_unclosed_quote_fails_the_manifest_at_its_line(tmp_path):
+    """A quote left open read the next rows into one cell: r2 vanished and the message blamed a missing image."""
+    with pytest.raises(ManifestError, match=r'line 2: the quote \(\"\) that opens the cell "x.png,a large.*'
+                                            r"column 'image'.*lines 2 to 4.*close the quote on line 2 or remove it"):
+        read_manifest(write(tmp_path / "open.csv", f'id,image,source_prompt,target_prompts\nr1,"x.png,{SOURCE},{BLUE}\n'
+                            f"r2,,{SOURCE},{BLUE}\nr3,,{SOURCE},{BLUE}\n"))
+    with pytest.raises(ManifestError, match=r"line 3: .*column 'notes'.*a cell cannot span lines"):
+        read_manifest(write(tmp_path / "notes.csv", f'id,source_prompt,target_prompts,notes\nr1,{SOURCE},{BLUE},\n'
+                            f'r2,{SOURCE},{BLUE},"two\nlines"\n'))
+    parsed = read_manifest(write(tmp_path / "fine.csv", f'id,source_prompt,target_prompts,notes\n\nr1,{SOURCE},{BLUE},'
+                                 f'"quoted, with a comma"\n\nr2,"{SOURCE}",{BLUE},\n'))
+    assert [(row.number, row.line) for row in parsed.rows] == [(1, 3), (2, 5)]
+    assert parsed.rows[0].values["notes"] == "quoted, with a comma"
+
+
+def test_yaml_rows_have_lines_and_ids_that_share_a_folder_are_both_named(tmp_path, tokenizer):
+    manifest = write(tmp_path / "m.yaml", f"""# ids
+defaults: {{num_steps: 4}}
+rows:
+  - id: a b
+    source_prompt: {SOURCE}
+    target_prompts: [{BLUE}]
+
+  - {{id: a_b, source_prompt: {SOURCE}, target_prompts: [{BLUE}]}}
+  - {{id: A B, source_prompt: {SOURCE}, target_prompts: [{BLUE}]}}
+  - {{id: a b, source_prompt: {SOURCE}, target_prompts: [{BLUE}]}}
+""")
+    valid, invalid = validate_manifest(read_manifest(manifest), tokenizer, 50, 5.0)
+    assert [row.id for row in valid] == ["a_b"] and valid[0].line == 4
+    messages = [bad.message for bad in invalid]
+    assert messages[0].startswith("row 2 (line 8, id 'a_b'): id 'a_b' and the id 'a b' of row 1 map to the same "
+                                  "output folder name 'a_b' (characters other than")
+    assert "rename one of them" in messages[0]
+    assert "line 9" in messages[1] and "id 'A B' and the id 'a b' of row 1" in messages[1] and "letter case" in messages[1]
+    assert "line 10" in messages[2] and "id 'a b' is used by row 1 already" in messages[2]
+
+
+def test_the_batch_pointers_lead_to_the_readme():
+    """Four places pointed to docs/batch.md, which does not exist."""
+    import argparse
+
+    from diffusion_lab.batch.runner import add_arguments
+
+    assert "\n## Batch editing\n" in (REPO / "README.md").read_text()
+    texts = {name: (REPO / name).read_text() for name in
+             ("diffusion_lab/batch/__init__.py", "examples/batch_manifest.yaml", "pipelines/batch_edit.py")}
+    texts["--help"] = " ".join(add_arguments(argparse.ArgumentParser()).format_help().split())
+    for name, text in texts.items():
+        assert "docs/" not in text, name
+        assert "the README's \"Batch editing\" section" in text, name
+
+
+def test_example_manifests_agree_and_refine_rows_add_words(tokenizer):
+    """The CSV and YAML examples are the same rows; their refine row swapped a word (gray -> white) instead of
+    adding one (refine: the target adds words to the source)."""
+    rows = {}
+    for example in ("batch_manifest.yaml", "batch_manifest.csv"):
+        valid, _ = validate_manifest(read_manifest(REPO / "examples" / example), tokenizer, 50, 5.0)
+        rows[example] = [(row.id, row.identity()) for row in valid]
+    assert rows["batch_manifest.yaml"] == rows["batch_manifest.csv"]
+    refines = [spec["edit"] for _, spec in rows["batch_manifest.csv"] if spec["edit_kind"] == "refine"]
+    assert refines
+    for edit in refines:
+        source = edit["source_prompt"].split()
+        for target in edit["target_prompts"]:
+            words = iter(target.split())
+            assert len(target.split()) > len(source) and all(word in words for word in source), target

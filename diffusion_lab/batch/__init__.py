@@ -1,5 +1,5 @@
 """Batch editing: a manifest of edits in, edited images and a report out, through papermill, resumable, on local
-processes or a Dask cluster. `diffusion-lab batch MANIFEST --out DIR` (see docs/batch.md).
+processes or a Dask cluster. `diffusion-lab batch MANIFEST --out DIR` (see the README's "Batch editing" section).
 
     manifest   read CSV / YAML manifests and check every row before any work starts
     runner     chunks, row keys, executors (local processes, Dask), progress, exit code; the command line

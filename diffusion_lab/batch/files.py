@@ -148,7 +148,12 @@ class OutputLockedError(RuntimeError):
 
 class RunLock:
     """An exclusive lock on an output folder (fcntl.flock on OUT/.batch.lock), released when the process ends,
-    however it ends. Where fcntl is missing (Windows) the lock is advisory only (a pid file)."""
+    however it ends. Where fcntl is missing (Windows) the lock is advisory only (a pid file).
+
+    The file stays after a run, on purpose: the lock is the flock on the open file, not the file's existence, so
+    a leftover file locks nothing (it holds the pid of the last run). Deleting it on release would let two runs
+    lock two different files: one that opened the old file just before it was deleted, and one that then made a
+    new file."""
 
     def __init__(self, out_dir: str | os.PathLike):
         self.path = Path(out_dir) / ".batch.lock"

@@ -39,13 +39,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import errno
 import functools
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +145,8 @@ class RowError(ValueError):
 
 @dataclass
 class RawRow:
-    """A row as read from the file: `number` counts data rows from 1; `line` is the CSV line (None for YAML)."""
+    """A row as read from the file: `number` counts data rows from 1; `line` is the line of the file where the row
+    starts (None when unknown)."""
 
     number: int
     values: Any
@@ -236,17 +240,52 @@ def _canonical_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+def _csv_records(text: str, path: Path):
+    """(line, cells) for each non-blank record of a CSV text, `line` counting the file's lines from 1.
+
+    A record must lie on one line: a quote (") left open in a cell swallowed the following lines, rows included,
+    into that cell (csv reads on to the closing quote or the end of the file), so such a record fails the whole
+    manifest, naming the line where the quote opens."""
+    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": lines end at \n only (not at \f, \x1c, ...)
+    header = None
+    while True:
+        line = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ManifestError(f"{path.name}, line {line}: not readable as CSV ({error}); if a cell there opens a "
+                                "quote (\") that is not closed on that line, close the quote or remove it") from None
+        if reader.line_num > line or any("\n" in cell or "\r" in cell for cell in cells):
+            raise ManifestError(_open_quote_message(path, line, reader.line_num, cells, header))
+        if cells:
+            header = header or cells
+            yield line, cells
+
+
+def _open_quote_message(path: Path, line: int, last_line: int, cells: list[str], header: list[str] | None) -> str:
+    """What a record read across several lines means: a quote opened and not closed on its line."""
+    index = next((i for i, cell in enumerate(cells) if "\n" in cell or "\r" in cell), max(len(cells) - 1, 0))
+    column = f"column {header[index]!r}" if header and index < len(header) else f"cell {index + 1}"
+    start = (cells[index].splitlines() or [""])[0] if cells else ""
+    return (f"{path.name}, line {line}: the quote (\") that opens the cell \"{start[:40]}... ({column}) is not closed "
+            f"on that line, so lines {line} to {last_line} were read as one cell; close the quote on line {line} or "
+            "remove it (a cell cannot span lines)")
+
+
 def _read_csv(text: str, path: Path) -> list[RawRow]:
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    if not reader.fieldnames:
+    records = _csv_records(text, path)
+    header = next(records, (None, []))[1]
+    if not header:
         raise ManifestError(f"the CSV manifest {str(path)!r} has no header line")
-    if len(reader.fieldnames) == 1 and ";" in reader.fieldnames[0]:
+    if len(header) == 1 and ";" in header[0]:
         raise ManifestError(
-            f"the header of {path.name} has semicolons but no commas: {reader.fieldnames[0][:60]!r}; a CSV manifest "
+            f"the header of {path.name} has semicolons but no commas: {header[0][:60]!r}; a CSV manifest "
             "is separated by commas (a spreadsheet's 'CSV (comma delimited)'), or write a YAML manifest"
         )
-    columns = [_canonical_name(name) for name in reader.fieldnames]
-    unknown = [name for name, canonical in zip(reader.fieldnames, columns) if canonical not in manifest_fields()]
+    columns = [_canonical_name(name) for name in header]
+    unknown = [name for name, canonical in zip(header, columns) if canonical not in manifest_fields()]
     typos = {name: close for name in unknown
              for close in difflib.get_close_matches(_canonical_name(name), manifest_fields(), n=1, cutoff=0.75)}
     if typos:  # a misspelt field would silently fall back to its default: refuse
@@ -258,19 +297,18 @@ def _read_csv(text: str, path: Path) -> list[RawRow]:
     duplicated = sorted({c for c in columns if columns.count(c) > 1 and c in manifest_fields()})
     if duplicated:
         raise ManifestError(f"column(s) {duplicated} appear more than once in {path.name}")
-    ignored = {name for name, canonical in zip(reader.fieldnames, columns) if canonical not in manifest_fields()}
+    ignored = {name for name, canonical in zip(header, columns) if canonical not in manifest_fields()}
     rows = []
-    for number, record in enumerate(reader, start=1):
+    for number, (line, cells) in enumerate(records, start=1):
         values = {}
-        for name, value in record.items():
-            if name is None:  # more cells than columns
-                values["__extra__"] = value
-                continue
+        if len(cells) > len(header):  # more cells than columns
+            values["__extra__"] = cells[len(header):]
+        for name, value in zip(header, cells):
             if name in ignored:
                 continue
-            if value is not None and value.strip() != "":
+            if value.strip() != "":
                 values[_canonical_name(name)] = value.strip()
-        rows.append(RawRow(number, values, line=reader.line_num))
+        rows.append(RawRow(number, values, line=line))
     return rows
 
 
@@ -301,7 +339,21 @@ def _read_yaml(text: str, path: Path) -> tuple[list[RawRow], dict]:
         return [], defaults
     if not isinstance(data, list):
         raise ManifestError(f"a YAML manifest is a list of rows, got {type(data).__name__} in {path.name}")
-    return [RawRow(number, values) for number, values in enumerate(data, start=1)], defaults
+    lines = _yaml_row_lines(text, len(data))
+    return [RawRow(number, values, line) for number, (values, line) in enumerate(zip(data, lines), start=1)], defaults
+
+
+def _yaml_row_lines(text: str, count: int) -> list[int | None]:
+    """The line (from 1) where each of the `count` rows of a YAML manifest starts: the marks of yaml's node tree
+    (a second, cheap parse); None for all when the tree does not line up with the rows."""
+    import yaml
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if isinstance(root, yaml.MappingNode):
+        root = next((value for key, value in root.value if key.value == "rows"), None)
+    if not isinstance(root, yaml.SequenceNode) or len(root.value) != count:
+        return [None] * count
+    return [node.start_mark.line + 1 for node in root.value]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -461,7 +513,7 @@ def validate_manifest(
     rows that do not set num_steps / guidance_scale: the model's (models.defaults.model_defaults)."""
     valid: list[Row] = []
     invalid: list[InvalidRow] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple] = {}  # lower-case id -> (row number, the id as written or None (default), the id)
     for raw in manifest.rows:
         row_id, errors, spec = None, [], None
         values = raw.values
@@ -469,15 +521,16 @@ def validate_manifest(
             invalid.append(InvalidRow(raw.number, None, [f"a row is a mapping of fields, got {values!r}"], raw.line))
             continue
         values = {_canonical_name(k): v for k, v in values.items() if v is not None}
+        written = str(values["id"]).strip() if "id" in values else None
         try:
             row_id = sanitize_id(values["id"]) if "id" in values else f"row-{raw.number:04d}"
         except RowError as error:
             errors.append(str(error))
             row_id = None
         if row_id is not None and row_id.lower() in seen:
-            errors.append(f"id {row_id!r} is used by row {seen[row_id.lower()]} already (ids name output folders)")
+            errors.append(_duplicate_id_message(row_id, written, seen[row_id.lower()]))
         elif row_id is not None:
-            seen[row_id.lower()] = raw.number
+            seen[row_id.lower()] = (raw.number, written, row_id)
         if not errors:
             try:
                 spec = _resolve(values, manifest, tokenizer, default_num_steps, default_guidance_scale)
@@ -490,6 +543,25 @@ def validate_manifest(
             spec = {"id": row_id, **spec}
             valid.append(Row(raw.number, row_id, spec, raw.line))
     return valid, invalid
+
+
+def _duplicate_id_message(row_id: str, written: str | None, earlier: tuple[int, str | None, str]) -> str:
+    """An id taken already: the same id twice, or two ids that map to the same output folder (both shown)."""
+    number, earlier_written, earlier_id = earlier
+    if written == earlier_written:
+        return f"id {written or row_id!r} is used by row {number} already (ids name output folders)"
+    this = f"id {written!r}" if written is not None else f"the default id {row_id!r}"
+    other = f"id {earlier_written!r}" if earlier_written is not None else f"default id {earlier_id!r}"
+    given = [text for text in (written, earlier_written) if text is not None]
+    why = []
+    if any(_ID_CHARACTERS.search(text) for text in given):
+        why.append("characters other than letters, digits, '.', '_' and '-' become '_'")
+    if row_id != earlier_id:
+        why.append("letter case does not count")
+    if any(len(text) > MAX_ID_LENGTH for text in given):
+        why.append(f"only the first {MAX_ID_LENGTH} characters count")
+    return (f"{this} and the {other} of row {number} map to the same output folder name {earlier_id!r} "
+            f"({'; '.join(why or ['ids name output folders'])}); rename one of them")
 
 
 def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, default_guidance_scale) -> dict:
@@ -605,24 +677,7 @@ def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
         return {"kind": "generated"}
     name = given[0]
     if name == "image":
-        text = _as_text("image", merged["image"]).strip()
-        path = Path(os.path.expanduser(text))
-        if not path.is_absolute():
-            path = base_dir / path
-        path = path.resolve()
-        if not path.exists():
-            raise RowError(f"image file {text!r} not found (looked at {str(path)!r})")
-        if path.is_dir():
-            raise RowError(f"image {text!r} is a folder, not an image file")
-        from ..images import load_image
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # conversions are reported when the row runs
-                load_image(path)
-        except (OSError, ValueError) as error:
-            raise RowError(f"image {text!r} is unreadable: {error}") from None
-        return {"kind": "file", "path": str(path), "sha256": file_sha256(path)}
+        return _resolve_image_file(_as_text("image", merged["image"]).strip(), base_dir)
     from ..shapes import Scene, random_scene
 
     if name == "scene_seed":
@@ -641,6 +696,58 @@ def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
     if scene is None:
         raise RowError(f"scene must be a mapping {{background, objects: [...]}}, got {data!r}")
     return {"kind": "scene", "scene": scene.to_dict(), "scene_seed": None}
+
+
+def _resolve_image_file(text: str, base_dir: Path) -> dict:
+    """{"kind": "file", "path", "sha256"} of an image cell, or a RowError that says what is wrong with the path."""
+    if "\0" in text:
+        raise RowError(f"image {text!r} contains a NUL character: write the image file's path")
+    path = Path(os.path.expanduser(text))
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        path = path.resolve()
+        mode = os.stat(path).st_mode
+    except RuntimeError:  # Path.resolve before Python 3.13: a symbolic link loop
+        raise RowError(_image_path_error(text, path, OSError(errno.ELOOP, os.strerror(errno.ELOOP)))) from None
+    except OSError as error:
+        raise RowError(_image_path_error(text, path, error)) from None
+    if stat.S_ISDIR(mode):
+        raise RowError(f"image {text!r} is a folder, not an image file")
+    if not stat.S_ISREG(mode):  # a pipe or a device would block or never end
+        raise RowError(f"image {text!r} is not a regular file (a pipe, socket or device): give an image file")
+    from ..images import load_image
+
+    try:
+        sha256 = file_sha256(path)  # first: an OSError here is the file's (permission denied), not the decoder's
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # conversions are reported when the row runs
+            load_image(path)
+    except OSError as error:
+        raise RowError(_image_path_error(text, path, error, unreadable=True)) from None
+    except ValueError as error:
+        raise RowError(f"image {text!r} is unreadable: {error}") from None
+    return {"kind": "file", "path": str(path), "sha256": sha256}
+
+
+def _image_path_error(text: str, path: Path, error: OSError, unreadable: bool = False) -> str:
+    """The message of an OSError on an image's path: not found, name too long, permission denied, ..."""
+    shown = text if len(text) <= 80 else f"{text[:40]}...{text[-20:]}"
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"image file {shown!r} not found (looked at {str(path)!r})"
+    if error.errno == errno.ENAMETOOLONG:
+        longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+        what = (f"a part of it is {longest} bytes long, more than a file name may have (255 on most file systems)"
+                if longest > 255 else f"the path is {len(os.fsencode(str(path)))} bytes long, more than the system allows")
+        return f"image file name {shown!r} is too long: {what}; check the cell, or rename the file"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return (f"image {shown!r} cannot be read: permission denied (at {str(path)!r}); make the file and its folders "
+                "readable by this user")
+    if error.errno == errno.ELOOP:
+        return f"image {shown!r} is a symbolic link that leads to itself (at {str(path)!r})"
+    if unreadable:
+        return f"image {shown!r} is unreadable: {error}"
+    return f"image {shown!r} cannot be opened: {error.strerror or error} (at {str(path)!r})"
 
 
 def _check_edit(edit: dict, kind: str, tokenizer) -> None:

@@ -26,6 +26,7 @@ import argparse
 import concurrent.futures
 import concurrent.futures.process
 import hashlib
+import math
 import os
 import secrets
 import sys
@@ -506,6 +507,11 @@ def run_batch(
     started = time.perf_counter()
     if chunk_size < 1 or workers < 1:
         raise BatchError("--chunk-size and --workers must be at least 1")
+    if chunk_timeout is not None and not (math.isfinite(chunk_timeout) and chunk_timeout > 0):
+        raise BatchError(f"--chunk-timeout must be a positive number of seconds, got {chunk_timeout:g} "
+                         "(leave it out for no limit)")
+    if threads is not None and threads < 1:
+        raise BatchError(f"--threads must be at least 1, got {threads} (leave it out for the default)")
     if executor not in EXECUTORS:
         raise BatchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if scheduler and executor != "dask":
@@ -513,6 +519,8 @@ def run_batch(
     if warm_kernels and executor != "local":
         raise BatchError("--warm-kernels needs --executor local (a Dask worker would keep its kernel after the run)")
     out = Path(out_dir).expanduser().resolve()
+    if not validate_only:
+        check_output_folder(out)
 
     import warnings
 
@@ -553,9 +561,33 @@ def run_batch(
             connected.close()
 
 
+def check_output_folder(out: Path) -> None:
+    """BatchError unless `out` is a folder or can be made one: not a file, nor below a file (mkdir raised
+    FileExistsError / NotADirectoryError)."""
+    for folder in (out, *out.parents):
+        try:
+            if not (folder.exists() or folder.is_symlink()):
+                continue
+            is_folder = folder.is_dir()
+        except OSError as error:  # e.g. a folder above it that this user may not enter
+            raise BatchError(f"cannot use {str(out)!r} as the output folder (--out): {error.strerror or error}") from None
+        if not is_folder:
+            what = "is a file" if folder == out else f"is inside {str(folder)!r}, which is a file"
+            raise BatchError(f"--out must be a folder, and {str(out)!r} {what}; give a folder (it is made when missing)")
+        return
+
+
+def _make_output_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        check_output_folder(out)  # a file made there since the check: its message
+        raise BatchError(f"could not make the output folder {str(out)!r} (--out): {error.strerror or error}") from None
+
+
 def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executor, scheduler, progress,
                 kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels=False) -> BatchResult:
-    out.mkdir(parents=True, exist_ok=True)
+    _make_output_folder(out)  # checked before validation; made only now (an unreachable scheduler leaves nothing)
     with RunLock(out):
         sweep_leftovers(out)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -718,14 +750,39 @@ def _entries(out, parsed, valid: list[Row], invalid: list[InvalidRow], keys) -> 
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of --chunk-size, --workers, --threads: an integer >= 1 (0 and negatives are refused, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type of --chunk-timeout: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text} "
+                                         "(leave it out for no limit)")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("manifest", help="CSV or YAML manifest: one edit per row (see docs/batch.md)")
+    parser.add_argument("manifest", help="CSV or YAML manifest: one edit per row (see the README's \"Batch editing\" "
+                                         "section)")
     parser.add_argument("--out", required=True, help="output folder (rows/, notebooks/, report.html, ...)")
     parser.add_argument("--model", default="shapes-tiny",
                         help="built-in model name, diffusers folder or hub id (default: shapes-tiny)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+    parser.add_argument("--chunk-size", type=_at_least_one, default=DEFAULT_CHUNK_SIZE,
                         help=f"rows per papermill run (one kernel, one model load); default {DEFAULT_CHUNK_SIZE}")
-    parser.add_argument("--workers", type=int, default=1, help="chunks in parallel (local processes or Dask workers)")
+    parser.add_argument("--workers", type=_at_least_one, default=1,
+                        help="chunks in parallel (local processes or Dask workers); default 1")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local processes, or a Dask cluster (default: local)")
     parser.add_argument("--scheduler", default=None,
@@ -734,11 +791,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--skip-invalid", action="store_true", help="run the valid rows and report the invalid ones")
     parser.add_argument("--validate-only", action="store_true", help="check the manifest and stop")
     parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default: python3)")
-    parser.add_argument("--chunk-timeout", type=float, default=None,
+    parser.add_argument("--chunk-timeout", type=_seconds, default=None,
                         help="seconds a chunk may run, kernel start and model load included; its kernel is then "
                              "stopped and its unfinished rows run once more (default: no limit)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per kernel (default: idle CPU cores / workers locally, the worker's own on Dask)")
+    parser.add_argument("--threads", type=_at_least_one, default=None,
+                        help="torch threads per kernel, at least 1 (default: idle CPU cores / workers locally, "
+                             "the worker's own idle cores on Dask)")
     parser.add_argument("--warm-kernels", action="store_true",
                         help="keep one kernel per local worker across chunks: kernel start, imports and model load "
                              "once per worker instead of once per chunk (the chunk notebooks run with nbclient)")
