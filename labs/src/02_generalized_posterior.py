@@ -188,19 +188,19 @@ common.save_outputs(OUT, {"table1": table_plot, "table1_samples": table_samples}
 # ### What the shapes world can and cannot show: error bars
 #
 # A Fréchet distance of a few samples is mostly noise: with 48 samples per cell at $S = 10, 20, 50$ its bootstrap
-# standard deviation was 0.02-0.04 while the cells differed by 0.02 (measured with `python labs/measure_defaults.py
-# lab2`: $S = 10$: FD 0.025 for $\eta = 0$, 0.023 for 0.2 and 0.5, 0.034 for $\eta = 1$, 0.040 for sigma-hat). So the
-# table above cannot rank the samplers, and with the default 6 samples even less. A per-image measure can be
+# standard deviation was 0.02-0.035 while the cells differed by about 0.02 (measured with `python
+# labs/measure_defaults.py lab2`: $S = 10$: FD 0.025 for $\eta = 0$ and 0.2, 0.044 for 0.5, 0.025 for $\eta = 1$,
+# 0.036 for sigma-hat). So the table above cannot rank the samplers, and with the default 6 samples even less. A per-image measure can be
 # averaged with honest error bars: the noise a sampler leaves in its images (`quality.high_frequency_energy`, the
 # std of an image minus its 3x3 median). Below, `NOISE_SAMPLES` captions sampled with every setting at the
 # smallest $S$ from the same $x_T$, mean $\pm$ standard error.
 #
 # What it shows, and what the cell checks: **sigma-hat is by far the noisiest at small $S$**, as in the paper's
 # catastrophic sigma-hat row. What it does not show: the paper's ordering $\eta = 0 < 0.2 < 0.5 < 1$. In the
-# shapes world these four are equal within their error bars (measured at 32 samples, $S = 10$: 0.0305, 0.0305,
-# 0.0296, 0.0305, each $\pm 0.002$; sigma-hat 0.0473 $\pm$ 0.0023): flat shapes leave nothing for the extra noise
-# of $\eta = 1$ to blur that the remaining steps do not restore, while CIFAR10's textures do. The ordering is a
-# property of the data as much as of the sampler.
+# shapes world these four are equal within their error bars (measured at 32 samples, $S = 10$: 0.0308, 0.0308,
+# 0.0303, 0.0307, each $\pm 0.002$; sigma-hat 0.0472 $\pm$ 0.0023: the table below): flat shapes leave nothing
+# for the extra noise of $\eta = 1$ to blur that the remaining steps do not restore, while CIFAR10's textures do.
+# The ordering is a property of the data as much as of the sampler.
 
 # %%
 noise_rows = measures.sampler_noise(pipe, NOISE_SAMPLES, min(TABLE_STEPS), seed=SEED)
