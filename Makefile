@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU build by default (a local wheel on the course machines); GPU users: make setup TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
+# where torch comes from (empty: pip's own index). On your own Linux computer PyPI's torch is the CUDA build:
+#   make setup TORCH_SPEC=torch TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -18,7 +21,7 @@ help:
 # Set-up is idempotent: it reruns only when pyproject.toml changed or the venv is missing.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev,lab]"
 	@touch $(STAMP)
 
