@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -223,8 +225,14 @@ def test_null_text_on_a_unet_decreases_its_loss_without_touching_weights(pipe, i
 def test_inversion_round_trips_through_save_and_load(pipe, image, tmp_path):
     inversion = invert(pipe, image, "a red circle", "null_text", num_steps=3, inner_steps=2, progress=False,
                        model_name="shapes-tiny-untrained")
-    folder = inversion.save(tmp_path / "inv")
-    assert sorted(p.name for p in folder.iterdir()) == ["inversion.json", "inversion.safetensors"]
+    previous_umask = os.umask(0o022)
+    try:
+        folder = inversion.save(tmp_path / "inv")
+    finally:
+        os.umask(previous_umask)
+    assert sorted(p.name for p in folder.iterdir()) == ["inversion.json", "inversion.safetensors"]  # no temporary left
+    # readable by the course folder's other users, as the umask allows (safetensors' save_file made it owner-only)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.iterdir())
     record = json.loads((folder / "inversion.json").read_text())
     assert record["method"] == "null_text" and record["timesteps"] == inversion.timesteps.tolist()
     assert record["settings"]["inner_steps"] == 2 and record["settings"]["learning_rate"] == 1e-2

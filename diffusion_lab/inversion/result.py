@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -183,8 +184,10 @@ class Inversion:
     JSON_FILE = "inversion.json"
 
     def save(self, folder: str | Path) -> Path:
-        """Write `folder`/inversion.safetensors (tensors) and `folder`/inversion.json (everything else)."""
-        from safetensors.torch import save_file
+        """Write `folder`/inversion.safetensors (tensors) and `folder`/inversion.json (everything else), each to a
+        temporary file first and then moved into place, with the permissions the umask gives (safetensors'
+        save_file makes owner-only files, which a course folder's other users could not read)."""
+        from safetensors.torch import save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -196,7 +199,7 @@ class Inversion:
             **{f"diagnostics.{k}": v for k, v in self.diagnostics.items()},
             **({} if self.noise_maps is None else {"noise_maps": self.noise_maps}),
         }
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / self.TENSORS_FILE))
+        _write_atomically(folder / self.TENSORS_FILE, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
         record = {
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -210,7 +213,7 @@ class Inversion:
             "settings": self.settings,
             "seconds": self.seconds,
         }
-        (folder / self.JSON_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _write_atomically(folder / self.JSON_FILE, (json.dumps(record, indent=2) + "\n").encode())
         return folder
 
     @classmethod
@@ -244,3 +247,14 @@ class Inversion:
             seconds=float(record.get("seconds", 0.0)),
             noise_maps=tensors.get("noise_maps"),
         )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """`data` to a hidden temporary file beside `path` (created as open() creates files: the umask applies), then
+    os.replace: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
