@@ -1,6 +1,8 @@
 """Loading (built-in and SD-architecture folders), the word-level tokenizer, and a training smoke run."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,14 @@ def test_export_keep_holds_the_last_exports_of_a_run(tmp_path):
     train_unet(pipe, settings)
     kept = sorted(p.name for p in (tmp_path / "run" / "exports").iterdir())
     assert kept == ["step-000002", "step-000003"]
+    # every folder and file of an export is readable by others as the umask allows (tests run with umask 022 or
+    # stricter; mkdtemp and safetensors alone make them owner-only)
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (tmp_path / "export", tmp_path / "run" / "exports" / "step-000003"):
+        for path in [folder, *folder.rglob("*")]:
+            wanted = (0o777 if path.is_dir() else 0o666) & ~umask
+            assert stat.S_IMODE(path.stat().st_mode) == wanted, path
     for name, step in zip(kept, (2, 3)):
         assert json.loads((tmp_path / "run" / "exports" / name / "training_info.json").read_text())["unet_steps"] == step
     earlier, latest = (load_pipeline(str(tmp_path / "run" / "exports" / name), device="cpu") for name in kept)

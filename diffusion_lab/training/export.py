@@ -32,6 +32,7 @@ def export_pipeline(pipe, ema, modules, export_dir: str, info: dict) -> None:
         card = target / "README.md"
         if card.exists():
             shutil.copy(card, tmp / "README.md")
+        permissions_from_umask(tmp)
         old = target.with_name(target.name + ".old")
         if target.exists():
             os.replace(target, old)
@@ -39,6 +40,17 @@ def export_pipeline(pipe, ema, modules, export_dir: str, info: dict) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         restore_weights(modules, saved)
+
+
+def permissions_from_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the permissions the umask gives new files and folders. mkdtemp makes an
+    owner-only folder and safetensors owner-only weight files, so an export to a shared course folder could not be
+    loaded by its other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def keep_export_copy(export_dir: str, run_dir: str, step: int, keep: int) -> Path:
@@ -51,6 +63,7 @@ def keep_export_copy(export_dir: str, run_dir: str, step: int, keep: int) -> Pat
     target = folder / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=folder))
     shutil.copytree(export_dir, tmp, dirs_exist_ok=True)
+    permissions_from_umask(tmp)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
