@@ -197,7 +197,9 @@ if INTERACTIVE:
 # %% [markdown]
 # **Questions.** (1) At which strength does the edit first succeed, and is the object still where it was? Try
 # `EDIT_KIND = "colour"`, `EDIT_VALUE = "red"`: is there still a sweet spot?
-# (2) Why does the round trip at strength 1 look like a *different* image with the same caption?
+# (2) At strength 1 the round trip starts from the noisiest timestep, yet it puts the object back where it was:
+# why? (Hint: which $t$ is the first of `schedule.timesteps(STEPS)`, and how much of $x_0$ does
+# $\sqrt{\bar\alpha_t}$ keep there? Section 1 prints it for $t = 999$.)
 # (3) The slides call the reverse process slow because it needs $T$ sequential steps; how many UNet calls did one
 # edit at strength $s$ cost here?
 

@@ -105,8 +105,12 @@ print(schedule)
 # ## 1. $\sigma_t$ along the subsequence
 #
 # For $0 \le \eta \le 1$, $\sigma_t^2 \le 1 - \bar\alpha_{t-1}$, so the "direction pointing to $x_t$" keeps a real
-# coefficient. Sigma-hat exceeds that bound at large skips (small $S$): it is **not** a member of the $q_\sigma$
-# family; the paper keeps the $\eta = 1$ mean and only adds the larger noise.
+# coefficient. Sigma-hat exceeds that bound at the last steps, where $\bar\alpha_t < \bar\alpha_{t-1}^2$ (the noise
+# variance more than doubles over one step: $t \le 201$ at $S = 10$, $t \le 41$ at $S = 50$, in the plots below):
+# there it is **not** a member of the $q_\sigma$ family. The paper keeps the $\eta = 1$ mean at every step and only
+# adds the larger noise. (The lecture's "$\sigma_t = \sqrt{\beta_t}$ gives DDPM" is this sigma-hat, DDPM's upper
+# choice of variance; $\eta = 1$ gives DDPM's posterior variance $\tilde\beta_t$, its lower one. The tables call
+# $\eta = 1$ "DDPM", as DDIM's Table 1 does.)
 
 # %%
 sigma_10, sigma_50 = lab.sigma_figure(schedule, 10), lab.sigma_figure(schedule, 50)
@@ -119,7 +123,7 @@ common.save_outputs(OUT, {"sigma_S10": sigma_10, "sigma_S50": sigma_50})
 # Take an image $x_0$ (a $16 \times 16$ copy, so that thousands of draws fit in memory), draw $x_t \sim q(x_t \mid x_0)$ many times, then
 # $x_{t-1} \sim q_\sigma(x_{t-1} \mid x_t, x_0)$ with the **true** $x_0$. If the family keeps the marginals, the
 # draws of $x_{t-1}$ have mean $\sqrt{\bar\alpha_{t-1}}\,x_0$ and standard deviation $\sqrt{1 - \bar\alpha_{t-1}}$
-# whatever $\eta$ is. Sigma-hat is too noisy where it leaves the family.
+# whatever $\eta$ is. Sigma-hat is too noisy at every step: it keeps the $\eta = 1$ mean and adds more noise.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -147,8 +151,9 @@ common.save_outputs(OUT, metrics={"marginal_check": marginals})
 # `TABLE_GUIDANCE`. The default run is small (`TABLE_SAMPLES` samples, $S \le 100$: two minutes on a laptop CPU);
 # `FULL_TABLE = True` adds $S = 1000$ (every timestep, $999, \dots, 0$) and uses `TABLE_SAMPLES_FULL` samples:
 # about 5,900 sequential UNet calls per batch of samples, hours on a 2-core CPU, minutes on a GPU
-# (`DEVICE = "cuda"`, or `python pipelines/run_labs.py --labs 02 --full-table -p DEVICE cuda`). With few samples the FD has a floor (the
-# *renders* row: the same number of renders against the reference).
+# (`DEVICE = "cuda"`, or `python pipelines/run_labs.py --labs 02 --full-table -p DEVICE cuda`). The *renders* row is
+# the same number of real renders against the reference: how large the FD of a few samples is when nothing is
+# wrong with them. Cells at or below it cannot be told apart from data.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -160,8 +165,9 @@ print(f"{len(TABLE_STEPS) * len(lab.SETTINGS)} cells of {TABLE_SAMPLES} samples 
 # %% [markdown]
 # ### Samples for $\eta$ and $S$, side by side
 #
-# The first samples of every cell: one row per sampler setting, one block per $S$. With few steps, the noise added
-# by large $\eta$ (and more by sigma-hat) is not removed again by the remaining steps.
+# The first samples of every cell: one row per sampler setting, one block per $S$. Look for the noise that
+# sigma-hat adds at few steps and the remaining steps do not remove; for $\eta \le 1$ the shapes world shows no
+# such difference (measured below).
 
 # %%
 table_samples = lab.table1_samples_figure(table)

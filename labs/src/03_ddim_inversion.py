@@ -117,7 +117,8 @@ assert all(b > a - 0.3 for a, b in zip(psnr_by_steps, psnr_by_steps[1:])), "no l
 # ## 3. The failure under guidance
 #
 # Three ways to reconstruct with guidance $w$: invert at $w = 1$ and sample at $w$ (what a naive editor does),
-# DDIM-invert the guided model itself, and negative-prompt inversion. Watch the PSNR fall with $w$ for the first two.
+# DDIM-invert the guided model itself, and negative-prompt inversion, all at $S$ = `SWEEP_STEPS` (20). Watch the
+# PSNR fall with $w$ for the first two.
 
 # %%
 guidance_rows = lab.guidance_sweep(pipe, images, prompts, GUIDANCE_SWEEP, SWEEP_STEPS, vae_images=vae["images"])
@@ -145,7 +146,8 @@ show(comparison["figure"])
 # %%
 # NBVAL_IGNORE_OUTPUT
 
-show_table(lab.rows_markdown(comparison["rows"]))  # seconds: wall time of each inversion on this machine
+show_table(lab.rows_markdown(comparison["rows"]))  # seconds: wall time of each inversion on this machine (about 0 when
+# the same inversion was cached by an earlier cell: "DDIM inverted at w=1" is section 2's S = 50 inversion)
 common.save_outputs(OUT, {"methods": comparison["figure"]}, {"methods": comparison["rows"]})
 
 # %% [markdown]
@@ -197,19 +199,20 @@ assert wrong_basin["rows"]["fixed-point"]["psnr"] > wrong_basin["rows"]["VAE"]["
 # fresh noise,
 #
 # $$x_{t-1} = \underbrace{\sqrt{\bar\alpha_{t-1}}\,\hat x_\theta + \sqrt{1 - \bar\alpha_{t-1} - \sigma_t^2}\;\hat\epsilon_\theta}_{\mu_t(x_t)}
-# \;+\; \sigma_t z_t, \qquad z_t \sim \mathcal N(0, I),$$
+# \;+\; \sigma_t \epsilon_t, \qquad \epsilon_t \sim \mathcal N(0, I),$$
 #
-# and no image determines those $z_t$: running the step backwards is impossible for $\eta > 0$. Huberman-Spiegelglas,
-# Kulikov & Michaeli (2024, arXiv:2304.06140) turn the question around: we may **choose** the noises.
+# and no image determines those $\epsilon_t$ (the paper writes them $z_t$; here $z$ is a latent): running the step
+# backwards is impossible for $\eta > 0$. Huberman-Spiegelglas, Kulikov & Michaeli (2024, arXiv:2304.06140) turn
+# the question around: we may **choose** the noises.
 #
 # 1. Draw every $x_t$ *independently* from the forward marginal $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}\,x_0,
-#    (1 - \bar\alpha_t) I)$ (lab 1's noising, one fresh $\epsilon$ per $t$).
-# 2. Solve lab 2's step for its noise: $\;z_t = \big(x_{t-1} - \mu_t(x_t)\big) / \sigma_t$.
+#    (1 - \bar\alpha_t) I)$ (lab 1's noising, with a fresh forward noise for every $t$).
+# 2. Solve lab 2's step for its noise: $\;\epsilon_t = \big(x_{t-1} - \mu_t(x_t)\big) / \sigma_t$.
 #
-# Sampling from $x_T$ with these $z_t$ in place of random ones lands on $x_{t-1}$ at every step, so it returns
+# Sampling from $x_T$ with these $\epsilon_t$ in place of random ones lands on $x_{t-1}$ at every step, so it returns
 # $x_0$ **exactly**, for any $\eta > 0$ and any guidance $w$ (the same model, prompt and $w$ compute $\mu_t$ both times).
 # Nothing is approximated: no "$\hat\epsilon(x_{t-1}, t)$ instead of $\hat\epsilon(x_t, t)$", no optimisation. The price
-# is that the $z_t$ are not white noise: they are larger than $\mathcal N(0, I)$ and carry the image's structure.
+# is that the $\epsilon_t$ are not white noise: they are larger than $\mathcal N(0, I)$ and carry the image's structure.
 # That is what makes them *edit friendly*: sampled with another prompt, they keep the layout.
 
 # %%
@@ -242,17 +245,17 @@ assert all(row["PSNR (dB)"] > vae["psnr"] - 0.1 for row in rows), "edit-friendly
 # %% [markdown]
 # Every row sits on the VAE ceiling: the latent error is float rounding. The last column is the price: the recorded
 # noise maps are not $\mathcal N(0, I)$ (std 1). Compare the smaller $\eta$: with little noise per step ($\sigma_t$
-# small), the same gap $x_{t-1} - \mu_t$ needs a LARGER $z_t$.
+# small), the same gap $x_{t-1} - \mu_t$ needs a LARGER $\epsilon_t$.
 #
 # **Question.** Why must the $x_t$ be drawn *independently* for each $t$, and not by lab 1's forward chain (one
-# $\epsilon$ for all $t$, or DDPM's Markov chain)? *Hint:* with one shared $\epsilon$, how far apart are $x_t$ and
-# $x_{t-1}$, and what does that make $z_t$?
+# forward noise shared by all $t$, or DDPM's Markov chain)? *Hint:* with one shared forward noise, how far apart are
+# $x_t$ and $x_{t-1}$, and what does that make $\epsilon_t$?
 
 # %% [markdown]
 # ### Editing with the recorded noises
 #
-# Two ways to use them: swap the prompt and sample with the same $z_t$ (the paper's edit; it also starts
-# `skip_steps` steps late, which keeps more of the input), or hand the same $z_t$ to every row of a
+# Two ways to use them: swap the prompt and sample with the same $\epsilon_t$ (the paper's edit; it also starts
+# `skip_steps` steps late, which keeps more of the input), or hand the same $\epsilon_t$ to every row of a
 # Prompt-to-Prompt batch (the source row then reproduces the input, the target rows take its attention maps).
 
 # %%
@@ -271,9 +274,10 @@ show(row)
 common.save_outputs(OUT, {"edit_friendly_edits": row})
 
 # %% [markdown]
-# **Try it.** Change `skip_steps`: 0 gives the prompt the most freedom, `STEPS - 1` returns (almost) the input. How
-# does the edit compare with null-text + P2P from section 4, and what does the edit-friendly edit need that null-text
-# does not (think of what is stored per image: $S$ noise maps of the latent's size, against $S$ text embeddings)?
+# **Try it.** Change `skip_steps=STEPS // 3` in the cell above: 0 gives the prompt the most freedom, `STEPS - 1`
+# returns (almost) the input. How does the edit compare with section 4's null-text edit (the same prompt swap from a
+# null-text inversion), and what does the edit-friendly edit need that null-text does not (think of what is stored
+# per image: $S$ noise maps of the latent's size, against $S$ text embeddings)?
 
 # %% [markdown]
 # ## Exercises (checked automatically)
