@@ -41,7 +41,7 @@ def noise_levels_figure(pipe):
     alpha_bar = schedule.alphas_cumprod.numpy()
     return line_plot(
         t, {"sqrt(alpha_bar_t)  (signal)": np.sqrt(alpha_bar), "sqrt(1 - alpha_bar_t)  (noise)": np.sqrt(1 - alpha_bar)},
-        xlabel="t", ylabel="coefficient", title="q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)",
+        xlabel="t", ylabel="coefficient", title="q(x_t | x_0): how much signal, how much noise",
     )
 
 
@@ -72,7 +72,7 @@ def forward_process_strip(pipe, image, timesteps: Sequence[int] = (0, 100, 250, 
         pixels.append(x_t)
         latents.append(z_t)
         labels.append(f"t={int(t)}")
-    grid = image_grid(pixels + latents, columns=len(timesteps), labels=labels * 2, row_labels=["pixels x_t", "latents z_t"], scale=2)
+    grid = image_grid(pixels + latents, columns=len(timesteps), labels=labels * 2, row_labels=["pixels x_t", "latents z_t (decoded)"], scale=2)
     return grid, {int(t): float(schedule.alpha_bar(int(t))) for t in timesteps}
 
 

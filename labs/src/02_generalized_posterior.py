@@ -198,7 +198,8 @@ common.save_outputs(OUT, {"table1": table_plot, "table1_samples": table_samples}
 # labs/measure_defaults.py lab2`: $S = 10$: FD 0.025 for $\eta = 0$ and 0.2, 0.044 for 0.5, 0.025 for $\eta = 1$,
 # 0.036 for sigma-hat). So the table above cannot rank the samplers, and with the default 6 samples even less. A per-image measure can be
 # averaged with honest error bars: the noise a sampler leaves in its images (`quality.high_frequency_energy`, the
-# std of an image minus its 3x3 median). Below, `NOISE_SAMPLES` captions sampled with every setting at the
+# std of an image minus its 3x3 median, in 0-255 pixel values divided by 50; 0 for a clean render). Below,
+# `NOISE_SAMPLES` captions sampled with every setting at the
 # smallest $S$ from the same $x_T$, mean $\pm$ standard error.
 #
 # What it shows, and what the cell checks: **sigma-hat is by far the noisiest at small $S$**, as in the paper's

@@ -130,8 +130,9 @@ common.save_outputs(OUT, {"word_maps": maps_figure})
 # The figure above stretches every map to its own range, so even a flat map looks like a shape. Below, the same
 # maps at **every** map size of the UNet, on **one** scale: each value is the share of a pixel's attention that goes
 # to the word. The table measures it: the mass of the word's map on the object (the analyzer's mask, dilated by
-# 2 pixels) relative to a uniform map (1 = no better than uniform). Prompt-to-Prompt can only move what these maps
-# hold. A model as small as shapes-tiny does not learn this on its own: trained on the denoising loss alone, its 16x16
+# 2 pixels) relative to a uniform map (1 = no better than uniform; the largest possible value, a map entirely on the
+# object, is 1 / the share of the image that the dilated mask covers). Prompt-to-Prompt can only move what these
+# maps hold. A model as small as shapes-tiny does not learn this on its own: trained on the denoising loss alone, its 16x16
 # layers spread every word over the whole image (1.0x uniform) and only its 8x8 layers placed the words (about 2x).
 # The shipped model was then fine-tuned with a *grounding loss* that tells each word's map where its object is
 # (TokenCompose; see the model card), and every row below places the words. Stable Diffusion learns it from scale.
