@@ -95,6 +95,9 @@ def heatmap_image(heat: np.ndarray, size: int = 64, colormap: str = "viridis") -
     return (matplotlib.colormaps[colormap](resized)[..., :3] * 255).astype(np.uint8)
 
 
+MAX_MARKED_POINTS = 50  # line_plot marks each point of a curve up to this many points
+
+
 def line_plot(x, series: dict, xlabel: str, ylabel: str, title: str = "", logx: bool = False):
     """A small matplotlib figure with one line per entry of `series` ({label: y values})."""
     import matplotlib
@@ -104,8 +107,9 @@ def line_plot(x, series: dict, xlabel: str, ylabel: str, title: str = "", logx: 
 
     figure = Figure(figsize=(5, 3.2), dpi=100)
     axis = figure.add_subplot(1, 1, 1)
+    marker = "o" if len(x) <= MAX_MARKED_POINTS else None  # markers on a dense curve only thicken the line
     for label, values in series.items():
-        axis.plot(x, values, marker="o", label=label)
+        axis.plot(x, values, marker=marker, label=label)
     if logx:
         axis.set_xscale("log")
     axis.set_xlabel(xlabel)

@@ -17,7 +17,7 @@ from diffusion_lab.attention.figures import (
 from diffusion_lab.attention.maps import mass_ratio_inside
 from diffusion_lab.editing import edit_generated
 from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
-from diffusion_lab.viz import image_grid
+from diffusion_lab.viz import MAX_MARKED_POINTS, image_grid, line_plot
 
 STEPS = 3
 
@@ -127,3 +127,11 @@ def test_image_grid_wraps_a_long_label_onto_a_second_line():
     assert (second_line < 128).any()  # the rest of the label is drawn there, not cut off
     single_words = image_grid(black, labels=["triangle", "star"], scale=1)  # one word too long: cut, not wrapped
     assert single_words.height == image_grid(black, labels=["a", "b"], scale=1).height
+
+
+def test_line_plot_marks_points_of_short_curves_only():
+    """A table's few points are marked; a curve over every timestep (1000 points) is a plain line."""
+    short = line_plot([10, 20, 50], {"a": [1, 2, 3]}, xlabel="S", ylabel="y")
+    dense = line_plot(np.arange(MAX_MARKED_POINTS + 1), {"a": np.zeros(MAX_MARKED_POINTS + 1)}, xlabel="t", ylabel="y")
+    assert short.axes[0].lines[0].get_marker() == "o"
+    assert dense.axes[0].lines[0].get_marker() in ("None", None, "")
