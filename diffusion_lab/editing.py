@@ -427,8 +427,8 @@ def edit_real(
 
     image_or_inversion: a path, PIL image or uint8 array of ONE image, or an Inversion (from
         inversion.invert, or a previous result.inversion) to reuse; then source_prompt defaults to its prompt.
-    inversion_method: "null_text" (None: the default), "negative_prompt", "ddim", "fixed_point", "direct" or "edit_friendly"
-        (inversion.invert; edit_friendly takes eta and seed as inversion_options);
+    inversion_method: "null_text" (None: the default), "negative_prompt", "ddim", "fixed_point", "direct" or
+        "edit_friendly" (inversion.invert; edit_friendly takes eta and seed as inversion_options);
         invert's options (e.g. inner_steps=5) are passed through. guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion (None: 50). A reused inversion keeps its own
         steps and settings: a different num_steps, or inversion options, raise EditError instead of being ignored.
