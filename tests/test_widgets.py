@@ -138,6 +138,19 @@ def test_examples_and_scores():
     assert score_edit(source, source, "a photo of a cat")["layout_kept"] == 1.0  # not a shapes caption: no check
 
 
+def test_run_examples_reports_the_numbers_of_the_generated_edits(pipe, scene):
+    """Generated and real-image rows carry the same columns (course.measures.edit_scores), so lab 4's two tables
+    can be compared."""
+    from diffusion_lab.widgets.prompt_to_prompt import run_examples
+
+    same = {"title": "identity", "source_prompt": PROMPT, "target_prompts": [PROMPT], "edit": "replace"}
+    columns = ["edit"] + [f"{run} {name}" for run in ("no P2P", "P2P") for name in ("target_matched", "iou", "outside_psnr")]
+    generated, _ = run_examples(pipe, [same], num_steps=3)
+    real, figure = run_examples(pipe, [same], num_steps=3, real_image=scene[0], inversion_method="ddim")
+    assert list(generated[0]) == columns and list(real[0]) == columns
+    assert figure.size[0] > figure.size[1]  # one row: input, reconstruction, no P2P, P2P
+
+
 # ------------------------------------------------------------------------------------------------------------
 # panels: set values, click, the picture changes
 # ------------------------------------------------------------------------------------------------------------

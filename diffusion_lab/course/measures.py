@@ -37,13 +37,24 @@ def outside_edit_psnr(image, reference) -> float:
     return float(background_psnr(np.asarray(image), np.asarray(reference), np.stack(masks))) if masks else float("nan")
 
 
+def edit_scores(source, edited, target_prompt: str) -> dict:
+    """The numbers lab 4 reports for one edit: target_matched (the analyzer finds what the target prompt says,
+    shapes.scoring.score_edit), iou (main object, edit vs source) and outside_psnr (dB outside the main objects)."""
+    from diffusion_lab.shapes.scoring import score_edit
+
+    return {
+        "target_matched": score_edit(source, edited, target_prompt)["target_matched"],
+        "iou": object_iou(edited, source),
+        "outside_psnr": outside_edit_psnr(edited, source),
+    }
+
+
 def compare_edit(pipe, spec: dict, seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None,
                  baseline: bool = True) -> dict:
     """Run one edit (a PromptEdit dict; "title" is ignored) with Prompt-to-Prompt and, with `baseline`, without
     attention control, from the same x_T. Returns per run: target_matched (analyzer, from
     shapes.scoring.score_edit), iou (main object, edit vs source), outside_psnr (dB), and the images."""
     from diffusion_lab.editing import PromptEdit, run_edit
-    from diffusion_lab.shapes.scoring import score_edit
 
     spec = {k: v for k, v in spec.items() if k != "title"}
     runs = {"P2P": spec}
@@ -54,13 +65,7 @@ def compare_edit(pipe, spec: dict, seed: int = 0, num_steps: int = 50, guidance_
         edit = run_edit(pipe, PromptEdit.from_dict(settings), seed=seed, num_steps=num_steps,
                         guidance_scale=guidance_scale, progress=False)
         source, edited = edit.source_image, edit.edited_images[0]
-        result[label] = {
-            "target_matched": score_edit(source, edited, edit.prompts[1])["target_matched"],
-            "iou": object_iou(edited, source),
-            "outside_psnr": outside_edit_psnr(edited, source),
-            "source": source,
-            "edited": edited,
-        }
+        result[label] = {**edit_scores(source, edited, edit.prompts[1]), "source": source, "edited": edited}
     return result
 
 

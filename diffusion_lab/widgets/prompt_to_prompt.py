@@ -134,8 +134,10 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
     models.defaults.inversion_guidance_for_edit: 1 for ddim, the sampling guidance otherwise; cached, so edits that
     share a source prompt share an inversion).
 
-    Returns (rows of analyzer scores, PIL figure with a row per edit: [input,] source or reconstruction,
-    without P2P, with P2P)."""
+    Returns (rows: per run "no P2P" / "P2P", target_matched, iou and outside_psnr of course.measures.edit_scores
+    (the edit against the source or reconstruction); PIL figure with a row per edit: [input,] source or
+    reconstruction, without P2P, with P2P)."""
+    from diffusion_lab.course.measures import edit_scores
     from diffusion_lab.editing import PromptEdit, run_edit
     from diffusion_lab.viz import image_grid
 
@@ -167,11 +169,11 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
         row_labels.append(title)  # image_grid wraps it
         pictures.extend(row_pictures)
         labels.extend(row_labels)
-        score = score_edit(with_p2p.source_image, with_p2p.edited_images[0], edit.target_prompts[0])
-        row = {"edit": title, **{f"P2P {k}": v for k, v in score.items()}}
-        if baseline:
-            plain_score = score_edit(plain.source_image, plain.edited_images[0], edit.target_prompts[0])
-            row.update({f"no-P2P {k}": v for k, v in plain_score.items()})
+        row = {"edit": title}
+        runs = ([("no P2P", plain)] if baseline else []) + [("P2P", with_p2p)]
+        for name, result in runs:  # the numbers of the lab's generated edits (course.measures.edit_scores)
+            scores = edit_scores(result.source_image, result.edited_images[0], edit.target_prompts[0])
+            row.update({f"{name} {k}": v for k, v in scores.items()})
         rows.append(row)
     columns = len(pictures) // max(1, len(edits))
     return rows, image_grid(pictures, columns=columns, labels=labels, scale=2)
