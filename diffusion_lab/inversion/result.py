@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -12,6 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from diffusion_lab.atomic_files import atomic_write_bytes
 from diffusion_lab.denoisers import TextConditionedDenoiser
 
 from .direct import source_rectifier
@@ -184,9 +184,9 @@ class Inversion:
     JSON_FILE = "inversion.json"
 
     def save(self, folder: str | Path) -> Path:
-        """Write `folder`/inversion.safetensors (tensors) and `folder`/inversion.json (everything else), each to a
-        temporary file first and then moved into place, with the permissions the umask gives (safetensors'
-        save_file makes owner-only files, which a course folder's other users could not read)."""
+        """Write `folder`/inversion.safetensors (tensors) and `folder`/inversion.json (everything else), each
+        atomically (diffusion_lab.atomic_files) with the permissions the umask gives (safetensors' save_file makes
+        owner-only files, which a course folder's other users could not read)."""
         from safetensors.torch import save
 
         folder = Path(folder)
@@ -199,7 +199,7 @@ class Inversion:
             **{f"diagnostics.{k}": v for k, v in self.diagnostics.items()},
             **({} if self.noise_maps is None else {"noise_maps": self.noise_maps}),
         }
-        _write_atomically(folder / self.TENSORS_FILE, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+        atomic_write_bytes(folder / self.TENSORS_FILE, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
         record = {
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -213,7 +213,7 @@ class Inversion:
             "settings": self.settings,
             "seconds": self.seconds,
         }
-        _write_atomically(folder / self.JSON_FILE, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(folder / self.JSON_FILE, (json.dumps(record, indent=2) + "\n").encode())
         return folder
 
     @classmethod
@@ -247,14 +247,3 @@ class Inversion:
             seconds=float(record.get("seconds", 0.0)),
             noise_maps=tensors.get("noise_maps"),
         )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """`data` to a hidden temporary file beside `path` (created as open() creates files: the umask applies), then
-    os.replace: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

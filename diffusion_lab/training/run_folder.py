@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
 
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from ..atomic_files import atomic_write_bytes
 
 
 def log_record(run_dir: Path, record: dict) -> None:
@@ -19,6 +20,6 @@ def log_record(run_dir: Path, record: dict) -> None:
 
 
 def atomic_save_file(tensors: dict, path: Path, metadata: Optional[dict] = None) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    """Tensors as safetensors, written atomically with the umask's permissions (diffusion_lab.atomic_files)."""
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
