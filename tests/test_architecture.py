@@ -4,6 +4,7 @@
     the maths core              imports no notebook package (papermill, ipywidgets, nbformat, jupyter, ...), none of
                                 widgets/ batch/ course/ training/, and of the runtime corner only `runtime.call_unet`
                                 (denoisers.py), never its tricks (traced_unet, convolution_backend) directly
+    widgets/                    the notebook panels import layers 0-1 only: none of batch/ course/ training/
     runtime/                    imports nothing of diffusion_lab outside runtime/
     inversion/                  part of the maths core (the rules above), and each of its files imports only the
                                 files listed before it in ARCHITECTURE.md's table of the package (INVERSION_FILES)
@@ -113,6 +114,10 @@ def violations() -> list[str]:
                     found.append(f"{name} imports the notebook package {other} (training imports layers 0-1 only)")
                 if starts_with(other, above) or starts_with(other, RUNTIME_TRICKS):
                     found.append(f"{name} imports {other} (training imports layers 0-1 only)")
+        if starts_with(name, ("diffusion_lab.widgets",)):
+            for other in sorted(imported):
+                if starts_with(other, [f"diffusion_lab.{part}" for part in ("batch", "course", "training")]):
+                    found.append(f"{name} imports {other} (the notebook panels import layers 0-1 only)")
         if name.startswith("diffusion_lab.runtime"):
             for other in sorted(imported):
                 if starts_with(other, ("diffusion_lab",)) and not starts_with(other, ("diffusion_lab.runtime",)):

@@ -139,7 +139,7 @@ def test_examples_and_scores():
 
 
 def test_run_examples_reports_the_numbers_of_the_generated_edits(pipe, scene):
-    """Generated and real-image rows carry the same columns (course.measures.edit_scores), so lab 4's two tables
+    """Generated and real-image rows carry the same columns (shapes.scoring.edit_scores), so lab 4's two tables
     can be compared."""
     from diffusion_lab.widgets.prompt_to_prompt import run_examples
 

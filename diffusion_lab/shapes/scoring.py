@@ -8,6 +8,8 @@ Every edited image is read back with `analyze` (image -> scene) and compared wit
         -> [{"edited", "layout_kept"}, ...]                          (naive-noising lab: the scenes are known)
     score_against_truth(kind, new_value, edited, source_image, source_mask, truth)
         -> {"success", "iou", "iou_ceiling", "truth_iou", "kept_psnr", "gt_psnr", "gt_ssim"}   (bench_p2p)
+    edit_scores(source, edited, target_prompt)
+        -> {"target_matched", "iou", "outside_psnr"}                (lab 4's tables, course.measures)
 
 The building blocks are shared: the object an edit is judged on (`main_object`: the largest one, or
 `object_over`: the one that overlaps a mask most), whether it shows the wanted attributes
@@ -140,3 +142,38 @@ def score_against_truth(kind: str, new_value: str, edited: np.ndarray, source_im
         record["gt_psnr"] = float(psnr(edited, truth[0]))
         record["gt_ssim"] = float(ssim(edited, truth[0]))
     return record
+
+
+def main_object_mask(image) -> np.ndarray | None:
+    """Boolean (H, W) mask of the largest object the analyzer finds in a uint8 (H, W, 3) image (None: no object)."""
+    from .analyzer import analyze
+
+    found = main_object(analyze(np.asarray(image)))
+    return None if found is None else found.mask
+
+
+def object_iou(image, reference) -> float:
+    """IoU of the main objects of two images (metrics.mask_iou): 1 = same place and outline; 0 if one has none."""
+    from diffusion_lab.metrics import mask_iou
+
+    a, b = main_object_mask(image), main_object_mask(reference)
+    return 0.0 if a is None or b is None else mask_iou(a, b)
+
+
+def outside_edit_psnr(image, reference) -> float:
+    """PSNR (dB) outside the main object of both images: what an edit of that object should leave alone
+    (metrics.background_psnr; other objects count as outside)."""
+    from diffusion_lab.metrics import background_psnr
+
+    masks = [m for m in (main_object_mask(image), main_object_mask(reference)) if m is not None]
+    return float(background_psnr(np.asarray(image), np.asarray(reference), np.stack(masks))) if masks else float("nan")
+
+
+def edit_scores(source, edited, target_prompt: str) -> dict:
+    """The numbers lab 4 reports for one edit: target_matched (the analyzer finds what the target prompt says,
+    shapes.scoring.score_edit), iou (main object, edit vs source) and outside_psnr (dB outside the main objects)."""
+    return {
+        "target_matched": score_edit(source, edited, target_prompt)["target_matched"],
+        "iou": object_iou(edited, source),
+        "outside_psnr": outside_edit_psnr(edited, source),
+    }

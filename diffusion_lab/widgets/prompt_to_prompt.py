@@ -134,10 +134,10 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
     models.defaults.inversion_guidance_for_edit: 1 for ddim, the sampling guidance otherwise; cached, so edits that
     share a source prompt share an inversion).
 
-    Returns (rows: per run "no P2P" / "P2P", target_matched, iou and outside_psnr of course.measures.edit_scores
+    Returns (rows: per run "no P2P" / "P2P", target_matched, iou and outside_psnr of shapes.scoring.edit_scores
     (the edit against the source or reconstruction); PIL figure with a row per edit: [input,] source or
     reconstruction, without P2P, with P2P)."""
-    from diffusion_lab.course.measures import edit_scores
+    from diffusion_lab.shapes.scoring import edit_scores
     from diffusion_lab.editing import PromptEdit, run_edit
     from diffusion_lab.viz import image_grid
 
@@ -171,7 +171,7 @@ def run_examples(pipe, edits: Sequence[dict], seed: int = 0, num_steps: int = 50
         labels.extend(row_labels)
         row = {"edit": title}
         runs = ([("no P2P", plain)] if baseline else []) + [("P2P", with_p2p)]
-        for name, result in runs:  # the numbers of the lab's generated edits (course.measures.edit_scores)
+        for name, result in runs:  # the numbers of the lab's generated edits (shapes.scoring.edit_scores)
             scores = edit_scores(result.source_image, result.edited_images[0], edit.target_prompts[0])
             row.update({f"{name} {k}": v for k, v in scores.items()})
         rows.append(row)
