@@ -3,9 +3,19 @@
 Each `check_*` calls the student's function on seeded inputs, compares the result with the reference function
 of diffusion_lab that implements the same equation (named in the check's docstring) within a tolerance, and
 raises `ExerciseFailed` (an AssertionError, so nbgrader scores the cell 0) with a message that says what is
-wrong: not implemented yet, wrong shape, a known mistake recognised (square roots forgotten, alpha_bar_t and
-alpha_bar_{t-1} swapped, ...), or how far off the result is. Stochastic results are checked with metric
-thresholds (statistics of many draws, reconstruction PSNR). On success a check prints one line and returns True.
+wrong: not implemented yet, wrong shape, the library's reference called instead of the formula (scores 0), a known
+mistake recognised (square roots forgotten, alpha_bar_t and alpha_bar_{t-1} swapped, ...: each check's list is
+beside it in labs/src, and tests/test_course_mistakes.py plants each one), or how far off the result is. Stochastic
+results are checked with metric thresholds (statistics of many draws, reconstruction PSNR). On success a check
+prints one line and returns True.
+
+In JupyterLab a failed check shows its message only (ExerciseFailed._render_traceback_: no traceback into this
+file). What the student's function writes to stderr or warns while a check runs is caught (it costs nothing: an
+nbgrader check cell that writes to stderr would score 0) and mentioned after the "passed" line.
+
+Hidden checks are not here: their code sits in the lab sources between `### BEGIN HIDDEN TESTS` and
+`### END HIDDEN TESTS`, and so only in the autograder bundle (the installed package carries none); they use the
+public helpers of this module (`exercise_check`, `call_student`, `as_tensor`, `compare`, `passed`).
 
 A check judges its own exercise only. When the student's function calls the function of an earlier exercise (lab 1:
 noise_to_strength calls forward_marginal_sample and strength_timesteps; see EARLIER_EXERCISES), an earlier function
@@ -21,9 +31,13 @@ notebooks (solutions removed) and `course grade` runs the same checks on the sub
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import io
 import math
+import sys
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,13 +47,113 @@ ATOL = 1e-5
 
 
 class ExerciseFailed(AssertionError):
-    """An exercise's check failed; the message says what is wrong."""
+    """An exercise's check failed; the message says what is wrong.
+
+    IPython shows an exception that has `_render_traceback_` by the lines it returns instead of a traceback: the
+    student sees the message, not 20-30 lines of this module. nbgrader and `course grade` still see an error
+    output (ename ExerciseFailed) and score the cell 0."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mExerciseFailed\x1b[0m: {self}"]
+
+
+def exercise_check(check: Callable) -> Callable:
+    """Decorator of every check: what the student's code writes to stderr and the warnings it raises while the check
+    runs are caught (a correct solution that prints loses nothing) and summed up after the "passed" line."""
+
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = check(*args, **kwargs)
+        said = [line for line in stderr.getvalue().splitlines() if line.strip()]
+        said += [f"{w.category.__name__}: {w.message}" for w in caught]
+        if said:
+            print(f"  note: your code wrote {len(said)} line(s) to stderr or as warnings while checked (that costs "
+                  f"nothing), first: {said[0][:120]}")
+        return result
+
+    return run
+
+
+# exercise function -> the library functions that ARE its answer: a solution that calls one of them (directly, by
+# an alias, or through another library function) scores 0 with a message saying so
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "forward_marginal_sample": ("diffusion_lab.posterior:forward_marginal_sample",
+                                "diffusion_lab.posterior:forward_marginal_mean_std"),
+    "strength_timesteps": ("diffusion_lab.naive_noising:strength_timesteps",
+                           "diffusion_lab.naive_noising:timesteps_left_after_noising"),
+    "noise_to_strength": ("diffusion_lab.naive_noising:noise_latents_to_strength",
+                          "diffusion_lab.naive_noising:noise_image_to_strength"),
+    "sigma_from_eta": ("diffusion_lab.posterior:sigma_from_eta",),
+    "sigma_hat": ("diffusion_lab.posterior:sigma_hat",),
+    "ddim_step": ("diffusion_lab.posterior:generalized_posterior_step", "diffusion_lab.posterior:generalized_posterior_mean",
+                  "diffusion_lab.posterior:sample_generalized_posterior"),
+    "ddim_inversion_step": ("diffusion_lab.inversion.step:ddim_inversion_step",),
+    "ddim_invert": ("diffusion_lab.inversion.fixed_point:invert_latents",),
+    "null_text_inner_loop": ("diffusion_lab.inversion.null_text:optimize_null_text",),
+    "replace_cross_attention": ("diffusion_lab.attention.controllers:AttentionReplace.replace_cross_attention",),
+    "refine_alignment": ("diffusion_lab.attention.tokens:refinement_alignment",
+                         "diffusion_lab.attention.tokens:_global_alignment"),
+    "local_blend_mask": ("diffusion_lab.attention.controllers:LocalBlend.mask",),
+}
+
+
+def _reference_codes(name: str) -> dict:
+    """{code object: 'module.function'} of the library functions that are exercise `name`'s answer."""
+    codes = {}
+    for target in REFERENCES.get(name, ()):
+        module_name, _, attribute = target.partition(":")
+        value = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+        codes[getattr(value, "__code__", None)] = f"{module_name}.{attribute}"
+    codes.pop(None, None)
+    return codes
+
+
+_WATCH = {"references": True}
+
+
+@contextlib.contextmanager
+def reference_calls_allowed():
+    """While the block runs, calling the library's reference is not refused (tests of the checks' stand-ins)."""
+    previous, _WATCH["references"] = _WATCH["references"], False
+    try:
+        yield
+    finally:
+        _WATCH["references"] = previous
+
+
+def _call_watched(name: str, function: Callable, args, kwargs):
+    """function(*args, **kwargs), raising ExerciseFailed if it ran the library's own answer to exercise `name`
+    (a profile hook sees every Python call made while it runs)."""
+    codes = _reference_codes(name) if _WATCH["references"] else {}
+    if not codes:
+        return function(*args, **kwargs)
+    called: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes and not called:
+            called.append(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        result = function(*args, **kwargs)
+    finally:
+        sys.setprofile(previous)
+    if called:
+        raise ExerciseFailed(f"{name} calls the library's reference {called[0]} (or an alias of it): that is the "
+                             "answer, not yours, and scores 0. Write the formula yourself with torch")
+    return result
 
 
 def _call(name: str, function: Callable, *args, **kwargs):
-    """Call the student's function; turn 'not done yet' and crashes into feedback."""
+    """Call the student's function; turn 'not done yet', crashes and calls of the reference into feedback."""
     try:
-        return function(*args, **kwargs)
+        return _call_watched(name, function, args, kwargs)
     except NotImplementedError:
         raise ExerciseFailed(f"{name}: not implemented yet. Replace `raise NotImplementedError()` by your code.") from None
     except ExerciseFailed:
@@ -83,6 +197,10 @@ def _compare(name: str, result, expected: torch.Tensor, mistakes: dict[str, torc
 def _passed(message: str) -> bool:
     print(f"passed: {message}")
     return True
+
+
+# the public helpers hidden checks (in the lab sources) are written with
+call_student, as_tensor, compare, passed = _call, _as_tensor, _compare, _passed
 
 
 def _example_schedule():
@@ -180,18 +298,12 @@ def _judged_alone(student: Callable, earlier: dict[str, Earlier], run: Callable[
     return _passed(message)
 
 
-def _require_earlier(label: str, name: str, check: Callable, function) -> None:
-    """For a check whose subject is an earlier exercise's function: fail with "fix it first" if that one fails."""
-    problem = _earlier_problem(check, function)
-    if problem is not None:
-        raise ExerciseFailed(f"{label} ({name}) is not right yet; fix it first. Its check says: {problem}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Lab 1: the forward process and naive editing
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@exercise_check
 def check_forward_marginal_sample(student: Callable) -> bool:
     """student(x_0, alpha_bar_t, noise) -> x_t; reference: posterior.forward_marginal_sample (DDPM eq. 4)."""
     from diffusion_lab.posterior import forward_marginal_sample
@@ -217,30 +329,7 @@ def check_forward_marginal_sample(student: Callable) -> bool:
     return _passed("x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps matches posterior.forward_marginal_sample")
 
 
-def check_forward_marginal_statistics(student: Callable, num_draws: int = 4000) -> bool:
-    """Metric threshold on a stochastic result: draws of the student's x_t ~ q(x_t | x_0) (fresh noise each) must
-    have mean sqrt(alpha_bar_t) x_0 and standard deviation sqrt(1 - alpha_bar_t) (posterior.forward_marginal_mean_std)."""
-    from diffusion_lab.posterior import forward_marginal_mean_std
-
-    name = "forward_marginal_sample"
-    generator = torch.Generator().manual_seed(1)
-    x_0 = torch.randn(1, 3, 4, 4, generator=generator).expand(num_draws, -1, -1, -1)
-    alpha_bar = 0.4
-    noise = torch.randn(x_0.shape, generator=generator)
-    draws = _as_tensor(name, _call(name, student, x_0, alpha_bar, noise), x_0)
-    mean, std = forward_marginal_mean_std(x_0[:1], alpha_bar)
-    mean_error = float((draws.mean(0) - mean[0]).abs().max())
-    std_error = float((draws.std(0) - std).abs().max())
-    bound = 5 / math.sqrt(num_draws)  # five standard errors of a mean of unit-variance draws
-    if mean_error > bound:
-        raise ExerciseFailed(f"{name}: the mean of {num_draws} draws is off by {mean_error:.3f} (allowed {bound:.3f}); "
-                             "it must be sqrt(alpha_bar_t) x_0")
-    if std_error > bound:
-        raise ExerciseFailed(f"{name}: the standard deviation of {num_draws} draws is off by {std_error:.3f} "
-                             f"(allowed {bound:.3f}); it must be sqrt(1 - alpha_bar_t) = {float(std):.3f}")
-    return _passed(f"{num_draws} draws have mean and std of q(x_t | x_0) within {bound:.3f}")
-
-
+@exercise_check
 def check_noise_to_strength(student: Callable) -> bool:
     """student(z_0, schedule, num_steps, strength, noise) -> (z_t, timesteps left); reference:
     naive_noising.noise_latents_to_strength (z_t at the first timestep left; z_0 itself when none is left). Judged
@@ -266,7 +355,14 @@ def check_noise_to_strength(student: Callable) -> bool:
                 raise ExerciseFailed(f"{name}(S={num_steps}, strength={strength}): timesteps left "
                                      f"{timesteps.tolist()[:5]}..., expected {expected.timesteps.tolist()[:5]}... "
                                      "(strength_timesteps(schedule.timesteps(num_steps), strength), exercise 1.2)")
-            wrong_level = {}
+            first_of_all = schedule.alpha_bar(int(schedule.timesteps(num_steps)[0]))
+            wrong_level = {
+                "z_t is noised to the first of ALL S timesteps (almost pure noise); noise it to the first timestep "
+                "LEFT after noising (the first of strength_timesteps(...))":
+                    (first_of_all.sqrt() * z_0 + (1 - first_of_all).sqrt() * noise).float(),
+                "the strength is not a noise level alpha_bar: it says how many of the S steps are left; noise to "
+                "alpha_bar of the first timestep left": (math.sqrt(1 - strength) * z_0 + math.sqrt(strength) * noise),
+            }
             if len(expected.timesteps) > 1:
                 a = schedule.alpha_bar(int(expected.timesteps[-1]))
                 wrong_level["z_t is noised to the LAST timestep left; noise to the first (largest) one, where "
@@ -277,6 +373,7 @@ def check_noise_to_strength(student: Callable) -> bool:
     return _judged_alone(student, EARLIER_EXERCISES[name], run)
 
 
+@exercise_check
 def check_strength_timesteps(student: Callable) -> bool:
     """student(timesteps, strength) -> the timesteps still to run; reference: naive_noising.strength_timesteps."""
     from diffusion_lab.naive_noising import strength_timesteps
@@ -291,8 +388,12 @@ def check_strength_timesteps(student: Callable) -> bool:
             result = torch.as_tensor(result, dtype=torch.long).flatten()
             if result.tolist() != expected.tolist():
                 hint = ""
-                if len(result) == len(expected) and len(result) and result[0] != expected[0]:
+                if len(result) > 1 and sorted(result.tolist(), reverse=True) == expected.tolist():
+                    hint = "; the steps left keep the sampler's order, descending (the noisiest first)"
+                elif len(result) == len(expected) and len(result) and result[0] != expected[0]:
                     hint = "; keep the LAST int(S * strength) timesteps (the least noisy ones), not the first"
+                elif len(result) == round(num_steps * strength) != len(expected):
+                    hint = f"; round() keeps one step too many here: int(S * strength) = {len(expected)} rounds down"
                 elif len(result) != len(expected):
                     hint = f"; S={num_steps}, strength={strength}: int(S * strength) = {len(expected)} steps"
                 raise ExerciseFailed(f"{name}(S={num_steps}, strength={strength}) gave {result.tolist()[:6]}..., "
@@ -307,6 +408,7 @@ def check_strength_timesteps(student: Callable) -> bool:
 _ALPHA_PAIRS = ((0.5, 0.6), (0.05, 0.3), (0.9, 0.95), (0.001, 0.02))
 
 
+@exercise_check
 def check_sigma_from_eta(student: Callable) -> bool:
     """student(alpha_bar_t, alpha_bar_prev, eta) -> sigma_t; reference: posterior.sigma_from_eta (DDIM eq. 16)."""
     from diffusion_lab.posterior import sigma_from_eta
@@ -321,12 +423,17 @@ def check_sigma_from_eta(student: Callable) -> bool:
                 "less noisy)": eta * ((1 - t) / (1 - p) * (1 - p / t).clamp(min=0)).sqrt(),
                 "the square root is missing: sigma_t is a standard deviation": eta * (1 - p) / (1 - t) * (1 - t / p),
                 "eta multiplies the standard deviation, not the variance": (eta * (1 - p) / (1 - t) * (1 - t / p)).sqrt(),
+                "eta is squared: sigma_t = eta * sqrt(...), eta to the first power":
+                    eta**2 * ((1 - p) / (1 - t) * (1 - t / p)).sqrt(),
+                "the square root is of 1 - alpha_bar_t / alpha_bar_{t-1}, not of the ratio alone (1 - sqrt(ratio))":
+                    eta * ((1 - p) / (1 - t) * (1 - (t / p).sqrt())).sqrt(),
             }
             result = _call(name, student, alpha_bar_t, alpha_bar_prev, eta)
             _compare(name, result, expected, mistakes, what=f"(alpha_bar_t={alpha_bar_t}, alpha_bar_prev={alpha_bar_prev}, eta={eta})")
     return _passed("sigma_t(eta) matches posterior.sigma_from_eta")
 
 
+@exercise_check
 def check_sigma_hat(student: Callable) -> bool:
     """student(alpha_bar_t, alpha_bar_prev) -> sigma-hat_t; reference: posterior.sigma_hat (DDIM appendix D.3)."""
     from diffusion_lab.posterior import sigma_from_eta, sigma_hat
@@ -341,12 +448,15 @@ def check_sigma_hat(student: Callable) -> bool:
             "the square root is missing": 1 - t / p,
             "the ratio is upside down: alpha_bar_t / alpha_bar_{t-1}, with alpha_bar_t the smaller":
                 (1 - p / t).abs().sqrt(),
+            "the square root is of the whole 1 - alpha_bar_t / alpha_bar_{t-1}, not of the ratio alone (1 - sqrt(ratio))":
+                1 - (t / p).sqrt(),
         }
         result = _call(name, student, alpha_bar_t, alpha_bar_prev)
         _compare(name, result, expected, mistakes, what=f"(alpha_bar_t={alpha_bar_t}, alpha_bar_prev={alpha_bar_prev})")
     return _passed("sigma-hat matches posterior.sigma_hat")
 
 
+@exercise_check
 def check_ddim_step(student: Callable) -> bool:
     """student(x_t, epsilon, alpha_bar_t, alpha_bar_prev, sigma_t, noise) -> x_{t-1};
     reference: posterior.generalized_posterior_step (an epsilon-predicting model's output is epsilon)."""
@@ -371,36 +481,18 @@ def check_ddim_step(student: Callable) -> bool:
                     (a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * epsilon + sigma * noise).float(),
                 "predicted x_0 is (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): check its square roots":
                     (a_prev.sqrt() * (x_t - (1 - a_t) * epsilon) / a_t + (1 - a_prev - sigma**2).sqrt() * epsilon + sigma * noise).float(),
+                "the direction pointing to x_t is sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps, not sqrt(alpha_bar_{t-1}) eps":
+                    (a_prev.sqrt() * x0_hat + a_prev.sqrt() * epsilon + sigma * noise).float(),
+                "predicted x_0 is scaled by sqrt(alpha_bar_{t-1}), not by alpha_bar_{t-1} (its square root is missing)":
+                    (a_prev * x0_hat + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * epsilon + sigma * noise).float(),
+                "predicted x_0 uses the per-step alpha_t = alpha_bar_t / alpha_bar_{t-1}; it needs the cumulative "
+                "alpha_bar_t: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)":
+                    (a_prev.sqrt() * (x_t - (1 - a_t / a_prev).sqrt() * epsilon) / (a_t / a_prev).sqrt()
+                     + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * epsilon + sigma * noise).float(),
             }
             result = _call(name, student, x_t, epsilon, a_t, a_prev, sigma, noise)
             _compare(name, result, expected, mistakes, atol=1e-4, what=f"(t={t} -> {t_prev}, eta={eta})")
     return _passed("x_{t-1} = predicted x_0 + direction to x_t + noise matches posterior.generalized_posterior_step")
-
-
-def check_ddim_step_marginals(student: Callable, num_draws: int = 4000) -> bool:
-    """Metric threshold on a stochastic result: with the TRUE x_0 (eps_hat = the eps that made x_t), draws of the
-    student's x_{t-1} at eta = 0.5 must have the marginal of q(x_{t-1} | x_0): mean sqrt(alpha_bar_{t-1}) x_0, std
-    sqrt(1 - alpha_bar_{t-1}) (the lecture's claim that q_sigma keeps the marginals; posterior.forward_marginal_mean_std)."""
-    from diffusion_lab.posterior import forward_marginal_mean_std, forward_marginal_sample, sigma_from_eta
-
-    name = "ddim_step"
-    schedule = _example_schedule()
-    generator = torch.Generator().manual_seed(7)
-    x_0 = torch.randn(1, 3, 4, 4, generator=generator).expand(num_draws, -1, -1, -1)
-    t, t_prev = 601, 401
-    a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-    epsilon = torch.randn(x_0.shape, generator=generator)
-    x_t = forward_marginal_sample(x_0, a_t, noise=epsilon)
-    noise = torch.randn(x_0.shape, generator=generator)
-    draws = _as_tensor(name, _call(name, student, x_t, epsilon, a_t, a_prev, sigma_from_eta(a_t, a_prev, 0.5), noise), x_0)
-    mean, std = forward_marginal_mean_std(x_0[:1], a_prev)
-    bound = 5 / math.sqrt(num_draws)
-    mean_error, std_error = float((draws.mean(0) - mean[0]).abs().max()), float((draws.std(0) - std).abs().max())
-    if mean_error > bound or std_error > bound:
-        raise ExerciseFailed(f"{name}: with the true x_0, {num_draws} draws of x_{{t-1}} should have mean "
-                             f"sqrt(alpha_bar_(t-1)) x_0 and std {float(std):.3f}; off by {mean_error:.3f} (mean) and "
-                             f"{std_error:.3f} (std), allowed {bound:.3f}")
-    return _passed(f"{num_draws} draws of your x_(t-1) keep the marginal q(x_(t-1) | x_0) within {bound:.3f}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,11 +500,12 @@ def check_ddim_step_marginals(student: Callable, num_draws: int = 4000) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@exercise_check
 def check_ddim_inversion_step(student: Callable) -> bool:
     """student(z_prev, epsilon, alpha_bar_prev, alpha_bar_t) -> z_t; reference: inversion.ddim_inversion_step, and
     the sampling step (posterior.generalized_posterior_step, eta = 0) must undo it exactly."""
     from diffusion_lab.inversion import ddim_inversion_step
-    from diffusion_lab.posterior import generalized_posterior_step
+    from diffusion_lab.posterior import generalized_posterior_step, x0_from_epsilon
 
     name = "ddim_inversion_step"
     schedule = _example_schedule()
@@ -426,6 +519,11 @@ def check_ddim_inversion_step(student: Callable) -> bool:
             "alpha_bar_prev and alpha_bar_t are swapped: x0_hat comes from z_prev with alpha_bar_prev, z_t uses alpha_bar_t":
                 ddim_inversion_step(z_prev, epsilon, a_t, a_prev),
             "that is z_prev again: inversion moves to the NOISIER timestep t": z_prev,
+            "that is a forward-process step with the per-step alpha_t = alpha_bar_t / alpha_bar_prev; inversion goes "
+            "through x0_hat: z_t = sqrt(alpha_bar_t) x0_hat + sqrt(1 - alpha_bar_t) eps":
+                (a_t / a_prev).sqrt() * z_prev + (1 - a_t / a_prev).sqrt() * epsilon,
+            "x0_hat is scaled by sqrt(alpha_bar_t), not by alpha_bar_t (its square root is missing)":
+                a_t * x0_from_epsilon(z_prev, epsilon, a_prev) + (1 - a_t).sqrt() * epsilon,
         }
         result = _call(name, student, z_prev, epsilon, a_prev, a_t)
         _compare(name, result, expected, mistakes, atol=1e-6, what=f"(t_prev={t_prev} -> t={t})")
@@ -435,6 +533,7 @@ def check_ddim_inversion_step(student: Callable) -> bool:
     return _passed("one inversion step matches inversion.ddim_inversion_step and the sampling step undoes it")
 
 
+@exercise_check
 def check_null_text_inner_loop(student: Callable, pipe, inner_steps: int = 3, learning_rate: float = 1e-2) -> bool:
     """student(model, z_bar, target, t, t_prev, text_embeddings, uncond_embedding, guidance_scale, inner_steps,
     learning_rate) -> optimised unconditional embedding; reference: one timestep of inversion.optimize_null_text
@@ -463,6 +562,18 @@ def check_null_text_inner_loop(student: Callable, pipe, inner_steps: int = 3, le
         raise ExerciseFailed(f"{name}: the embedding did not change: return the optimised embedding, and step the "
                              "optimizer after computing the loss's gradient")
     if not _close(result, expected, 1e-4, 1e-3):
+        moved, wanted = (result - uncond).flatten().double(), (expected - uncond).flatten().double()
+        if float(torch.nn.functional.cosine_similarity(moved, wanted, dim=0)) < -0.5:
+            raise ExerciseFailed(f"{name}: the embedding moved uphill, away from the reference's: minimise the loss "
+                                 "(optimizer.step() after the gradient of +MSE), do not maximise it")
+        for steps in sorted({1, inner_steps - 1, inner_steps + 1} - {0, inner_steps}):
+            other = optimize_null_text(model, torch.stack([z_bar, target]), [t], text, uncond, 7.5,
+                                       NullTextSettings(inner_steps=steps, learning_rate=learning_rate,
+                                                        learning_rate_decay=0.0, early_stop_epsilon=-1.0,
+                                                        early_stop_growth=0.0), progress=False)
+            if _close(result, other.uncond_embeddings[0], 1e-4, 1e-3):
+                raise ExerciseFailed(f"{name}: your loop took {steps} Adam step(s); take exactly inner_steps = "
+                                     f"{inner_steps}")
         raise ExerciseFailed(
             f"{name}: after {inner_steps} Adam steps the embedding differs from the reference by up to "
             f"{_max_error(result, expected):.3g}. The loss is the MSE between step(z_bar, eps_w(embedding)) and the "
@@ -471,12 +582,28 @@ def check_null_text_inner_loop(student: Callable, pipe, inner_steps: int = 3, le
     return _passed(f"{inner_steps} inner steps match one timestep of inversion.optimize_null_text")
 
 
-def check_inversion_reconstruction(student: Callable, pipe, image, prompt: str, num_steps: int = 10,
-                                   margin_db: float = 0.5) -> bool:
-    """Metric threshold: invert the image's latents with the student's inversion step (w = 1, `num_steps` steps, the
-    loop of inversion.invert_latents), sample back with the library (DDIM, eta = 0) and decode: the PSNR to the
-    image must reach the library's own DDIM inversion (inversion.invert_latents) minus `margin_db`. The step is
-    exercise 3.1's: when check_ddim_inversion_step fails, this says "exercise 3.1 is not right yet; fix it first"."""
+def _inversion_variant(z_0, epsilon_at, schedule, timesteps, order: str = "right", noise_at: str = "t",
+                       steps: int | None = None):
+    """DDIM inversion with the library's step, right or with one of exercise 3.2's plausible mistakes (the loop
+    visited in sampling order, eps evaluated at t_prev, a step left out)."""
+    from diffusion_lab.inversion import ddim_inversion_step
+    from diffusion_lab.schedules import timestep_pairs
+
+    pairs = timestep_pairs(timesteps)
+    visited = list(reversed(pairs)) if order == "right" else pairs
+    z = z_0
+    for t, t_prev in visited[: steps if steps is not None else len(visited)]:
+        epsilon = epsilon_at(z, t if noise_at == "t" else max(t_prev, 0))
+        z = ddim_inversion_step(z, epsilon, schedule.alpha_bar(t_prev), schedule.alpha_bar(t))
+    return z
+
+
+@exercise_check
+def check_ddim_invert(student: Callable, pipe, image, prompt: str, num_steps: int = 10, margin_db: float = 0.5) -> bool:
+    """student(z_0, epsilon_at, schedule, timesteps) -> z_T: the DDIM inversion loop (w = 1) that calls exercise
+    3.1's step; reference: inversion.invert_latents (z_T within a tolerance). Then a metric threshold: sampling z_T
+    back with the library (DDIM, eta = 0) and decoding must give the image's PSNR of the library's own inversion
+    minus `margin_db`. Judged alone: a wrong exercise 3.1 step is replaced by the reference (EARLIER_EXERCISES)."""
     import numpy as np
 
     from diffusion_lab.denoisers import TextConditionedDenoiser
@@ -488,29 +615,43 @@ def check_inversion_reconstruction(student: Callable, pipe, image, prompt: str, 
     from diffusion_lab.schedules import NoiseSchedule, timestep_pairs
     from diffusion_lab.text import encode_prompts
 
-    name = "ddim_inversion_step"
-    # this exercise has no code of its own: its subject is exercise 3.1's function, so a wrong one is named as such
-    _require_earlier("exercise 3.1", name, check_ddim_inversion_step, student)
+    name = "ddim_invert"
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     timesteps = schedule.timesteps(num_steps)
     denoiser = TextConditionedDenoiser(pipe.unet, encode_prompts(pipe, [prompt]).to(pipe.unet.device))
+    step_of = {t: index for index, (t, _) in enumerate(timestep_pairs(timesteps))}
+
+    def epsilon_at(z, t):  # eps_hat(z, t): the network's noise estimate at timestep t
+        t = int(t)
+        return predict_epsilon(denoiser(z, t, step_of.get(t, 0)), z, schedule.alpha_bar(t), schedule.prediction_type)
+
     reference_image = np.asarray(image.convert("RGB"))
-    with torch.no_grad():
-        z_0 = encode_images(pipe, [image])  # (1, C, h, w)
-        z = z_0
-        for step_index, (t, t_prev) in reversed(list(enumerate(timestep_pairs(timesteps)))):
-            alpha_bar_t, alpha_bar_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-            epsilon = predict_epsilon(denoiser(z, t, step_index), z, alpha_bar_t, schedule.prediction_type)
-            z = _as_tensor(name, _call(name, student, z, epsilon, alpha_bar_prev, alpha_bar_t), z).to(z_0)
-        library_z_T = invert_latents(denoiser, z_0, schedule, timesteps, progress=False).latents[0]
-        psnrs = {}
-        for label, z_T in (("yours", z), ("library", library_z_T)):
-            z_back = sample(denoiser, z_T, schedule, timesteps, progress=False).sample
-            psnrs[label] = float(psnr(decode_latents(pipe, z_back)[0], reference_image))
-    if not psnrs["yours"] >= psnrs["library"] - margin_db:
-        raise ExerciseFailed(f"{name}: inverting with your step and sampling back gives {psnrs['yours']:.1f} dB, the "
-                             f"library's DDIM inversion {psnrs['library']:.1f} dB (allowed: {margin_db} dB less)")
-    return _passed(f"reconstruction through your inversion: {psnrs['yours']:.1f} dB (library {psnrs['library']:.1f} dB)")
+
+    def run() -> str:
+        with torch.no_grad():
+            z_0 = encode_images(pipe, [image])  # (1, C, h, w)
+            expected = invert_latents(denoiser, z_0, schedule, timesteps, progress=False).latents[0]
+            mistakes = {
+                "the loop runs in the sampling order; inversion starts at the least noisy pair (t_1, -1) and climbs "
+                "to the largest timestep": _inversion_variant(z_0, epsilon_at, schedule, timesteps, order="sampling"),
+                "eps_hat is evaluated at t_prev; plain DDIM inversion evaluates it at the target t (at z_{t_prev})":
+                    _inversion_variant(z_0, epsilon_at, schedule, timesteps, noise_at="t_prev"),
+                f"the loop stops one step short: {num_steps} steps lead from z_0 to z_T":
+                    _inversion_variant(z_0, epsilon_at, schedule, timesteps, steps=num_steps - 1),
+                "that is z_0 itself: apply ddim_inversion_step once per pair (t, t_prev)": z_0,
+            }
+            z_T = _as_tensor(name, _call(name, student, z_0, epsilon_at, schedule, timesteps), z_0).to(z_0)
+            _compare(name, z_T, expected, mistakes, atol=1e-3)
+            psnrs = {}
+            for label, latents in (("yours", z_T), ("library", expected)):
+                z_back = sample(denoiser, latents, schedule, timesteps, progress=False).sample
+                psnrs[label] = float(psnr(decode_latents(pipe, z_back)[0], reference_image))
+        if not psnrs["yours"] >= psnrs["library"] - margin_db:
+            raise ExerciseFailed(f"{name}: inverting with your loop and sampling back gives {psnrs['yours']:.1f} dB, "
+                                 f"the library's DDIM inversion {psnrs['library']:.1f} dB (allowed: {margin_db} dB less)")
+        return f"reconstruction through your inversion: {psnrs['yours']:.1f} dB (library {psnrs['library']:.1f} dB)"
+
+    return _judged_alone(student, EARLIER_EXERCISES[name], run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -518,6 +659,7 @@ def check_inversion_reconstruction(student: Callable, pipe, image, prompt: str, 
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@exercise_check
 def check_replace_cross_attention(student: Callable, tokenizer) -> bool:
     """student(source_maps (heads, HW, tokens), mapper (targets, tokens, tokens)) -> target maps (targets, heads, HW,
     tokens); reference: attention.controllers.AttentionReplace.replace_cross_attention."""
@@ -545,12 +687,15 @@ def check_replace_cross_attention(student: Callable, tokenizer) -> bool:
     # a mapper that is not the identity (the check's own): columns must follow it
     expected = torch.einsum("hqw,twn->thqn", source, permuted)
     _compare(name, _call(name, student, source, permuted), expected, {
+        "the mapper is ignored: each target column j takes the source's column i where mapper[k, i, j] = 1, so a "
+        "permuting mapper moves columns": source[None].expand(2, -1, -1, -1),
         "the mapper is applied transposed: use source @ mapper (source column i goes to every target column j with "
         "mapper[i, j] = 1)": torch.einsum("hqw,tnw->thqn", source, permuted),
     }, what=" (with a permutation as mapper)")
     return _passed("the word swap's maps match AttentionReplace.replace_cross_attention")
 
 
+@exercise_check
 def check_refine_alignment(student: Callable, tokenizer) -> bool:
     """student(source_ids, target_ids) -> list, for each target token, the aligned source position or -1 (a new
     token); reference: the prompt positions of attention.tokens.refinement_alignment (P2P's seq_aligner)."""
@@ -570,6 +715,16 @@ def check_refine_alignment(student: Callable, tokenizer) -> bool:
         except Exception:
             raise ExerciseFailed(f"{name} must return a list of ints, got {result!r}") from None
         if result != expected:
+            new_tokens = [k for k, e in enumerate(expected) if e == -1]
+            if result == list(range(len(target_ids))):
+                raise ExerciseFailed(f"{name}({source!r} -> {target!r}): you matched tokens by position (0, 1, 2, ...); "
+                                     "find each target token in the source instead (-1 for a token the source lacks)")
+            if new_tokens and len(result) == len(expected) and all(result[k] != -1 for k in new_tokens):
+                raise ExerciseFailed(f"{name}({source!r} -> {target!r}): a target token the source lacks gets -1; yours "
+                                     "gave every token a source position")
+            if any(r == -1 and e >= 0 for r, e in zip(result, expected)):
+                raise ExerciseFailed(f"{name}({source!r} -> {target!r}): a token the source has is marked -1: after a "
+                                     "new or replaced word, search AHEAD in the source for the next target token")
             tokens = [tokenizer.decode([i]).strip() or "<special>" for i in target_ids]
             wrong = [f"{tok!r}: {r} (expected {e})" for tok, r, e in zip(tokens, result, expected) if r != e]
             length = "" if len(result) == len(expected) else f" it has {len(result)} entries, expected {len(expected)};"
@@ -590,6 +745,31 @@ def _word_maps_per_layer(store, word_columns: torch.Tensor) -> list[torch.Tensor
     return maps
 
 
+def _local_blend_variants(word_maps, latent_size, threshold: float, dilation: int) -> dict[str, torch.Tensor]:
+    """Exercise 4.3's plausible mistakes, each as the mask it gives (message -> (prompts, 1, H, W) booleans)."""
+    import torch.nn.functional as F
+
+    def blend(normalise=True, kernel=None, mode="bilinear"):
+        maps = [F.interpolate(m, size=latent_size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+                for m in word_maps]
+        averaged = torch.stack(maps).mean(0)
+        if normalise:
+            averaged = averaged / averaged.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        above = (averaged > threshold).float()
+        size = 2 * dilation + 1 if kernel is None else kernel
+        return (F.max_pool2d(above, size, stride=1, padding=size // 2) if size > 1 else above) > 0
+
+    variants = {
+        "each prompt's averaged map must be divided by its maximum before the threshold (the threshold is a "
+        "fraction of the strongest attention)": blend(normalise=False),
+        "the dilation is not applied: max-pool the mask with kernel 2 * dilation + 1, stride 1, padding dilation":
+            blend(kernel=1),
+        "upsample with mode='bilinear' (align_corners=False), not 'nearest'": blend(mode="nearest"),
+    }
+    return variants
+
+
+@exercise_check
 def check_local_blend_mask(student: Callable, pipe, num_steps: int = 10) -> bool:
     """student(word_maps [per layer (prompts, 1, h, w)], latent_size (H, W), threshold, dilation) -> boolean masks
     (prompts, 1, H, W); reference: attention.controllers.LocalBlend.mask on the maps of a real word swap."""
@@ -609,6 +789,9 @@ def check_local_blend_mask(student: Callable, pipe, num_steps: int = 10) -> bool
         mask = _call(name, student, [m.clone() for m in word_maps], latent_size, threshold, dilation)
         mask = _as_tensor(name, mask, expected).bool()
         if not torch.equal(mask, expected):
+            for message, variant in _local_blend_variants(word_maps, latent_size, threshold, dilation).items():
+                if torch.equal(mask, variant) and not torch.equal(variant, expected):
+                    raise ExerciseFailed(f"{name}(threshold={threshold}, dilation={dilation}): {message}")
             differ = float((mask != expected).float().mean())
             inside, wanted = float(mask.float().mean()), float(expected.float().mean())
             hint = ("too large: upsample each layer's map to the latent size, average, divide by the maximum, then "
@@ -631,6 +814,13 @@ def _reference_forward_marginal_sample(x_0, alpha_bar_t, noise):
     return forward_marginal_sample(x_0, alpha_bar_t, noise=noise)
 
 
+def _reference_ddim_inversion_step(z_prev, epsilon, alpha_bar_prev, alpha_bar_t):
+    """Exercise 3.1 with its signature: inversion.ddim_inversion_step."""
+    from diffusion_lab.inversion import ddim_inversion_step
+
+    return ddim_inversion_step(z_prev, epsilon, alpha_bar_prev, alpha_bar_t)
+
+
 def _reference_strength_timesteps(timesteps, strength):
     """Exercise 1.2 with its signature (the timesteps, not the schedule): naive_noising.timesteps_left_after_noising."""
     from diffusion_lab.naive_noising import timesteps_left_after_noising
@@ -646,7 +836,11 @@ EARLIER_EXERCISES: dict[str, dict[str, Earlier]] = {
                                            _reference_forward_marginal_sample),
         "strength_timesteps": Earlier("exercise 1.2", check_strength_timesteps, _reference_strength_timesteps),
     },
+    "ddim_invert": {
+        "ddim_inversion_step": Earlier("exercise 3.1", check_ddim_inversion_step, _reference_ddim_inversion_step),
+    },
 }
 
-# checks whose subject is an earlier exercise's function (they say "fix it first" when that exercise fails)
-CHECKS_OF_EARLIER_EXERCISES: dict[str, str] = {"check_inversion_reconstruction": "ddim_inversion_step"}
+# checks whose subject is an earlier exercise's function (they say "fix it first" when that exercise fails): none
+# since exercise 3.2 has code of its own (the inversion loop), judged with the reference step in place of a wrong one
+CHECKS_OF_EARLIER_EXERCISES: dict[str, str] = {}

@@ -232,8 +232,27 @@ def forward_marginal_sample(x_0, alpha_bar_t, noise):
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_forward_marginal_sample(forward_marginal_sample)
+# mistake: the square roots are missing
+# mistake: x_0 and eps have each other's coefficients
+# mistake: the noise term is sqrt(1 - alpha_bar_t) eps
+# mistake: the noise is ignored
 ### BEGIN HIDDEN TESTS
-checks.check_forward_marginal_statistics(forward_marginal_sample)
+@checks.exercise_check
+def check_forward_marginal_statistics(student, num_draws=4000):
+    """4,000 draws x_t ~ q(x_t | x_0) (fresh noise each): mean sqrt(alpha_bar_t) x_0, std sqrt(1 - alpha_bar_t)."""
+    from diffusion_lab.posterior import forward_marginal_mean_std
+    generator = torch.Generator().manual_seed(1)
+    x_0 = torch.randn(1, 3, 4, 4, generator=generator).expand(num_draws, -1, -1, -1)
+    noise = torch.randn(x_0.shape, generator=generator)
+    draws = checks.as_tensor("forward_marginal_sample", checks.call_student("forward_marginal_sample", student, x_0, 0.4, noise), x_0)
+    mean, std = forward_marginal_mean_std(x_0[:1], 0.4)
+    bound = 5 / num_draws**0.5  # five standard errors of a mean of unit-variance draws
+    for what, error in (("mean", (draws.mean(0) - mean[0]).abs().max()), ("std", (draws.std(0) - std).abs().max())):
+        if float(error) > bound:
+            raise checks.ExerciseFailed(f"forward_marginal_sample: the {what} of {num_draws} draws is off by "
+                                        f"{float(error):.3f} (allowed {bound:.3f}); q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)")
+    return checks.passed(f"hidden: {num_draws} draws have the mean and std of q(x_t | x_0) within {bound:.3f}")
+check_forward_marginal_statistics(forward_marginal_sample)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -254,6 +273,23 @@ def strength_timesteps(timesteps, strength):
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_strength_timesteps(strength_timesteps)
+# mistake: keep the LAST int(S * strength) timesteps
+# mistake: the steps left keep the sampler's order, descending
+# mistake: round() keeps one step too many
+### BEGIN HIDDEN TESTS
+@checks.exercise_check
+def check_uneven_timesteps(student):
+    """Any descending subsequence, not only the uniform one: the last int(S * strength) entries."""
+    from diffusion_lab.naive_noising import timesteps_left_after_noising
+    uneven = torch.tensor([999, 950, 800, 421, 100, 7])
+    for strength in (0.34, 0.5, 0.99):
+        got = torch.as_tensor(checks.call_student("strength_timesteps", student, uneven.clone(), strength)).flatten()
+        if got.tolist() != timesteps_left_after_noising(uneven, strength).tolist():
+            raise checks.ExerciseFailed(f"strength_timesteps({uneven.tolist()}, {strength}) gave {got.tolist()}: keep "
+                                        "the last int(S * strength) of the timesteps you are given")
+    return checks.passed("hidden: the steps left of an uneven subsequence are right")
+check_uneven_timesteps(strength_timesteps)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 1.3 — noise the latents to a strength
@@ -275,6 +311,9 @@ def noise_to_strength(z_0, schedule, num_steps, strength, noise):
 
 # %% nbgrader={"grade": true, "grade_id": "ex1_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_noise_to_strength(noise_to_strength)
+# mistake: z_t is noised to the LAST timestep left
+# mistake: z_t is noised to the first of ALL S timesteps
+# mistake: the strength is not a noise level alpha_bar
 
 # %% tags=["finish"]
 # NBVAL_IGNORE_OUTPUT

@@ -272,6 +272,10 @@ def sigma_from_eta(alpha_bar_t, alpha_bar_prev, eta):
 
 # %% nbgrader={"grade": true, "grade_id": "ex2_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_sigma_from_eta(sigma_from_eta)
+# mistake: alpha_bar_t and alpha_bar_{t-1} are swapped
+# mistake: the square root is missing: sigma_t is a standard deviation
+# mistake: eta is squared
+# mistake: the square root is of 1 - alpha_bar_t / alpha_bar_{t-1}, not of the ratio alone
 
 # %% [markdown]
 # ### Exercise 2.2 — sigma-hat
@@ -289,6 +293,26 @@ def sigma_hat(alpha_bar_t, alpha_bar_prev):
 
 # %% nbgrader={"grade": true, "grade_id": "ex2_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_sigma_hat(sigma_hat)
+# mistake: that is sigma_t(eta=1), DDPM's posterior std
+# mistake: the square root is missing
+# mistake: the ratio is upside down
+# mistake: the square root is of the whole 1 - alpha_bar_t / alpha_bar_{t-1}, not of the ratio alone
+### BEGIN HIDDEN TESTS
+@checks.exercise_check
+def check_sigma_hat_is_the_eta_1_bound(student):
+    """sigma-hat >= sigma_t(eta = 1) on a whole schedule, with equality nowhere but where alpha_bar_{t-1} = 1."""
+    from diffusion_lab.posterior import sigma_from_eta, sigma_hat as reference
+    from diffusion_lab.schedules import NoiseSchedule
+    schedule = NoiseSchedule.create("linear")
+    timesteps = schedule.timesteps(20).tolist()
+    for t, t_prev in zip(timesteps, timesteps[1:]):
+        a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+        checks.compare("sigma_hat", checks.call_student("sigma_hat", student, a_t, a_prev), reference(a_t, a_prev),
+                       what=f" on the linear schedule (t={t} -> {t_prev})")
+        assert float(reference(a_t, a_prev)) >= float(sigma_from_eta(a_t, a_prev, 1.0))
+    return checks.passed("hidden: sigma-hat is right along a linear schedule of 20 steps")
+check_sigma_hat_is_the_eta_1_bound(sigma_hat)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 2.3 — one step of the generalized sampler
@@ -311,8 +335,35 @@ def ddim_step(x_t, epsilon, alpha_bar_t, alpha_bar_prev, sigma_t, noise):
 
 # %% nbgrader={"grade": true, "grade_id": "ex2_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_ddim_step(ddim_step)
+# mistake: the direction pointing to x_t is sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps, not sqrt(alpha_bar_{t-1}) eps
+# mistake: predicted x_0 is scaled by sqrt(alpha_bar_{t-1}), not by alpha_bar_{t-1}
+# mistake: predicted x_0 uses the per-step alpha_t
+# mistake: the noise term sigma_t * noise is missing
 ### BEGIN HIDDEN TESTS
-checks.check_ddim_step_marginals(ddim_step)
+@checks.exercise_check
+def check_ddim_step_marginals(student, num_draws=4000):
+    """With the TRUE x_0 (eps_hat = the eps that made x_t), draws of x_{t-1} at eta = 0.5 keep the marginal
+    q(x_{t-1} | x_0): mean sqrt(alpha_bar_{t-1}) x_0, std sqrt(1 - alpha_bar_{t-1}) (the lecture's claim)."""
+    from diffusion_lab.posterior import forward_marginal_mean_std, forward_marginal_sample, sigma_from_eta
+    from diffusion_lab.schedules import NoiseSchedule
+    schedule = NoiseSchedule.create("scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False)
+    generator = torch.Generator().manual_seed(7)
+    x_0 = torch.randn(1, 3, 4, 4, generator=generator).expand(num_draws, -1, -1, -1)
+    a_t, a_prev = schedule.alpha_bar(601), schedule.alpha_bar(401)
+    epsilon = torch.randn(x_0.shape, generator=generator)
+    x_t = forward_marginal_sample(x_0, a_t, noise=epsilon)
+    noise = torch.randn(x_0.shape, generator=generator)
+    draws = checks.as_tensor("ddim_step", checks.call_student(
+        "ddim_step", student, x_t, epsilon, a_t, a_prev, sigma_from_eta(a_t, a_prev, 0.5), noise), x_0)
+    mean, std = forward_marginal_mean_std(x_0[:1], a_prev)
+    bound = 5 / num_draws**0.5
+    mean_error, std_error = float((draws.mean(0) - mean[0]).abs().max()), float((draws.std(0) - std).abs().max())
+    if mean_error > bound or std_error > bound:
+        raise checks.ExerciseFailed(f"ddim_step: with the true x_0, {num_draws} draws of x_(t-1) should have mean "
+                                    f"sqrt(alpha_bar_(t-1)) x_0 and std {float(std):.3f}; off by {mean_error:.3f} "
+                                    f"(mean) and {std_error:.3f} (std), allowed {bound:.3f}")
+    return checks.passed(f"hidden: {num_draws} draws of your x_(t-1) keep the marginal q(x_(t-1) | x_0)")
+check_ddim_step_marginals(ddim_step)
 ### END HIDDEN TESTS
 
 # %% tags=["finish"]

@@ -313,15 +313,45 @@ def ddim_inversion_step(z_prev, epsilon, alpha_bar_prev, alpha_bar_t):
 
 # %% nbgrader={"grade": true, "grade_id": "ex3_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_ddim_inversion_step(ddim_inversion_step)
+# mistake: alpha_bar_prev and alpha_bar_t are swapped
+# mistake: that is a forward-process step with the per-step alpha_t
+# mistake: x0_hat is scaled by sqrt(alpha_bar_t), not by alpha_bar_t
+# mistake: that is z_prev again
 
 # %% [markdown]
-# ### Exercise 3.2 — your inversion reconstructs the image
+# ### Exercise 3.2 — the inversion loop, and the image it reconstructs
 #
-# Nothing new to write: the check inverts the first test image with **your** step (10 steps, $w = 1$), samples it
-# back with the library's DDIM sampler and decodes it. Its PSNR must reach the library's DDIM inversion (minus 0.5 dB).
+# Write DDIM inversion with **your** step: start from $z_0$ and climb the sampler's steps backwards. `timesteps` are
+# the sampler's descending $\tau_S > \dots > \tau_1$; the sampling step from $t = \tau_i$ goes to $t' = \tau_{i-1}$
+# ($t' = -1$ after $\tau_1$, where `schedule.alpha_bar(-1)` is the final $\bar\alpha$). Visit these pairs
+# $(t, t')$ from the least noisy one up, and for each one step from $z_{t'}$ to $z_t$ with
+# `ddim_inversion_step(z, epsilon_at(z, t), schedule.alpha_bar(t'), schedule.alpha_bar(t))`: plain DDIM inversion
+# evaluates the noise estimate at the target $t$ on the current $z_{t'}$. Return $z_T$ (after the $S$ steps).
+# The check inverts the first test image (10 steps, $w = 1$), compares your $z_T$ with
+# `diffusion_lab.inversion.invert_latents`, samples it back with the library's DDIM sampler and decodes it: its PSNR
+# must reach the library's DDIM inversion (minus 0.5 dB). If exercise 3.1 is not right yet, this check uses the
+# library's step in its place and tells you so.
+
+# %% nbgrader={"grade": false, "grade_id": "ex3_2_ddim_invert", "locked": false, "schema_version": 3, "solution": true}
+def ddim_invert(z_0, epsilon_at, schedule, timesteps):
+    """z_0: (B, C, H, W); epsilon_at(z, t) -> eps_hat (B, C, H, W); timesteps: (S,) descending -> z_T (B, C, H, W)."""
+    ### BEGIN SOLUTION
+    steps = [int(t) for t in timesteps]
+    z = z_0
+    for t, t_prev in reversed(list(zip(steps, steps[1:] + [-1]))):
+        z = ddim_inversion_step(z, epsilon_at(z, t), schedule.alpha_bar(t_prev), schedule.alpha_bar(t))
+    return z
+    ### END SOLUTION
 
 # %% nbgrader={"grade": true, "grade_id": "ex3_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
-checks.check_inversion_reconstruction(ddim_inversion_step, pipe, images[0], prompts[0], num_steps=10)
+checks.check_ddim_invert(ddim_invert, pipe, images[0], prompts[0], num_steps=10)
+# mistake: the loop runs in the sampling order
+# mistake: eps_hat is evaluated at t_prev
+# mistake: the loop stops one step short
+# mistake: that is z_0 itself
+### BEGIN HIDDEN TESTS
+checks.check_ddim_invert(ddim_invert, pipe, images[-1], prompts[-1], num_steps=5)  # another image, 5 steps
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 3.3 — the inner loop of null-text inversion
@@ -358,6 +388,12 @@ def null_text_inner_loop(model, z_bar, target, t, t_prev, text_embeddings, uncon
 
 # %% nbgrader={"grade": true, "grade_id": "ex3_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_null_text_inner_loop(null_text_inner_loop, pipe)
+# mistake: the embedding did not change
+# mistake: the embedding moved uphill
+# mistake: your loop took
+### BEGIN HIDDEN TESTS
+checks.check_null_text_inner_loop(null_text_inner_loop, pipe, inner_steps=2, learning_rate=5e-3)
+### END HIDDEN TESTS
 
 # %% tags=["finish"]
 # NBVAL_IGNORE_OUTPUT

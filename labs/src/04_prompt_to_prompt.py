@@ -325,6 +325,22 @@ def replace_cross_attention(source, mapper):
 
 # %% nbgrader={"grade": true, "grade_id": "ex4_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_replace_cross_attention(replace_cross_attention, pipe.tokenizer)
+# mistake: these are the targets' own maps
+# mistake: the mapper is ignored
+# mistake: the mapper is applied transposed
+### BEGIN HIDDEN TESTS
+@checks.exercise_check
+def check_three_targets(student):
+    """Three targets, 3 heads, 5 tokens: each target's own mapper, no shape baked in."""
+    generator = torch.Generator().manual_seed(15)
+    source = torch.softmax(torch.randn(3, 6, 5, generator=generator), dim=-1)  # (heads, HW, tokens)
+    mapper = torch.stack([torch.eye(5)[torch.randperm(5, generator=generator)] for _ in range(3)])  # (targets, 5, 5)
+    expected = torch.stack([source @ m for m in mapper])  # (targets, heads, HW, tokens)
+    checks.compare("replace_cross_attention", checks.call_student("replace_cross_attention", student, source, mapper),
+                   expected, what=" (3 targets, 3 heads, 5 tokens)")
+    return checks.passed("hidden: three targets with their own mappers")
+check_three_targets(replace_cross_attention)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 4.2 — token alignment for *refine*
@@ -356,6 +372,25 @@ def refine_alignment(source_ids, target_ids):
 
 # %% nbgrader={"grade": true, "grade_id": "ex4_2_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_refine_alignment(refine_alignment, pipe.tokenizer)
+# mistake: you matched tokens by position
+# mistake: a target token the source lacks gets -1
+# mistake: a token the source has is marked -1
+### BEGIN HIDDEN TESTS
+@checks.exercise_check
+def check_more_refinements(student):
+    """Two more pairs: words added at the end, and two words added in different places."""
+    from diffusion_lab.attention.tokens import prompt_token_ids, refinement_alignment
+    for source, target in (("a blue star", "a blue star on a black background"),
+                           ("a red circle and a square", "a small red circle and a large square")):
+        expected = refinement_alignment(pipe.tokenizer, source, target)[0][: len(prompt_token_ids(pipe.tokenizer, target))]
+        got = checks.call_student("refine_alignment", student, prompt_token_ids(pipe.tokenizer, source),
+                                  prompt_token_ids(pipe.tokenizer, target))
+        if [int(v) for v in got] != expected.tolist():
+            raise checks.ExerciseFailed(f"refine_alignment({source!r} -> {target!r}) gave {list(got)}, expected "
+                                        f"{expected.tolist()}")
+    return checks.passed("hidden: two more refinements align")
+check_more_refinements(refine_alignment)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 4.3 — the local-blend mask
@@ -383,6 +418,26 @@ def local_blend_mask(word_maps, latent_size, threshold, dilation):
 
 # %% nbgrader={"grade": true, "grade_id": "ex4_3_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_local_blend_mask(local_blend_mask, pipe)
+# mistake: each prompt's averaged map must be divided by its maximum
+# mistake: the dilation is not applied
+# mistake: upsample with mode='bilinear'
+### BEGIN HIDDEN TESTS
+@checks.exercise_check
+def check_blend_of_made_up_maps(student):
+    """Two layers of different sizes, made-up maps: the same mask as LocalBlend's steps."""
+    import torch.nn.functional as F
+    generator = torch.Generator().manual_seed(16)
+    maps = [torch.rand(2, 1, 4, 4, generator=generator), torch.rand(2, 1, 8, 8, generator=generator)]
+    average = torch.stack([F.interpolate(m, size=(16, 16), mode="bilinear", align_corners=False) for m in maps]).mean(0)
+    expected = F.max_pool2d((average / average.amax(dim=(2, 3), keepdim=True) > 0.6).float(), 3, 1, 1) > 0
+    got = checks.as_tensor("local_blend_mask", checks.call_student("local_blend_mask", student, [m.clone() for m in maps],
+                                                                     (16, 16), 0.6, 1), expected).bool()
+    if not torch.equal(got, expected):
+        raise checks.ExerciseFailed(f"local_blend_mask: on made-up maps of two layers (4x4, 8x8), {float((got != expected).float().mean()):.0%} "
+                                    "of the pixels differ from the reference mask")
+    return checks.passed("hidden: the mask of made-up maps of two layers is right")
+check_blend_of_made_up_maps(local_blend_mask)
+### END HIDDEN TESTS
 
 # %% tags=["finish"]
 # NBVAL_IGNORE_OUTPUT
