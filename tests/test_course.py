@@ -167,7 +167,7 @@ def test_checks_name_common_mistakes():
 
     def swapped_sigma(alpha_bar_t, alpha_bar_prev, eta):
         t, p = (torch.as_tensor(v, dtype=torch.float64) for v in (alpha_bar_t, alpha_bar_prev))
-        return eta * ((1 - t) / (1 - p) * (1 - p / t).clamp(min=0)).sqrt()
+        return eta * ((1 - t) / (1 - p) * (1 - p / t)).sqrt()  # NaN where the ratio exceeds 1, as a student gets
 
     with pytest.raises(checks.ExerciseFailed, match="swapped"):
         checks.check_sigma_from_eta(swapped_sigma)

@@ -174,7 +174,7 @@ def _as_tensor(name: str, value, like: torch.Tensor | None = None) -> torch.Tens
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL, rtol: float = 1e-4) -> bool:
-    return bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol))
+    return bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol, equal_nan=True))
 
 
 def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -420,7 +420,7 @@ def check_sigma_from_eta(student: Callable) -> bool:
             t, p = torch.tensor(alpha_bar_t, dtype=torch.float64), torch.tensor(alpha_bar_prev, dtype=torch.float64)
             mistakes = {
                 "alpha_bar_t and alpha_bar_{t-1} are swapped (alpha_bar_{t-1} > alpha_bar_t: the earlier step is "
-                "less noisy)": eta * ((1 - t) / (1 - p) * (1 - p / t).clamp(min=0)).sqrt(),
+                "less noisy)": eta * ((1 - t) / (1 - p) * (1 - p / t)).sqrt(),
                 "the square root is missing: sigma_t is a standard deviation": eta * (1 - p) / (1 - t) * (1 - t / p),
                 "eta multiplies the standard deviation, not the variance": (eta * (1 - p) / (1 - t) * (1 - t / p)).sqrt(),
                 "eta is squared: sigma_t = eta * sqrt(...), eta to the first power":
@@ -447,7 +447,7 @@ def check_sigma_hat(student: Callable) -> bool:
                 sigma_from_eta(alpha_bar_t, alpha_bar_prev, 1.0),
             "the square root is missing": 1 - t / p,
             "the ratio is upside down: alpha_bar_t / alpha_bar_{t-1}, with alpha_bar_t the smaller":
-                (1 - p / t).abs().sqrt(),
+                (1 - p / t).sqrt(),
             "the square root is of the whole 1 - alpha_bar_t / alpha_bar_{t-1}, not of the ratio alone (1 - sqrt(ratio))":
                 1 - (t / p).sqrt(),
         }
@@ -593,7 +593,7 @@ def _inversion_variant(z_0, epsilon_at, schedule, timesteps, order: str = "right
     visited = list(reversed(pairs)) if order == "right" else pairs
     z = z_0
     for t, t_prev in visited[: steps if steps is not None else len(visited)]:
-        epsilon = epsilon_at(z, t if noise_at == "t" else max(t_prev, 0))
+        epsilon = epsilon_at(z, t if noise_at == "t" else t_prev)
         z = ddim_inversion_step(z, epsilon, schedule.alpha_bar(t_prev), schedule.alpha_bar(t))
     return z
 
@@ -678,6 +678,9 @@ def check_replace_cross_attention(student: Callable, tokenizer) -> bool:
     mapper = controller.mapper.clone()
     permuted = torch.stack([torch.eye(tokens)[torch.randperm(tokens, generator=generator)] for _ in range(2)])
     result = _call(name, student, source, mapper)
+    if isinstance(result, torch.Tensor) and tuple(result.shape) == tuple(source.shape):
+        raise ExerciseFailed(f"{name}: one set of maps per target: the result has a leading targets dimension, "
+                             f"(targets, heads, HW, tokens) = {tuple(targets.shape)}; yours has the source's shape")
     if isinstance(result, torch.Tensor) and tuple(result.shape) == tuple(targets.shape) and _close(result, targets):
         raise ExerciseFailed(f"{name}: these are the targets' own maps; the word swap gives each target the SOURCE's maps")
     _compare(name, result, expected, {

@@ -325,7 +325,7 @@ def replace_cross_attention(source, mapper):
 
 # %% nbgrader={"grade": true, "grade_id": "ex4_1_check", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 checks.check_replace_cross_attention(replace_cross_attention, pipe.tokenizer)
-# mistake: these are the targets' own maps
+# mistake: one set of maps per target
 # mistake: the mapper is ignored
 # mistake: the mapper is applied transposed
 ### BEGIN HIDDEN TESTS
