@@ -66,7 +66,7 @@ LABS_WITH_EXERCISES = build_labs.lab_names()
 def course(tmp_path_factory):
     from diffusion_lab.course.build import build_course
 
-    return build_course(tmp_path_factory.mktemp("course"))
+    return build_course(tmp_path_factory.mktemp("course"), wheel=False)
 
 
 def _notebook(course, flavour, name):
@@ -98,7 +98,8 @@ def _grade_in_process(course, name, flavour):
 
     reference = _notebook(course, "autograder", name)
     submission = _notebook(course, flavour, name)
-    return scores_of(execute_in_process(grading_notebook(submission, reference)))
+    out_dir = course / "work" / flavour / name  # the set-up cell's OUT_DIR: not the checkout's outputs/
+    return scores_of(execute_in_process(grading_notebook(submission, reference, out_dir=str(out_dir))))
 
 
 @pytest.mark.parametrize("name", LABS_WITH_EXERCISES)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def course(tmp_path_factory):
     from diffusion_lab.course.build import build_course
 
-    return build_course(tmp_path_factory.mktemp("course"))
+    return build_course(tmp_path_factory.mktemp("course"), wheel=False)
 
 
 def _notebook(course, flavour, name):

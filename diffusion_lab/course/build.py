@@ -3,13 +3,18 @@
     python -m diffusion_lab course build --out DIR
 
 writes
-    DIR/student/NN_name.ipynb      solutions removed (nbgrader's ClearSolutions: `# YOUR CODE HERE` +
-                                   `raise NotImplementedError()`), hidden checks removed (ClearHiddenTests), no outputs
+    DIR/student/                   all a student needs, handed out as it is (zip it):
+      NN_name.ipynb                solutions removed (nbgrader's ClearSolutions: `# YOUR CODE HERE` +
+                                   `raise NotImplementedError()`), hidden checks removed (ClearHiddenTests), no
+                                   outputs; check cells tagged raises-exception (Run All goes on past a failed one)
+      STUDENTS.md                  set up, work, submit; its install line names the wheel below
+      diffusion_lab-*.whl          the package (`pip wheel --no-deps` of a copy of diffusion_lab/): the library, the
+                                   built-in model and the visible checks; no lab, no solution, no hidden check
     DIR/instructor/NN_name.ipynb   solutions and outputs: the committed labs/NN_name.ipynb (executed by
                                    `python pipelines/run_labs.py --in-place`, checked by nbval)
     DIR/autograder/NN_name.ipynb   solutions, hidden checks, no outputs: where `course grade` takes the check cells from
     DIR/autograder/manifest.json   per lab: the graded exercises (grade_id, points) and which cells grading runs
-    DIR/STUDENTS.md                how a student sets up, works and submits
+    DIR/STUDENTS.md                the same as DIR/student/STUDENTS.md
 
 Exercise cells carry nbgrader's metadata (`# %% nbgrader={...}` in labs/src): solution cells
 (`"solution": true`) with the solution between `### BEGIN SOLUTION` and `### END SOLUTION`, check cells
@@ -22,7 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -128,8 +137,38 @@ def check_sources_match_notebooks(labs: Path = LABS) -> None:
                                "and `python pipelines/run_labs.py --in-place` first")
 
 
-def build_course(out: str | Path, labs: str | Path = LABS) -> Path:
-    """Write the student, instructor and autograder versions of every lab under `out` (see the module docstring)."""
+WHEEL_NAME = re.compile(r"diffusion_lab-[0-9][^\s\"'`/]*\.whl")  # how STUDENTS.md names the wheel
+
+
+def build_wheel(out: str | Path, repo: Path = REPO) -> Path:
+    """The package's wheel in `out`, built (pip wheel --no-deps, without build isolation: offline) from a copy of
+    diffusion_lab/, pyproject.toml and README.md only, so nothing else of the checkout (labs, solutions, tests) can
+    get in, and the checkout gets no build/ or egg-info."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="diffusion-lab-wheel-") as temporary:
+        source = Path(temporary) / "source"
+        shutil.copytree(repo / "diffusion_lab", source / "diffusion_lab",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(repo / name, source / name)
+        before = set(out.glob("diffusion_lab-*.whl"))
+        completed = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                                    "-w", str(out), str(source)], capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"building the wheel failed (pip wheel --no-deps): {completed.stderr.strip()[-2000:]}")
+    wheels = sorted(set(out.glob("diffusion_lab-*.whl")) - before) or sorted(out.glob("diffusion_lab-*.whl"))
+    return wheels[-1]
+
+
+def student_guide(wheel_name: str, students: Path = REPO / "STUDENTS.md") -> str:
+    """STUDENTS.md with its install line naming this build's wheel."""
+    return WHEEL_NAME.sub(wheel_name, students.read_text())
+
+
+def build_course(out: str | Path, labs: str | Path = LABS, wheel: bool = True) -> Path:
+    """Write the student, instructor and autograder versions of every lab under `out` (see the module docstring).
+    wheel=False leaves the package's wheel out of student/ (tests of the notebooks only)."""
     import nbformat
 
     out, labs = Path(out), Path(labs)
@@ -147,7 +186,8 @@ def build_course(out: str | Path, labs: str | Path = LABS) -> Path:
         nbformat.write(source_nb, out / "autograder" / f"{name}.ipynb")
         manifest[name] = {"exercises": graded, "max_score": sum(e["points"] for e in graded)}
     (out / "autograder" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    students = REPO / "STUDENTS.md"
-    if students.exists():
-        shutil.copyfile(students, out / "STUDENTS.md")
+    wheel_name = build_wheel(out / "student").name if wheel else "diffusion_lab-0.1.0-py3-none-any.whl"
+    guide = student_guide(wheel_name)
+    (out / "student" / "STUDENTS.md").write_text(guide)
+    (out / "STUDENTS.md").write_text(guide)
     return out

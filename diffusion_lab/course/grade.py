@@ -379,6 +379,8 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="course_command", required=True)
     build = sub.add_parser("build", help="write the student, instructor and autograder versions of the labs")
     build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--no-wheel", action="store_true",
+                       help="leave the package's wheel out of student/ (students then need another install line)")
     grade = sub.add_parser("grade", help="grade a folder of submissions (DIR/<student>/NN_name.ipynb) into a CSV")
     grade.add_argument("--submissions", required=True)
     grade.add_argument("--out", default="scores.csv", help="CSV of scores (default scores.csv)")
@@ -396,14 +398,14 @@ def run_from_args(args) -> int:
     from .build import build_course
 
     if args.course_command == "build":
-        out = build_course(args.out)
+        out = build_course(args.out, wheel=not args.no_wheel)
         print(f"Course written to {out.resolve()}:")
         for flavour in ("student", "instructor", "autograder"):
             print(f"  {flavour + '/':12s} {', '.join(sorted(p.name for p in (out / flavour).iterdir()))}")
         return 0
     if args.course_command == "grade":
         with tempfile.TemporaryDirectory() as temporary:
-            autograder = args.autograder or (build_course(temporary) / "autograder")
+            autograder = args.autograder or (build_course(temporary, wheel=False) / "autograder")
             rows = grade_folder(args.submissions, args.out, autograder, args.timeout, workers=args.workers,
                                 scheduler=args.scheduler)
         totals = [r for r in rows if r["exercise"] == "total"]
