@@ -23,8 +23,9 @@ graded file's name; scores.feedback/<student>.html is the feedback a student rea
 graded submission is kept in scores.parts/<key>.json (the key hashes the student, the lab, the file's bytes and the
 autograder's notebook) as soon as it is done, and a second run (after a crash, a kill, or with more submissions)
 grades only what has no part yet; the CSV is made from the parts of the submissions chosen, each once.
---workers N runs N submissions at once (a Dask LocalCluster of N single-thread worker processes, as `batch`);
---scheduler ADDRESS sends them to a running Dask scheduler (a cluster) instead.
+--workers N grades N submissions at once (N kernels, each with cores / N torch threads); --scheduler ADDRESS sends
+the submissions to a running Dask scheduler (a cluster, as `batch --scheduler`), each worker running one kernel at
+a time per thread; the jobs carry the notebooks' text, so workers need no view of the driver's files.
 """
 
 from __future__ import annotations
@@ -261,35 +262,40 @@ def results_folder(out_csv: Path, kind: str) -> Path:
 
 
 def _run_jobs(jobs: list[dict], workers: int, scheduler: str | None, on_done, log) -> None:
-    """Run grade_job on every job: in this process (one worker, no scheduler) or on Dask, calling on_done(result) as
-    each finishes (so a killed run keeps what is done)."""
-    if workers <= 1 and not scheduler:
-        for job in jobs:
-            on_done(grade_job(job))
+    """Run grade_job on every job, calling on_done(result) in this thread as each finishes (so a killed run keeps
+    what is done). Without a scheduler: `workers` threads of this process, each driving one kernel at a time (the
+    work is in the kernels, separate processes; a thread only waits for its kernel, and a kernel exits when this
+    process dies). With a scheduler: the jobs go to that Dask cluster's workers (as `batch --scheduler`)."""
+    import concurrent.futures
+
+    if not scheduler:
+        if workers <= 1:
+            for job in jobs:
+                on_done(grade_job(job))
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffusion-lab-grade")
+        try:
+            futures = [pool.submit(grade_job, job) for job in jobs]
+            for future in concurrent.futures.as_completed(futures):
+                on_done(future.result())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         return
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, as_completed
     except ImportError:
-        raise RuntimeError("--workers / --scheduler need dask and distributed: pip install 'diffusion-lab[dask]'") from None
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as error:
-            raise RuntimeError(f"could not reach the Dask scheduler {scheduler!r}: {error}") from None
-        log(f"dask: connected to {client.scheduler.address}")
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-        log(f"dask: LocalCluster of {workers} worker process(es)")
+        raise RuntimeError("--scheduler needs dask and distributed: pip install 'diffusion-lab[dask]'") from None
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise RuntimeError(f"could not reach the Dask scheduler {scheduler!r}: {error}") from None
+    log(f"dask: connected to {client.scheduler.address}")
     try:
         futures = [client.submit(grade_job, job, key=f"diffusion-lab-grade-{job['key']}", pure=False) for job in jobs]
         for future in as_completed(futures):
             on_done(future.result())
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _feedback_page(student: str, rows: list[dict]) -> str:
@@ -388,7 +394,7 @@ def add_arguments(parser) -> None:
                        help="the autograder folder of `course build` (default: build one in a temporary folder)")
     grade.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     grade.add_argument("--workers", type=int, default=1,
-                       help="submissions graded at once (a Dask LocalCluster of N processes; default 1: in this one)")
+                       help="submissions graded at once, each in its own kernel (default 1)")
     grade.add_argument("--scheduler", default=None, help="address of a running Dask scheduler to grade on instead")
 
 
