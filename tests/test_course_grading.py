@@ -122,3 +122,75 @@ def test_duplicates_with_equal_times_take_the_name_handed_out(tmp_path):
                                                   log=lambda *_: None)
     assert (lab, graded.name) == ("01_naive_noising", "01_naive_noising.ipynb")
     assert sorted(p.name for p in ignored) == ["01_naive_noising (1).ipynb", "01_naive_noising-copy.ipynb"]
+
+
+def _lab_1_class(course, folder: Path) -> None:
+    """Three students of lab 1: right (3/3), a planted mistake (2/3), blank (0/3)."""
+    name = "01_naive_noising"
+    planted = _notebook(course, "autograder", name)
+    cell = _solution_cell(planted, "forward_marginal_sample")
+    cell.source = cell.source.replace("alpha_bar_t.sqrt() * x_0 + (1 - alpha_bar_t).sqrt() * noise",
+                                      "alpha_bar_t * x_0 + (1 - alpha_bar_t) * noise")
+    for student, nb in (("right", _notebook(course, "autograder", name)), ("planted", planted),
+                        ("blank", _notebook(course, "student", name))):
+        (folder / student).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, folder / student / f"{name}.ipynb")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_without_regrading_and_counts_each_once(course, tmp_path):
+    """The first run dies right after its first submission is done (as a kill would: nothing after it runs); the
+    second, on 2 workers, grades only the other two, and the CSV has each submission once."""
+    from diffusion_lab.course.grade import grade_folder, results_folder
+
+    _lab_1_class(course, tmp_path / "submitted")
+    out = tmp_path / "scores.csv"
+
+    def dies_after_the_first(message: str) -> None:
+        if message.startswith("graded "):
+            raise _Killed(message)
+
+    with pytest.raises(_Killed):
+        grade_folder(tmp_path / "submitted", out, course / "autograder", timeout=300, log=dies_after_the_first)
+    assert not out.exists() and len(list(results_folder(out, "parts").glob("*.json"))) == 1
+    said: list[str] = []
+    rows = grade_folder(tmp_path / "submitted", out, course / "autograder", timeout=300, log=said.append, workers=2)
+    assert "1 submission(s) already graded" in said[0] and said[0].endswith("grading 2")
+    assert len([m for m in said if m.startswith("graded ")]) == 2
+    totals = {r["student"]: r["score"] for r in rows if r["exercise"] == "total"}
+    assert totals == {"blank": 0.0, "planted": 2.0, "right": 3.0}
+    assert len(_rows(out)) == len(rows) == 12  # 3 students x (3 exercises + total), each once
+
+
+def test_the_kernels_die_with_a_killed_driver(course, tmp_path):
+    """`course grade --workers 2` killed (SIGKILL) while its kernels run: the kernels exit too (ipykernel polls
+    its parent), nothing is left running."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    _lab_1_class(course, tmp_path / "submitted")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-m", "diffusion_lab", "course", "grade", "--submissions",
+                               str(tmp_path / "submitted"), "--autograder", str(course / "autograder"), "--out",
+                               str(tmp_path / "scores.csv"), "--workers", "2"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, kernels = time.time() + 120, []
+        while time.time() < deadline and len(kernels) < 2:
+            kernels = [p for p in psutil.Process(driver.pid).children(recursive=True)
+                       if "ipykernel" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert len(kernels) == 2, "two kernels should be running"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    gone, alive = psutil.wait_procs(kernels, timeout=30)
+    for process in alive:  # do not leave them behind even when the test fails
+        process.kill()
+    assert not alive, [p.pid for p in alive]
