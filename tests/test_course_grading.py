@@ -194,3 +194,15 @@ def test_the_kernels_die_with_a_killed_driver(course, tmp_path):
     for process in alive:  # do not leave them behind even when the test fails
         process.kill()
     assert not alive, [p.pid for p in alive]
+
+
+def test_bench_grading_plants_one_mistake_per_lab(course, tmp_path, import_script):
+    """pipelines/bench_grading.py's generated class: every lab's planted mistake is found in its solution (a
+    rebuilt lab cannot silently turn the planted submissions into right ones)."""
+    bench = import_script("pipelines/bench_grading.py")
+    labs = ["01_naive_noising", "02_generalized_posterior", "03_ddim_inversion", "04_prompt_to_prompt"]
+    kinds = bench.write_class(course, tmp_path / "submitted", 3, labs)
+    assert kinds == {"student000": "right", "student001": "blank", "student002": "planted"}
+    for lab in labs:
+        right, wrong = bench.PLANTED[lab[:2]]
+        assert wrong in (tmp_path / "submitted" / "student002" / f"{lab}.ipynb").read_text().replace('\\"', '"')

@@ -95,6 +95,8 @@ def exercises(nb) -> list[dict]:
             for c in nb.cells if is_grade_cell(c)]
 
 
+# in handed-out notebooks: figures and metrics.json go to outputs/ next to the notebook (not into the installed package)
+LOCAL_OUT_DIR = 'OUT_DIR = OUT_DIR or "outputs"  # next to this notebook'
 RAISES_TAG = "raises-exception"  # JupyterLab's Run All (and nbclient, papermill) go on past a cell with this tag
 
 
@@ -119,6 +121,8 @@ def student_version(nb):
     for cell in nb.cells:
         if is_grade_cell(cell):
             allow_failure(cell)
+        if "parameters" in cell.metadata.get("tags", ()):
+            cell.source += f"\n{LOCAL_OUT_DIR}"
         text = cell.source
         for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
             if marker in text:
@@ -164,6 +168,43 @@ def build_wheel(out: str | Path, repo: Path = REPO) -> Path:
 def student_guide(wheel_name: str, students: Path = REPO / "STUDENTS.md") -> str:
     """STUDENTS.md with its install line naming this build's wheel."""
     return WHEEL_NAME.sub(wheel_name, students.read_text())
+
+
+NBGRADER_CONFIG = """# nbgrader's configuration of the diffusion-lab course (written by `python -m diffusion_lab course build --nbgrader`)
+c = get_config()
+c.CourseDirectory.course_id = "diffusion-lab"
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}
+c.Execute.timeout = 600  # seconds per cell
+"""
+
+
+def build_nbgrader(out: str | Path, labs: str | Path = LABS) -> Path:
+    """A standard nbgrader course folder: out/nbgrader_config.py and out/source/<lab>/<lab>.ipynb (solutions and
+    hidden checks between nbgrader's markers, no outputs; check cells tagged raises-exception, OUT_DIR next to the
+    notebook). nbgrader's own workflow then runs on it, from `out`:
+
+        nbgrader generate_assignment NN_name --force   # release/NN_name/NN_name.ipynb: the student version
+        nbgrader autograde NN_name --create --force    # submitted/<student>/NN_name/NN_name.ipynb -> gradebook.db
+        nbgrader generate_feedback NN_name --force     # feedback/<student>/NN_name/NN_name.html
+
+    Autograde runs the whole notebook (the lab's experiments too): run it with DIFFUSION_LAB_QUICK=1 in the
+    environment for the smaller experiments `course grade` also uses."""
+    import nbformat
+
+    out, labs = Path(out), Path(labs)
+    check_sources_match_notebooks(labs)
+    names = lab_names(labs / "src")
+    for name in names:
+        nb = notebook_from_source(labs / "src" / f"{name}.py")
+        for cell in nb.cells:
+            if is_grade_cell(cell):
+                allow_failure(cell)
+            if "parameters" in cell.metadata.get("tags", ()):
+                cell.source += f"\n{LOCAL_OUT_DIR}"
+        (out / "source" / name).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out / "source" / name / f"{name}.ipynb")
+    (out / "nbgrader_config.py").write_text(NBGRADER_CONFIG)
+    return out
 
 
 def build_course(out: str | Path, labs: str | Path = LABS, wheel: bool = True) -> Path:

@@ -385,6 +385,8 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="course_command", required=True)
     build = sub.add_parser("build", help="write the student, instructor and autograder versions of the labs")
     build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--nbgrader", default=None, metavar="DIR",
+                       help="also write an nbgrader course folder (source/<lab>/, nbgrader_config.py) to DIR")
     build.add_argument("--no-wheel", action="store_true",
                        help="leave the package's wheel out of student/ (students then need another install line)")
     grade = sub.add_parser("grade", help="grade a folder of submissions (DIR/<student>/NN_name.ipynb) into a CSV")
@@ -401,13 +403,17 @@ def add_arguments(parser) -> None:
 def run_from_args(args) -> int:
     import tempfile
 
-    from .build import build_course
+    from .build import build_course, build_nbgrader
 
     if args.course_command == "build":
         out = build_course(args.out, wheel=not args.no_wheel)
         print(f"Course written to {out.resolve()}:")
         for flavour in ("student", "instructor", "autograder"):
             print(f"  {flavour + '/':12s} {', '.join(sorted(p.name for p in (out / flavour).iterdir()))}")
+        if args.nbgrader:
+            folder = build_nbgrader(args.nbgrader).resolve()
+            print(f"nbgrader course folder: {folder} (from there: nbgrader generate_assignment NN_name; nbgrader "
+                  "autograde NN_name --create; nbgrader generate_feedback NN_name)")
         return 0
     if args.course_command == "grade":
         with tempfile.TemporaryDirectory() as temporary:
