@@ -18,11 +18,9 @@ Hidden checks are not here: their code sits in the lab sources between `### BEGI
 public helpers of this module (`exercise_check`, `call_student`, `as_tensor`, `compare`, `passed`).
 
 A check judges its own exercise only. When the student's function calls the function of an earlier exercise (lab 1:
-noise_to_strength calls forward_marginal_sample and strength_timesteps; see EARLIER_EXERCISES), an earlier function
-that is not right yet is replaced by the reference while the check runs, and the feedback says so: one mistake
-costs one exercise, and the message points at the exercise where it is. A check whose whole subject is an earlier
-exercise's function (lab 3, exercise 3.2: the reconstruction through the student's inversion step) first runs that
-exercise's check and, if it fails, says "exercise N is not right yet; fix it first".
+noise_to_strength calls forward_marginal_sample and strength_timesteps; lab 3: ddim_invert calls ddim_inversion_step;
+see EARLIER_EXERCISES), an earlier function that is not right yet is replaced by the reference while the check runs,
+and the feedback says so: one mistake costs one exercise, and the message points at the exercise where it is.
 
 The exercise cells of labs/src/*.py call these checks; `python -m diffusion_lab course build` writes the student
 notebooks (solutions removed) and `course grade` runs the same checks on the submissions.
