@@ -55,7 +55,7 @@ def test_a_wrong_exercise_1_1_does_not_fail_exercise_1_3(capsys):
     with pytest.raises(checks.ExerciseFailed, match="square roots are missing"):
         checks.check_forward_marginal_sample(namespace["forward_marginal_sample"])
     students_own = namespace["forward_marginal_sample"]
-    assert checks.check_noise_to_strength(namespace["noise_to_strength"]) is True
+    assert checks.check_noise_to_strength(namespace["noise_to_strength"]) is None
     printed = capsys.readouterr().out
     assert "passed" in printed and "exercise 1.1 (forward_marginal_sample) is not right yet" in printed
     assert "exercise 1.2" not in printed  # strength_timesteps is right: the student's own was used
@@ -64,10 +64,10 @@ def test_a_wrong_exercise_1_1_does_not_fail_exercise_1_3(capsys):
 
 def test_a_wrong_exercise_1_2_or_a_missing_one_does_not_fail_exercise_1_3(capsys):
     namespace = _notebook_namespace(RIGHT_1_1, FIRST_INSTEAD_OF_LAST_1_2, RIGHT_1_3)
-    assert checks.check_noise_to_strength(namespace["noise_to_strength"]) is True
+    assert checks.check_noise_to_strength(namespace["noise_to_strength"]) is None
     assert "exercise 1.2 (strength_timesteps) is not right yet" in capsys.readouterr().out
     namespace = _notebook_namespace(RIGHT_1_1, RIGHT_1_3)  # the exercise 1.2 cell never ran (or failed to define it)
-    assert checks.check_noise_to_strength(namespace["noise_to_strength"]) is True
+    assert checks.check_noise_to_strength(namespace["noise_to_strength"]) is None
     assert "exercise 1.2 (strength_timesteps) is not defined" in capsys.readouterr().out
     assert "strength_timesteps" not in namespace
 
@@ -88,7 +88,7 @@ def test_the_stand_ins_pass_their_own_exercises_checks():
     """The stand-ins compute the right thing (they call the library, which a student's solution may not)."""
     for earlier in (e for chain in checks.EARLIER_EXERCISES.values() for e in chain.values()):
         with checks.reference_calls_allowed():
-            assert earlier.check(earlier.reference) is True
+            assert earlier.check(earlier.reference) is None
         with pytest.raises(checks.ExerciseFailed, match="calls the library's reference"):
             earlier.check(earlier.reference)
 
@@ -117,7 +117,7 @@ def test_a_wrong_exercise_3_1_does_not_fail_exercise_3_2(capsys):
     namespace = _notebook_namespace(IDENTITY_3_1, RIGHT_3_2)
     with pytest.raises(checks.ExerciseFailed, match="z_prev again"):
         checks.check_ddim_inversion_step(namespace["ddim_inversion_step"])
-    assert checks.check_ddim_invert(namespace["ddim_invert"], pipe, image, prompt, num_steps=5) is True
+    assert checks.check_ddim_invert(namespace["ddim_invert"], pipe, image, prompt, num_steps=5) is None
     assert "exercise 3.1 (ddim_inversion_step) is not right yet" in capsys.readouterr().out
 
 

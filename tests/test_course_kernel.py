@@ -79,5 +79,6 @@ def test_a_right_solution_that_prints_to_stderr_passes_in_a_kernel(student_lab_2
     check = next(c for c in nb.cells if grade_id(c) == "ex2_2_check")
     assert not [o for o in check.outputs if o.output_type == "stream" and o.name == "stderr"], check.outputs
     assert determine_grade(check) == (1.0, 1.0)
+    assert not [o for o in check.outputs if o.output_type == "execute_result"]  # no value for nbgrader to read
     text = "".join(o.text for o in check.outputs if o.output_type == "stream")
     assert "passed" in text and "costs nothing" in text

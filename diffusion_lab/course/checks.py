@@ -7,7 +7,8 @@ wrong: not implemented yet, wrong shape, the library's reference called instead 
 mistake recognised (square roots forgotten, alpha_bar_t and alpha_bar_{t-1} swapped, ...: each check's list is
 beside it in labs/src, and tests/test_course_mistakes.py plants each one), or how far off the result is. Stochastic
 results are checked with metric thresholds (statistics of many draws, reconstruction PSNR). On success a check
-prints one line and returns True.
+prints one line and returns None: a check cell shows no value (nbgrader would read a cell's value as partial
+credit, and warned on "True").
 
 In JupyterLab a failed check shows its message only (ExerciseFailed._render_traceback_: no traceback into this
 file). What the student's function writes to stderr or warns while a check runs is caught (it costs nothing: an
@@ -64,13 +65,13 @@ def exercise_check(check: Callable) -> Callable:
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = check(*args, **kwargs)
+            check(*args, **kwargs)
         said = [line for line in stderr.getvalue().splitlines() if line.strip()]
         said += [f"{w.category.__name__}: {w.message}" for w in caught]
         if said:
             print(f"  note: your code wrote {len(said)} line(s) to stderr or as warnings while checked (that costs "
                   f"nothing), first: {said[0][:120]}")
-        return result
+        return None  # passed (a failure raises ExerciseFailed); no value for the cell to show
 
     return run
 
