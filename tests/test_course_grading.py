@@ -206,3 +206,21 @@ def test_bench_grading_plants_one_mistake_per_lab(course, tmp_path, import_scrip
     for lab in labs:
         right, wrong = bench.PLANTED[lab[:2]]
         assert wrong in (tmp_path / "submitted" / "student002" / f"{lab}.ipynb").read_text().replace('\\"', '"')
+
+
+def test_grading_on_a_dask_scheduler(course, tmp_path):
+    """--scheduler ADDRESS: the submissions go to a running Dask cluster's workers (the jobs carry the notebooks'
+    text); the scores are those of local grading."""
+    from distributed import LocalCluster
+
+    from diffusion_lab.course.grade import grade_folder
+
+    name = "01_naive_noising"
+    (tmp_path / "submitted" / "fay").mkdir(parents=True)
+    nbformat.write(_notebook(course, "autograder", name), tmp_path / "submitted" / "fay" / f"{name}.ipynb")
+    said: list[str] = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        rows = grade_folder(tmp_path / "submitted", tmp_path / "scores.csv", course / "autograder", timeout=300,
+                            log=said.append, scheduler=cluster.scheduler_address)
+    assert said[0].startswith("dask: connected to")
+    assert [(r["exercise"], r["score"]) for r in rows][-1] == ("total", 3.0)
