@@ -279,3 +279,24 @@ def test_a_planted_mistake_gets_its_message(lab, gid, check, cells, message, lab
         getattr(checks, check)(function, *arguments)
     assert message in str(failure.value), str(failure.value)
     assert "differs from the reference by up to" not in str(failure.value)
+
+
+def test_an_alias_of_the_reference_scores_0_with_a_message():
+    """`sigma_hat = posterior.sigma_hat` (an alias), a lambda or functools.partial around it, or a call inside the
+    student's own function: each is the library's answer, not the student's (it scored full points)."""
+    import functools
+
+    from diffusion_lab import posterior
+    from diffusion_lab.inversion import ddim_inversion_step
+
+    cases = [
+        (checks.check_sigma_hat, posterior.sigma_hat, "diffusion_lab.posterior.sigma_hat"),
+        (checks.check_sigma_from_eta, functools.partial(posterior.sigma_from_eta), "posterior.sigma_from_eta"),
+        (checks.check_forward_marginal_sample, lambda x_0, a, noise: posterior.forward_marginal_sample(x_0, a, noise),
+         "posterior.forward_marginal_sample"),
+        (checks.check_ddim_inversion_step, ddim_inversion_step, "inversion.step.ddim_inversion_step"),
+    ]
+    for check, student, named in cases:
+        with pytest.raises(checks.ExerciseFailed, match="calls the library's reference") as failure:
+            check(student)
+        assert named in str(failure.value) and "scores 0" in str(failure.value)
