@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from diffusion_lab.course.build import build_course, lab_names
-    from diffusion_lab.course.grade import grade_folder
+    from diffusion_lab.course.classroom import grade_folder
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

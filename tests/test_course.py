@@ -125,7 +125,7 @@ def test_grading_two_submissions_gives_the_expected_scores(course, tmp_path):
     roots of the forward process forgotten), in lab 1 whose exercises need no model."""
     import csv
 
-    from diffusion_lab.course.grade import grade_folder
+    from diffusion_lab.course.classroom import grade_folder
 
     name = "01_naive_noising"
     right = _notebook(course, "autograder", name)

@@ -47,7 +47,7 @@ def _solution_cell(nb, function: str):
 def test_grading_touches_nothing_but_its_work_folder(course, tmp_path, monkeypatch):
     """Lab 3's set-up cell resets OUT_DIR's metrics.json: grading used <repo>/outputs/labs/03_ddim_inversion (and
     ran in the submissions' folder). Now outputs/, labs/ and the submissions are byte-identical after grading."""
-    from diffusion_lab.course.grade import grade_folder
+    from diffusion_lab.course.classroom import grade_folder
 
     monkeypatch.delenv("DIFFUSION_LAB_OUT", raising=False)
     name = "03_ddim_inversion"
@@ -78,7 +78,7 @@ def test_one_submission_per_student_and_lab_and_fair_scores(course, tmp_path):
       exercise calling it; now full points;
     - a solution that returns the library's reference scores 0 and says so;
     - per-student HTML feedback beside the CSV."""
-    from diffusion_lab.course.grade import grade_folder, results_folder
+    from diffusion_lab.course.classroom import grade_folder, results_folder
 
     name = "01_naive_noising"
     now = time.time()
@@ -113,7 +113,7 @@ def test_one_submission_per_student_and_lab_and_fair_scores(course, tmp_path):
 
 
 def test_duplicates_with_equal_times_take_the_name_handed_out(tmp_path):
-    from diffusion_lab.course.grade import choose_submissions
+    from diffusion_lab.course.classroom import choose_submissions
 
     folder = tmp_path / "ed"
     for file in ("01_naive_noising (1).ipynb", "01_naive_noising.ipynb", "01_naive_noising-copy.ipynb"):
@@ -144,7 +144,7 @@ class _Killed(Exception):
 def test_a_killed_run_resumes_without_regrading_and_counts_each_once(course, tmp_path):
     """The first run dies right after its first submission is done (as a kill would: nothing after it runs); the
     second, on 2 workers, grades only the other two, and the CSV has each submission once."""
-    from diffusion_lab.course.grade import grade_folder, results_folder
+    from diffusion_lab.course.classroom import grade_folder, results_folder
 
     _lab_1_class(course, tmp_path / "submitted")
     out = tmp_path / "scores.csv"
@@ -213,7 +213,7 @@ def test_grading_on_a_dask_scheduler(course, tmp_path):
     text); the scores are those of local grading."""
     from distributed import LocalCluster
 
-    from diffusion_lab.course.grade import grade_folder
+    from diffusion_lab.course.classroom import grade_folder
 
     name = "01_naive_noising"
     (tmp_path / "submitted" / "fay").mkdir(parents=True)

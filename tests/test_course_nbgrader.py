@@ -29,7 +29,7 @@ def test_nbgrader_workflow_gives_the_scores_of_course_grade(tmp_path):
     from nbgrader.api import Gradebook
 
     from diffusion_lab.course.build import build_course, build_nbgrader
-    from diffusion_lab.course.grade import grade_folder
+    from diffusion_lab.course.classroom import grade_folder
 
     folder = build_nbgrader(tmp_path / "nbgrader")
     assert (folder / "nbgrader_config.py").exists() and (folder / "source" / LAB / f"{LAB}.ipynb").exists()
