@@ -5,7 +5,9 @@
 The chunk file is plain JSON written by the runner: {"name", "run", "model", "rows": [Row.spec + "key"],
 "threads", "notebook"}. For each row, in order:
 
-  * skipped when rows/<id>/status.json already says "ok" with the row's key (done by an earlier run);
+  * claimed first (rows/<id>/.claim, claims.py): a row that a live process (of another run) is editing is not
+    started ("claimed"); then its status is re-read, and it is skipped when it already says "ok" with the row's
+    key (done by an earlier run, or meanwhile by another process): a done row is never redone or overwritten;
   * otherwise run with diffusion_lab.editing (run_edit; for an image or a scene, inversion.invert first),
     its outputs written atomically into rows/<id>/:
         input.png (image and scene rows)   source.png (source, or the reconstruction of the input)
@@ -28,6 +30,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from .claims import RowClaim, RowClaimed
 from .files import atomic_write_json, atomic_write_png, inside, read_json
 
 STATUS_FILE = "status.json"
@@ -89,26 +92,41 @@ def process_chunk(chunk_file, out_dir, model: str | None = None, verbose: bool =
     if chunk.get("threads"):
         torch.set_num_threads(int(chunk["threads"]))
 
-    pending = [row for row in chunk["rows"] if not is_done(out, row["id"], row["key"])]
-    for row in chunk["rows"]:
-        if row not in pending:
-            summary["rows"][row["id"]] = "skipped"
-    pipe, load_error = None, None
-    if pending:
-        tick = time.perf_counter()
-        try:
-            pipe = load_pipeline(model)
-        except Exception as error:  # every row of the chunk fails with it, recorded
-            load_error = error
-        summary["load_seconds"] = time.perf_counter() - tick
-    for row in pending:
+    from .lifeline import this_process, watch_kernel
+
+    watch_kernel(chunk.get("driver"))  # exit as soon as the driver or this kernel's parent is gone
+    owner = {"run": chunk.get("run"), "chunk": chunk.get("name"), **this_process()}
+    pipe, load_error, loaded = None, None, False
+    for row in chunk["rows"]:  # each row decided when it starts, not once for the chunk
         if os.getppid() != parent:
             raise DriverGone("the batch run that started this kernel is gone; stopping before the next row")
-        if load_error is not None:
-            status = failed_status(row, load_error, context, message=f"could not load the model {model!r}: {load_error}")
-            atomic_write_json(row_dir(out, row["id"]) / STATUS_FILE, status)
-        else:
-            status = run_row(pipe, row, out, model, context, parent)
+        try:
+            claim = RowClaim(row_dir(out, row["id"]), {**owner, "claimed": now()}).acquire()
+        except RowClaimed as held:  # a live process (of another run) edits it: never twice at once
+            summary["rows"][row["id"]] = "claimed"
+            if verbose:
+                print(f"{row['id']}: not started: {held}", flush=True)
+            continue
+        try:
+            if is_done(out, row["id"], row["key"]):  # done meanwhile (by an earlier run's process): never redone
+                summary["rows"][row["id"]] = "skipped"
+                continue
+            if not loaded:
+                tick = time.perf_counter()
+                try:
+                    pipe = load_pipeline(model)
+                except Exception as error:  # every row of the chunk fails with it, recorded
+                    load_error = error
+                summary["load_seconds"] = time.perf_counter() - tick
+                loaded = True
+            if load_error is not None:
+                status = failed_status(row, load_error, context,
+                                       message=f"could not load the model {model!r}: {load_error}")
+                atomic_write_json(row_dir(out, row["id"]) / STATUS_FILE, status)
+            else:
+                status = run_row(pipe, row, out, model, context, parent)
+        finally:
+            claim.release()
         summary["rows"][row["id"]] = status["status"]
         summary["row_seconds"] += status.get("seconds", 0.0)
         if verbose:

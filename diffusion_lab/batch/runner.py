@@ -45,6 +45,8 @@ from .files import (
     read_json,
     sweep_leftovers,
 )
+from .claims import RowClaim, RowClaimed, claim_holder, describe_holder
+from .lifeline import Heartbeat, this_process, watch_worker
 from .manifest import InvalidRow, ManifestError, Row, read_manifest, row_key, validate_manifest
 from .rows import STATUS_FILE, failed_status, is_done, now, row_dir
 
@@ -53,6 +55,7 @@ DEFAULT_CHUNK_SIZE = 8
 DEFAULT_KERNEL = "python3"
 EXECUTORS = ("local", "dask")
 POLL_SECONDS = 0.5
+CLAIM_WAIT_SECONDS = 30.0  # how long a new run waits for rows still claimed by processes of an earlier run
 SCHEDULER_TIMEOUT = "60s"  # how long to try reaching an external Dask scheduler
 _WEIGHT_SUFFIXES = {".json", ".safetensors", ".txt", ".model"}
 
@@ -439,7 +442,8 @@ class _Executor:
         import multiprocessing
 
         return concurrent.futures.ProcessPoolExecutor(max_workers=self.workers,
-                                                      mp_context=multiprocessing.get_context("spawn"))
+                                                      mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=watch_worker, initargs=(os.getpid(),))
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
@@ -595,6 +599,7 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
         keys = {row.id: row_key(row, fingerprint) for row in valid}
         for row in valid:
             row_dir(out, row.id)  # every output folder is checked to stay inside OUT_DIR before any work
+        _wait_for_claimed_rows(out, valid, log)
         done = [row for row in valid if is_done(out, row.id, keys[row.id])]
         done_ids = {row.id for row in done}
         pending = [row for row in valid if row.id not in done_ids]
@@ -616,12 +621,15 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
         chunk_results, interrupted = [], False
         if payloads:
             try:
-                chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
-                                         len(valid), len(done), log, connected)
+                with Heartbeat(out, run_id) as heartbeat:  # the kernels stop when the driver (this process) is gone
+                    for payload in payloads:
+                        payload["driver"] = heartbeat.driver
+                    chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
+                                             len(valid), len(done), log, connected)
             except KeyboardInterrupt:
                 interrupted = True
                 log("interrupted: finished rows are kept; rerun the same command to continue")
-        _record_unfinished(out, pending, keys, run_id, chunk_results, interrupted)
+        _record_unfinished(out, pending, keys, run_id, chunk_results, interrupted, log)
         entries = _entries(out, parsed, valid, invalid, keys)
         counts = {state: sum(e["state"] == state for e in entries) for state in ("ok", "failed", "invalid", "not run")}
         from .report import write_report
@@ -643,9 +651,39 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
 
 
 def _finished_in_run(out, row_id: str, key: str, run_id: str) -> bool:
-    """True when the row has a status (ok or failed) written by this run for this key."""
+    """True when the row has a status (ok or failed) written by this run for this key, or is done (ok for this
+    key, also when an earlier run's process finished it meanwhile: such a row is never run or failed again)."""
     status = read_json(row_dir(out, row_id) / STATUS_FILE)
-    return bool(status and status.get("run") == run_id and status.get("key") == key)
+    if status and status.get("run") == run_id and status.get("key") == key:
+        return True
+    return is_done(out, row_id, key, status)
+
+
+def _wait_for_claimed_rows(out, rows: list[Row], log, wait: float | None = None) -> None:
+    """Rows claimed by live processes of an earlier run (orphans of a driver killed on a machine where they could
+    not be stopped, e.g. workers of an external Dask cluster still finishing a row): wait up to `wait` seconds
+    (CLAIM_WAIT_SECONDS) for them to end, then refuse with BatchError, naming them. Never runs a row twice at once."""
+    wait = CLAIM_WAIT_SECONDS if wait is None else wait
+    deadline, said = time.monotonic() + wait, False
+    while True:
+        held = {}
+        for row in rows:
+            holder = claim_holder(row_dir(out, row.id))
+            if holder is not None:
+                held[row.id] = holder
+        if not held:
+            return
+        first = next(iter(held.values()))
+        if time.monotonic() >= deadline:
+            raise BatchError(
+                f"{len(held)} row(s) ({', '.join(sorted(held)[:5])}{', ...' if len(held) > 5 else ''}) are still being "
+                f"edited by a process of an earlier run: {describe_holder(first)}; waited {wait:g} s. Wait for it "
+                f"to end (or stop it: kill {first.get('pid')} on {first.get('host')}), then run the command again")
+        if not said:
+            log(f"waiting up to {wait:g} s for {len(held)} row(s) still being edited by a process of an earlier "
+                f"run ({describe_holder(first)})")
+            said = True
+        time.sleep(POLL_SECONDS)
 
 
 def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log,
@@ -706,26 +744,38 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
     return sorted(results, key=lambda result: result["name"])
 
 
-def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool) -> None:
+def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool, log=None) -> None:
     """A row of this run without a status of this run (its kernel died, timed out, or never started, also when
     run again once) is failed, with its chunks' errors, so the report and the exit code say so; a rerun of the
-    command retries it."""
+    command retries it. Never a row that is done (an ok status for its key, from any run), nor one that a live
+    process claims (the runner takes the row's claim to write the failure)."""
     errors: dict = {}
     for result in sorted(chunk_results, key=lambda result: result.get("attempt", 1)):
         for row_id in result.get("rows", []):
             errors.setdefault(row_id, []).append((result.get("error"), result.get("notebook")))
+    owner = {"run": run_id, "chunk": None, **this_process(), "claimed": now()}
     for row in pending:
         if _finished_in_run(out, row.id, keys[row.id], run_id):
             continue
         if interrupted and row.id not in errors:
             continue  # never started: "not run" in the report
+        try:
+            claim = RowClaim(row_dir(out, row.id), owner).acquire()
+        except RowClaimed as held:
+            if log:
+                log(f"{held}: left as it is")
+            continue
         attempts = errors.get(row.id, [("the run was interrupted", None)])
         message = f"its chunk ended before this row finished: {attempts[0][0] or 'no status was written'}"
         if len(attempts) > 1:
             message += f"; run once more in a fresh kernel: {attempts[-1][0] or 'no status was written'}"
         context = {"run": run_id, "chunk": None, "notebook": attempts[-1][1]}
-        atomic_write_json(row_dir(out, row.id) / STATUS_FILE, failed_status({"id": row.id, "key": keys[row.id]},
-                                                                            message, context))
+        try:
+            if not is_done(out, row.id, keys[row.id]):  # re-read under the claim
+                atomic_write_json(row_dir(out, row.id) / STATUS_FILE,
+                                  failed_status({"id": row.id, "key": keys[row.id]}, message, context))
+        finally:
+            claim.release()
 
 
 def _entries(out, parsed, valid: list[Row], invalid: list[InvalidRow], keys) -> list[dict]:
