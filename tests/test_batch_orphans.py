@@ -61,34 +61,43 @@ def ok_rows(out: Path) -> set:
     return done
 
 
-def kill_driver_after_first_row(command: list[str], out: Path, kernels_expected: int, limit: float = 240):
+def kill_driver_after_first_row(command: list[str], out: Path, kernels_expected: int, limit: float = 240,
+                                 elsewhere=None):
     """Start the driver, wait until a row is done and `kernels_expected` kernels run, SIGKILL the driver; returns
-    ({pid: command line} of the processes that were below it, seconds until the last of them was gone or None, the survivors)."""
+    ({pid: command line} of the processes that were below it (and below `elsewhere`, an external cluster's
+    processes), seconds until the last of them was gone or None, the survivors)."""
     driver = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def below() -> list:
+        found = psutil.Process(driver.pid).children(recursive=True)
+        for process in elsewhere or []:
+            found += [p for p in process.children(recursive=True) if "ipykernel" in " ".join(_cmdline(p))]
+        return found
+
     deadline = time.monotonic() + limit
     try:
         while True:
             assert driver.poll() is None, "the batch ended before the test could kill it"
             assert time.monotonic() < deadline, "no row finished in time"
-            below = psutil.Process(driver.pid).children(recursive=True)
-            kernels = [p for p in below if "ipykernel" in " ".join(_cmdline(p))]
+            kernels = [p for p in below() if "ipykernel" in " ".join(_cmdline(p))]
             if ok_rows(out) and len(kernels) >= kernels_expected:
                 break
             time.sleep(0.1)
-        below = psutil.Process(driver.pid).children(recursive=True)  # the latest, with the tracker and workers
-        lines = {process.pid: " ".join(_cmdline(process)) for process in below}
+        processes = below()  # the latest, with the tracker and workers
+        lines = {process.pid: " ".join(_cmdline(process)) for process in processes}
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         killed_at = time.monotonic()
-        gone, alive = psutil.wait_procs(below, timeout=GONE_WITHIN)
+        gone, alive = psutil.wait_procs(processes, timeout=GONE_WITHIN)
         seconds = time.monotonic() - killed_at if not alive else None
         survivors = [(p.pid, lines[p.pid][:100]) for p in alive]
+        for process in alive:  # the test fails; leave nothing running
+            process.kill()
         return lines, seconds, survivors
     finally:
-        for process in psutil.Process().children(recursive=True):  # never leave one behind, whatever failed
-            if process.pid != driver.pid and driver.pid in [a.pid for a in _ancestors(process)]:
-                process.kill()
+        for process in below() if driver.poll() is None else []:
+            process.kill()
         if driver.poll() is None:
             driver.kill()
 
@@ -144,4 +153,58 @@ def test_driver_killed_with_dask_local_cluster_takes_everything_with_it(tmp_path
     below, seconds, survivors = kill_driver_after_first_row(command, out, kernels_expected=1)
     assert "kernel" in kinds(below) and "worker" in kinds(below)
     assert not survivors, f"alive {GONE_WITHIN} s after the driver's kill: {survivors}"
-    resume_and_check(command, out, 2)
+
+
+def test_driver_killed_with_an_external_scheduler_stops_its_kernels_not_the_cluster(tmp_path, model_dir):
+    """The cluster is not the run's: its worker stays, the kernel running the dead driver's chunk stops (it sees
+    the driver gone, although its own parent, the Dask worker, lives)."""
+    pytest.importorskip("distributed")
+    dask = str(Path(sys.executable).with_name("dask"))
+    scheduler_file = tmp_path / "scheduler.json"
+    env = environment()
+    cluster = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(scheduler_file), "--port", "0",
+                                 "--dashboard-address", ":0", "--no-show"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        cluster.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                         "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True))
+        out = tmp_path / "out"
+        command = batch_command(write_manifest(tmp_path, 2, 40), out, model_dir, "--executor", "dask",
+                                "--scheduler", str(scheduler_file), "--chunk-size", "2")
+        worker = psutil.Process(cluster[1].pid)
+        below, seconds, survivors = kill_driver_after_first_row(command, out, kernels_expected=1, elsewhere=[worker])
+        assert "kernel" in kinds(below)
+        assert not survivors, f"alive {GONE_WITHIN} s after the driver's kill: {survivors}"
+        assert all(process.poll() is None for process in cluster), "the external cluster was stopped"
+    finally:
+        for process in cluster:
+            process.kill()
+            process.wait()
+        for process in psutil.Process().children(recursive=True):
+            if "ipykernel" in " ".join(_cmdline(process)):
+                process.kill()
+
+
+def test_a_kernel_elsewhere_stops_when_the_drivers_heartbeat_stops(tmp_path):
+    """A kernel on another machine than the driver cannot see its pid: it reads the heartbeat file instead."""
+    from diffusion_lab.batch.lifeline import DriverWatch
+
+    beat = tmp_path / "run.heartbeat"
+    beat.write_text("1")
+    watch = DriverWatch({"host": "another-machine", "pid": 1, "heartbeat": str(beat)}, watch_parent=False,
+                        heartbeat_timeout=0.5)
+    for count in range(2, 8):  # beating: alive
+        time.sleep(0.2)
+        beat.write_text(str(count))
+        assert watch.gone() is None
+    time.sleep(0.7)  # stopped beating
+    assert "has not changed for 0.5 s" in watch.gone()
+    same_machine_dead = DriverWatch({**psutil_identity(), "pid": 2**22 + 17}, watch_parent=False)
+    assert "the batch driver (pid" in same_machine_dead.gone()
+
+
+def psutil_identity() -> dict:
+    from diffusion_lab.batch.lifeline import this_process
+
+    return this_process()

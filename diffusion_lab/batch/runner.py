@@ -203,7 +203,7 @@ def run_chunk(payload: dict) -> dict:
     notebook = f"notebooks/{name}.ipynb"
     atomic_write_json(chunk_file, {
         "name": name, "run": payload["run"], "model": payload["model"], "threads": threads,
-        "notebook": notebook, "result_file": result_file, "rows": payload["rows"],
+        "notebook": notebook, "result_file": result_file, "rows": payload["rows"], "driver": payload.get("driver"),
     })
     partial = inside(out, "notebooks", f".{name}{PARTIAL_NOTEBOOK_SUFFIX}")
     partial.parent.mkdir(parents=True, exist_ok=True)
