@@ -308,7 +308,7 @@ def test_report_names_every_row(tmp_path):
         assert name in markdown and name in page
     assert "bad&lt;id&gt;" in page and "a \\| b" in markdown
     assert (out / "contact-sheet-01.png").is_file() and "contact-sheet-01.png" in markdown
-    assert json.loads(paths["summary"].read_text())["counts"] == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
+    assert json.loads(paths["summary"].read_text())["counts"] == {"ok": 1, "warning": 0, "failed": 1, "invalid": 1, "not run": 0}
     ids = report_ids(out)
     assert len(set(ids.values())) == 1 and None not in ids.values(), ids  # the three files say they agree
 
@@ -374,7 +374,7 @@ rows:
     result = run_batch(manifest, out, str(model_dir), chunk_size=4, executor=executor, workers=1, skip_invalid=True,
                        progress=False, log=lambda m: None)
     assert result.exit_code == 1  # two rows were invalid (skipped)
-    assert result.counts == {"ok": 3, "failed": 0, "invalid": 2, "not run": 0}
+    assert result.counts == {"ok": 3, "warning": 0, "failed": 0, "invalid": 2, "not run": 0}
     bad_rate = next(bad for bad in result.invalid if bad.id == "bad-rate")
     assert "inversion_options.learning_rate must be between 1e-06 and 1, got -1" in bad_rate.message
     rows = {"first", "second", "image-edit"}

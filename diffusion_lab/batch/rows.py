@@ -34,6 +34,9 @@ from .claims import RowClaim, RowClaimed
 from .files import atomic_write_json, atomic_write_png, inside, read_json
 
 STATUS_FILE = "status.json"
+SUSPECT_DB = 10.0  # a reconstruction (or an edit's kept region) this many dB below the input's own VAE round trip is
+#                    flagged: "warning" in the report (10 dB: ten times the squared error the VAE alone makes)
+VAE_FLOOR_DB = 20.0  # an input whose own VAE round trip is below this is flagged too: the model cannot represent it
 METRICS_FILE = "metrics.json"
 ROWS_DIR = "rows"
 
@@ -188,7 +191,8 @@ def run_row(pipe, row: dict, out_dir, model: str, context: dict, parent_pid: int
             except (OSError, ValueError):
                 pass
         status = {"id": row["id"], "key": row["key"], "status": "ok", "error": None, "seconds": seconds,
-                  "finished": now(), "files": files, "warnings": messages, **context}
+                  "finished": now(), "files": files, "warnings": messages, "suspect": suspect_results(metrics),
+                  **context}
     except DriverGone:
         raise
     except Exception as error:  # recorded; the next row runs
@@ -285,6 +289,8 @@ def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
     pictures["attention.png"] = edit_attention_figure(result, pipe.tokenizer)
     pictures["comparison.png"] = result.figure(input_image=None if input_image is None else np.array(input_image))
     metrics = edit_metrics(result, input_image, masks)
+    if input_image is not None:
+        metrics["vae_round_trip"] = vae_round_trip_metrics(pipe, input_image, masks)
     metrics.update({"id": row["id"], "key": row["key"], "model": model, "edit": row["edit"],
                     "edit_kind": row.get("edit_kind"), "inversion": row.get("inversion"), "seed": row.get("seed"),
                     "num_steps": row["num_steps"], "guidance_scale": guidance, "seconds": timing})
@@ -315,6 +321,50 @@ def edit_metrics(result, input_image=None, masks=None) -> dict:
         entry.update(_analyzer_scores(result.source_image, edited, prompt))
         metrics["targets"].append(entry)
     return metrics
+
+
+def vae_round_trip_metrics(pipe, input_image, masks=None) -> dict:
+    """The input's own ceiling: PSNR of decode(encode(input)) to the input (and outside a scene's objects), what
+    no latent-space inversion or edit can beat (lecture: the VAE round trip)."""
+    import numpy as np
+
+    from ..latents import vae_round_trip
+    from ..metrics import background_psnr, psnr
+
+    reference = np.array(input_image)  # (H, W, 3) uint8
+    round_trip = vae_round_trip(pipe, input_image)[0]  # (H, W, 3) uint8
+    ceiling = {"psnr": round(float(psnr(round_trip, reference)), 4)}
+    if masks is not None:
+        ceiling["background_psnr"] = round(float(background_psnr(round_trip, reference, masks)), 4)
+    return ceiling
+
+
+def suspect_results(metrics: dict, threshold_db: float = SUSPECT_DB, floor_db: float = VAE_FLOOR_DB) -> list[str]:
+    """Why a row's result is suspect (empty when it is not): its reconstruction, or an edit's background (outside
+    a scene's objects, what should not change), more than `threshold_db` below the input's own VAE round trip; or
+    that round trip itself below `floor_db` (the model's VAE cannot represent the input: a 16-bit RGBA image whose
+    half-transparent half was composited on white came back at 12.98 dB, as did its reconstruction, with the red
+    circle turned green). The row stays done (its files are a result) and is shown as "warning" with the numbers."""
+    ceiling = metrics.get("vae_round_trip") or {}
+    found = []
+    reconstruction = (metrics.get("reconstruction") or {}).get("psnr")
+    if "psnr" in ceiling and ceiling["psnr"] < floor_db:
+        found.append(f"suspect: the input's own VAE round trip is {ceiling['psnr']:.2f} dB (flagged below {floor_db:g} "
+                     f"dB): this model's VAE cannot represent the image, so the reconstruction "
+                     f"({reconstruction:.2f} dB) and the edits cannot be faithful (a transparent or 16-bit input "
+                     "composited on white, or an image unlike the model's training images?)")
+    if reconstruction is not None and "psnr" in ceiling and reconstruction < ceiling["psnr"] - threshold_db:
+        found.append(f"suspect: the reconstruction is {reconstruction:.2f} dB, {ceiling['psnr'] - reconstruction:.1f} "
+                     f"dB below the input's own VAE round trip ({ceiling['psnr']:.2f} dB; flagged at {threshold_db:g} "
+                     "dB below): the inversion did not find this image (check the input, e.g. a transparent or "
+                     "16-bit image composited on white, the source prompt and the inversion method)")
+    for index, target in enumerate(metrics.get("targets", []), start=1):
+        kept = target.get("background_psnr_to_input")
+        if kept is not None and "background_psnr" in ceiling and kept < ceiling["background_psnr"] - threshold_db:
+            found.append(f"suspect: edit {index} keeps the background (outside the objects) at {kept:.2f} dB, "
+                         f"{ceiling['background_psnr'] - kept:.1f} dB below the input's own VAE round trip there "
+                         f"({ceiling['background_psnr']:.2f} dB; flagged at {threshold_db:g} dB below)")
+    return found
 
 
 def _analyzer_scores(source, edited, prompt: str) -> dict:

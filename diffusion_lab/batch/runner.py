@@ -14,6 +14,11 @@ and the input images at the same paths (a shared file system), and have diffusio
 A chunk whose kernel dies (or is stopped by --chunk-timeout) or whose worker process is lost is noticed within
 about a second; its unfinished rows run once more in a fresh kernel, then fail with both reasons.
 
+A row whose result is suspect is done but shown as "warning" (report, summary.json, status.json "suspect"), with
+its numbers: its reconstruction, or an edit's background outside a scene's objects, more than 10 dB below the
+input's own VAE round trip (rows.SUSPECT_DB), or that round trip itself below 20 dB (rows.VAE_FLOOR_DB: the model
+cannot represent the input, e.g. a transparent image composited on white).
+
 Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
 says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
 0 every row of the manifest is done; 1 at least one row failed, or was invalid and skipped (--skip-invalid): see the
@@ -631,7 +636,8 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
                 log("interrupted: finished rows are kept; rerun the same command to continue")
         _record_unfinished(out, pending, keys, run_id, chunk_results, interrupted, log)
         entries = _entries(out, parsed, valid, invalid, keys)
-        counts = {state: sum(e["state"] == state for e in entries) for state in ("ok", "failed", "invalid", "not run")}
+        counts = {state: sum(e["state"] == state for e in entries)
+                  for state in ("ok", "warning", "failed", "invalid", "not run")}
         from .report import write_report
 
         info = {"manifest": str(parsed.path), "model": model, "model fingerprint": fingerprint[:23],
@@ -641,7 +647,8 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
         reports = write_report(out, entries, info)
     unfinished = counts["failed"] + counts["not run"] + counts["invalid"]  # invalid: skipped by --skip-invalid
     exit_code = 130 if interrupted else (1 if unfinished else 0)
-    log(f"rows: {counts['ok']} ok ({len(done)} done earlier), {counts['failed']} failed"
+    log(f"rows: {counts['ok'] + counts['warning']} ok ({len(done)} done earlier), {counts['failed']} failed"
+        + (f", {counts['warning']} of the ok ones suspect (warning: see the report)" if counts["warning"] else "")
         + (f", {counts['not run']} not run" if counts["not run"] else "")
         + (f", {counts['invalid']} invalid (skipped)" if counts["invalid"] else "")
         + f"\nreport: {reports['html']}")
@@ -787,6 +794,8 @@ def _entries(out, parsed, valid: list[Row], invalid: list[InvalidRow], keys) -> 
             status = None
         else:
             state = "ok" if is_done(out, row.id, keys[row.id], status) else "failed"
+            if state == "ok" and status.get("suspect"):  # done, but far below its own VAE round trip
+                state = "warning"
         entries.append({"number": row.number, "id": row.id, "state": state, "spec": row.spec, "status": status,
                         "key": keys[row.id]})
     for bad in invalid:
