@@ -90,6 +90,18 @@ def _number(value, digits: int = 2) -> str:
     return ""
 
 
+def _as_written(value) -> str:
+    """A manifest cell as its author wrote it: a YAML list of prompts joined with ' | ' (the CSV way), not a
+    Python list; numbers and text unchanged; nothing for a missing cell."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " | ".join(_as_written(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {_as_written(item)}" for key, item in value.items())
+    return str(value)
+
+
 def table_rows(out_dir, entries: list[dict]) -> list[dict]:
     """One dict of display strings per manifest row (what both reports show)."""
     rows = []
@@ -126,10 +138,10 @@ def table_rows(out_dir, entries: list[dict]) -> list[dict]:
             "id": entry.get("id") or f"(row {entry['number']})",
             "status": entry["state"],
             "image": source,
-            "edit": spec.get("edit_kind") or str(values.get("edit", "")),
+            "edit": spec.get("edit_kind") or _as_written(values.get("edit")) or "replace (the default)",
             "inversion": inversion.get("method", "") if inversion else "",
-            "prompts": (edit.get("source_prompt") or str(values.get("source_prompt", ""))) + " -> "
-            + " | ".join(edit.get("target_prompts") or [str(values.get("target_prompts", ""))]),
+            "prompts": (edit.get("source_prompt") or _as_written(values.get("source_prompt"))) + " -> "
+            + (" | ".join(edit.get("target_prompts") or []) or _as_written(values.get("target_prompts"))),
             "PSNR to source": per_target("psnr_to_source"),
             "SSIM to source": per_target("ssim_to_source", 3),
             "background PSNR": per_target("background_psnr_to_input"),

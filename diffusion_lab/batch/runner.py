@@ -508,6 +508,7 @@ def run_batch(
     threads: int | None = None,
     validate_only: bool = False,
     warm_kernels: bool = False,
+    allow_images_outside: bool = False,
     log=None,
 ) -> BatchResult:
     """Validate MANIFEST, then run its unfinished rows into OUT_DIR (see the module docstring); the result's
@@ -545,7 +546,8 @@ def run_batch(
     from ..models.defaults import model_defaults
 
     defaults = model_defaults(model)
-    valid, invalid = validate_manifest(parsed, tokenizer, defaults["num_steps"], defaults["guidance_scale"])
+    valid, invalid = validate_manifest(parsed, tokenizer, defaults["num_steps"], defaults["guidance_scale"],
+                                       allow_images_outside=allow_images_outside)
     for bad in invalid:
         log(f"invalid {bad.message}")
     if invalid and (not skip_invalid or validate_only):
@@ -859,6 +861,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warm-kernels", action="store_true",
                         help="keep one kernel per local worker across chunks: kernel start, imports and model load "
                              "once per worker instead of once per chunk (the chunk notebooks run with nbclient)")
+    parser.add_argument("--allow-images-outside", action="store_true",
+                        help="read image files outside the manifest's folder too (by default an image path must "
+                             "resolve inside it: relative paths are read from there, '../x' and absolute paths "
+                             "elsewhere are invalid rows)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -872,6 +878,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             executor=args.executor, scheduler=args.scheduler, skip_invalid=args.skip_invalid,
             progress=not args.no_progress, kernel_name=args.kernel, chunk_timeout=args.chunk_timeout,
             threads=args.threads, validate_only=args.validate_only, warm_kernels=args.warm_kernels,
+            allow_images_outside=args.allow_images_outside,
         )
     except (BatchError, ManifestError, ModelNotFoundError, OutputLockedError, UnsafePathError) as error:
         print(f"error: {error}", file=sys.stderr)
