@@ -77,6 +77,7 @@ def test_the_command_refuses_an_image_outside_and_says_which_flag_allows_it(tmp_
 def test_bounds_are_exact_integers():
     assert number_text(2**32 - 1) == "4294967295" and number_text(4294967296.0) == "4294967296"
     assert number_text(1e-6) == "1e-06" and number_text(1.5) == "1.5" and number_text(1e300) == "1e+300"
+    assert number_text(10**23) == "1e+23" and number_text(-1) == "-1"
 
 
 def test_invalid_rows_show_their_prompts_and_edit_as_written(tmp_path, tokenizer):

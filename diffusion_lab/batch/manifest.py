@@ -398,11 +398,11 @@ def number_text(value) -> str:
     """A number as a person writes it: whole numbers exactly (4294967295, not 4.29497e+09), others short (1e-06)."""
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int):
-        return str(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return f"{value:g}"
+        value = int(value)
+    if isinstance(value, int) and abs(value) < 10**16:
+        return str(value)
+    return f"{value:g}"  # 1e+23 as written in the manifest (not int(1e23) = 99999999999999991611392)
 
 
 def _bounded(name: str, value, bound: str | None = None):

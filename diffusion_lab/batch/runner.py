@@ -600,13 +600,13 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
                 kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels=False) -> BatchResult:
     _make_output_folder(out)  # checked before validation; made only now (an unreachable scheduler leaves nothing)
     with RunLock(out):
+        for row in valid:
+            row_dir(out, row.id)  # every output folder is checked to stay inside OUT_DIR before any work
+        _wait_for_claimed_rows(out, valid, log)  # first: an earlier run's live process may still be writing
         sweep_leftovers(out)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         fingerprint = model_fingerprint(model, out / ".cache" / "model-files.json")
         keys = {row.id: row_key(row, fingerprint) for row in valid}
-        for row in valid:
-            row_dir(out, row.id)  # every output folder is checked to stay inside OUT_DIR before any work
-        _wait_for_claimed_rows(out, valid, log)
         done = [row for row in valid if is_done(out, row.id, keys[row.id])]
         done_ids = {row.id for row in done}
         pending = [row for row in valid if row.id not in done_ids]
