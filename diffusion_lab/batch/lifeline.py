@@ -66,8 +66,16 @@ def process_alive(identity: dict) -> bool | None:
     runs elsewhere (cannot be told from here)."""
     if not same_machine(identity):
         return None
-    started = process_start_time(int(identity["pid"]))
-    if started is None:
+    import psutil
+
+    try:
+        process = psutil.Process(int(identity["pid"]))
+        started = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return False
+    except psutil.AccessDenied:  # it exists (hidepid, another user): alive as far as can be told
+        return True
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return False
     return identity.get("started") is None or abs(started - float(identity["started"])) < 1.0
 
