@@ -75,6 +75,9 @@ def process_chunk(chunk_file, out_dir, model: str | None = None, verbose: bool =
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     out = Path(out_dir).resolve()
     chunk = json.loads(Path(chunk_file).read_text(encoding="utf-8"))
+    from .lifeline import this_process, watch_kernel
+
+    watch_kernel(chunk.get("driver"))  # first (the imports take seconds): exit once the driver or the parent is gone
     model = model or chunk.get("model") or "shapes-tiny"
     context = {"run": chunk.get("run"), "chunk": chunk.get("name"), "notebook": chunk.get("notebook")}
     summary = {"name": chunk.get("name"), "run": chunk.get("run"), "model": model, "pid": os.getpid(), "rows": {},
@@ -95,9 +98,6 @@ def process_chunk(chunk_file, out_dir, model: str | None = None, verbose: bool =
     if chunk.get("threads"):
         torch.set_num_threads(int(chunk["threads"]))
 
-    from .lifeline import this_process, watch_kernel
-
-    watch_kernel(chunk.get("driver"))  # exit as soon as the driver or this kernel's parent is gone
     owner = {"run": chunk.get("run"), "chunk": chunk.get("name"), **this_process()}
     pipe, load_error, loaded = None, None, False
     for row in chunk["rows"]:  # each row decided when it starts, not once for the chunk
