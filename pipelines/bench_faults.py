@@ -90,7 +90,7 @@ def wait_for_first_row(out: Path, process: subprocess.Popen, limit: float = 600)
     deadline = time.monotonic() + limit
     while not any(json.loads(p.read_text()).get("status") == "ok" for p in out.glob("rows/*/status.json")):
         if process.poll() is not None:
-            raise RuntimeError(f"the batch ended before its first row: {process.stdout.read()}")
+            raise RuntimeError(f"the batch ended before its first row: {Path(process.args_log).read_text()[-3000:]}")
         if time.monotonic() > deadline:
             raise RuntimeError("no row finished in time")
         time.sleep(0.1)
@@ -221,8 +221,10 @@ def run_fault(fault: str, manifest: Path, out: Path, args, ids: list[str]) -> di
     watch = StatusWatch(out, ids)
     leftovers = []
     try:
-        process = subprocess.Popen(head + batch, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+        log_path = out.parent / f"{fault}.log"  # a file, not a pipe: orphans holding a pipe kept communicate() waiting
+        with open(log_path, "w") as log_file:
+            process = subprocess.Popen(head + batch, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process.args_log = str(log_path)
         killed_at, victim, below, orphans, orphans_gone, leftovers = None, None, [], None, None, []
         if fault != "report":
             wait_for_first_row(out, process)
@@ -253,7 +255,8 @@ def run_fault(fault: str, manifest: Path, out: Path, args, ids: list[str]) -> di
                 if any(out.glob("chunks/*-retry.json")):
                     noticed = round(time.monotonic() - killed_at, 1)
                 time.sleep(0.05)
-        output = process.communicate(timeout=args.timeout)[0]
+        process.wait(timeout=args.timeout)
+        output = log_path.read_text(errors="replace")
         ended = time.monotonic()
         code = process.returncode
         if fault == "report":
