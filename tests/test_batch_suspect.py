@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffusion_lab.batch.manifest import Row
 from diffusion_lab.batch.report import write_report
-from diffusion_lab.batch.rows import SUSPECT_DB, VAE_FLOOR_DB, run_row, suspect_results
+from diffusion_lab.batch.rows import SUSPECT_DB, SUSPECT_EDIT_DB, VAE_FLOOR_DB, run_row, suspect_results
 from diffusion_lab.batch.runner import _entries
 
 SOURCE = "a large red circle on a gray background"
@@ -35,13 +35,13 @@ def png16_rgba(pixels: np.ndarray) -> bytes:
 def test_thresholds_and_messages_give_the_numbers():
     fine = {"reconstruction": {"psnr": 34.6}, "vae_round_trip": {"psnr": 34.7, "background_psnr": 40.0},
             "targets": [{"background_psnr_to_input": 33.0}]}
-    assert suspect_results(fine) == [] and SUSPECT_DB == 10 and VAE_FLOOR_DB == 20
+    assert suspect_results(fine) == [] and (SUSPECT_DB, SUSPECT_EDIT_DB, VAE_FLOOR_DB) == (10, 15, 20)
     lost = {**fine, "reconstruction": {"psnr": 21.5}}
     assert suspect_results(lost) == [suspect_results(lost)[0]] and "21.50 dB, 13.2 dB below the input's own VAE " \
         "round trip (34.70 dB; flagged at 10 dB below)" in suspect_results(lost)[0]
-    moved = {**fine, "targets": [{"background_psnr_to_input": 33.0}, {"background_psnr_to_input": 29.5}]}
-    assert len(suspect_results(moved)) == 1 and "edit 2 keeps the background (outside the objects) at 29.50 dB, " \
-        "10.5 dB below" in suspect_results(moved)[0]
+    moved = {**fine, "targets": [{"background_psnr_to_input": 29.5}, {"background_psnr_to_input": 24.5}]}
+    assert len(suspect_results(moved)) == 1 and "edit 2 keeps the background (outside the objects) at 24.50 dB, " \
+        "15.5 dB below the input's own VAE round trip there (40.00 dB; flagged at 15 dB below)" in suspect_results(moved)[0]
     unrepresentable = {"reconstruction": {"psnr": 12.98}, "vae_round_trip": {"psnr": 12.98}, "targets": []}
     assert "VAE round trip is 12.98 dB (flagged below 20 dB)" in suspect_results(unrepresentable)[0]
     assert suspect_results({"targets": [{"psnr_to_source": 9.0}]}) == []  # a generated row: nothing to compare to

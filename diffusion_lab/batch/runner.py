@@ -15,9 +15,10 @@ A chunk whose kernel dies (or is stopped by --chunk-timeout) or whose worker pro
 about a second; its unfinished rows run once more in a fresh kernel, then fail with both reasons.
 
 A row whose result is suspect is done but shown as "warning" (report, summary.json, status.json "suspect"), with
-its numbers: its reconstruction, or an edit's background outside a scene's objects, more than 10 dB below the
-input's own VAE round trip (rows.SUSPECT_DB), or that round trip itself below 20 dB (rows.VAE_FLOOR_DB: the model
-cannot represent the input, e.g. a transparent image composited on white).
+its numbers: its reconstruction more than 10 dB below the input's own VAE round trip (rows.SUSPECT_DB), an edit's
+background outside a scene's objects more than 15 dB below it there (rows.SUSPECT_EDIT_DB), or that round trip
+itself below 20 dB (rows.VAE_FLOOR_DB: the model cannot represent the input, e.g. a transparent image composited on
+white).
 
 Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
 says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
