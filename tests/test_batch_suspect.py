@@ -47,6 +47,17 @@ def test_thresholds_and_messages_give_the_numbers():
     assert suspect_results({"targets": [{"psnr_to_source": 9.0}]}) == []  # a generated row: nothing to compare to
 
 
+def test_help_states_the_thresholds():
+    import argparse
+
+    from diffusion_lab.batch.runner import add_arguments
+
+    text = " ".join(add_arguments(argparse.ArgumentParser()).format_help().split())
+    for said in ("more than 10 dB below the input's own VAE round trip", "more than 15 dB below it",
+                 "round trip below 20 dB", "--allow-images-outside"):
+        assert said in text, said
+
+
 @pytest.fixture(scope="module")
 def shapes_tiny():
     from diffusion_lab.models import load_pipeline

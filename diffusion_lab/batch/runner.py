@@ -36,6 +36,7 @@ import math
 import os
 import secrets
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -835,7 +836,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+HELP_EPILOG = textwrap.fill(
+    "Suspect rows are done but reported as 'warning' with their numbers: a reconstruction more than 10 dB below the "
+    "input's own VAE round trip, an edit's background (outside a scene's objects) more than 15 dB below it, or a "
+    "round trip below 20 dB (the model cannot represent the input). Image paths are read relative to the manifest's "
+    "folder and must stay inside it (--allow-images-outside lifts that). Workers and kernels end when this command "
+    "dies; a rerun resumes, never editing a finished row again. Exit codes: 0 all rows done, 1 a row failed or was "
+    "skipped as invalid, 2 invalid manifest or command, 130 interrupted.", width=100,
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    if not parser.epilog:
+        parser.epilog = HELP_EPILOG
     parser.add_argument("manifest", help="CSV or YAML manifest: one edit per row (see the README's \"Batch editing\" "
                                          "section)")
     parser.add_argument("--out", required=True, help="output folder (rows/, notebooks/, report.html, ...)")
