@@ -170,7 +170,7 @@ def test_every_numeric_field_is_bounded_and_the_message_gives_the_bound(tmp_path
     assert [row.id for row in valid] == ["fine"]
     messages = {bad.id: bad.message for bad in invalid}
     assert "num_steps must be between 1 and 1000" in messages["steps"]
-    assert "seed must be between 0 and 4.29497e+09" in messages["seed"]
+    assert "seed must be between 0 and 4294967295, got 1e+23" in messages["seed"]  # not 4.29497e+09
     assert "guidance_scale must be between 1 and 30, got 1e+300" in messages["guidance"]
     assert "inversion_options.inner_steps must be between 1 and 100" in messages["inner"]
     assert "scene_seed must be between 0" in messages["scene-seed"]
@@ -308,7 +308,8 @@ def test_report_names_every_row(tmp_path):
         assert name in markdown and name in page
     assert "bad&lt;id&gt;" in page and "a \\| b" in markdown
     assert (out / "contact-sheet-01.png").is_file() and "contact-sheet-01.png" in markdown
-    assert json.loads(paths["summary"].read_text())["counts"] == {"ok": 1, "failed": 1, "invalid": 1, "not run": 0}
+    counts = json.loads(paths["summary"].read_text())["counts"]
+    assert counts == {"ok": 1, "warning": 0, "failed": 1, "invalid": 1, "not run": 0}
     ids = report_ids(out)
     assert len(set(ids.values())) == 1 and None not in ids.values(), ids  # the three files say they agree
 
@@ -374,7 +375,8 @@ rows:
     result = run_batch(manifest, out, str(model_dir), chunk_size=4, executor=executor, workers=1, skip_invalid=True,
                        progress=False, log=lambda m: None)
     assert result.exit_code == 1  # two rows were invalid (skipped)
-    assert result.counts == {"ok": 3, "failed": 0, "invalid": 2, "not run": 0}
+    # image-edit is done but a warning: the untrained VAE cannot represent its input (round trip below 20 dB)
+    assert result.counts == {"ok": 2, "warning": 1, "failed": 0, "invalid": 2, "not run": 0}
     bad_rate = next(bad for bad in result.invalid if bad.id == "bad-rate")
     assert "inversion_options.learning_rate must be between 1e-06 and 1, got -1" in bad_rate.message
     rows = {"first", "second", "image-edit"}

@@ -79,7 +79,7 @@ def test_kernel_killed_mid_chunk_is_noticed_and_its_rows_run_again_in_a_fresh_ke
     thread.join(240)
     assert not thread.is_alive(), "the run did not end"
     result = holder["result"]
-    assert result.counts == {"ok": 3, "failed": 0, "invalid": 0, "not run": 0} and result.exit_code == 0
+    assert result.counts == {"ok": 3, "warning": 0, "failed": 0, "invalid": 0, "not run": 0} and result.exit_code == 0
     first_chunk, retry = result.chunks
     assert "kernel died (killed by signal 9)" in first_chunk["error"] and retry["error"] is None
     assert retry["rows"] == ["r1", "r2"] or retry["rows"] == ["r2"]  # r0 (done) is not run again
@@ -117,7 +117,7 @@ def test_chunk_timeout_bounds_the_whole_chunk(tmp_path, model_dir):
     result = run_batch(manifest(tmp_path, 2, num_steps=50), tmp_path / "out", str(model_dir), chunk_size=2,
                        chunk_timeout=3, progress=False, log=lambda message: None)
     elapsed = time.monotonic() - started
-    assert result.counts == {"ok": 0, "failed": 2, "invalid": 0, "not run": 0} and result.exit_code == 1
+    assert result.counts == {"ok": 0, "warning": 0, "failed": 2, "invalid": 0, "not run": 0} and result.exit_code == 1
     assert [chunk["wall_seconds"] < 3 + 8 for chunk in result.chunks] == [True, True], result.chunks
     assert elapsed < 60, elapsed
     status = (tmp_path / "out" / "rows" / "r0" / "status.json").read_text()
@@ -129,7 +129,7 @@ def test_warm_kernels_run_every_chunk_in_one_kernel_and_stop_it_at_the_end(tmp_p
     """--warm-kernels: kernel start, imports and model load once per worker, not once per chunk."""
     result = run_batch(manifest(tmp_path, 4), tmp_path / "out", str(model_dir), chunk_size=2, warm_kernels=True,
                        progress=False, log=lambda message: None)
-    assert result.counts == {"ok": 4, "failed": 0, "invalid": 0, "not run": 0} and result.exit_code == 0
+    assert result.counts == {"ok": 4, "warning": 0, "failed": 0, "invalid": 0, "not run": 0} and result.exit_code == 0
     assert len(result.chunks) == 2, [(chunk["name"], chunk["error"]) for chunk in result.chunks]
     first, second = result.chunks
     assert first["kernel_pid"] == second["kernel_pid"] and first["error"] is None and second["error"] is None

@@ -6,6 +6,8 @@ processes or a Dask cluster. `diffusion-lab batch MANIFEST --out DIR` (see the R
     rows       what the notebook edit_chunk.ipynb runs in its kernel: one chunk of rows, one model load
     report     report.md / report.html with a before/after contact sheet and the metrics table
     files      atomic writes, paths kept inside the output folder, the run lock
+    claims     a row is claimed (an flock on rows/<id>/.claim) before it starts: never edited twice at once
+    lifeline   workers and kernels end when the driver dies (they watch it: pid, parent, heartbeat file)
     kernels    Jupyter kernels with CurveZMQ transport encryption (batch chunks, run_labs, `diffusion-lab lab`)
 """
 

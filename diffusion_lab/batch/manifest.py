@@ -394,11 +394,22 @@ def _as_float(name: str, value) -> float:
     return number
 
 
+def number_text(value) -> str:
+    """A number as a person writes it: whole numbers exactly (4294967295, not 4.29497e+09), others short (1e-06)."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+        value = int(value)
+    if isinstance(value, int) and abs(value) < 10**16:
+        return str(value)
+    return f"{value:g}"  # 1e+23 as written in the manifest (not int(1e23) = 99999999999999991611392)
+
+
 def _bounded(name: str, value, bound: str | None = None):
     """value when BOUNDS[bound or name] holds it, else a RowError that names the bound."""
     low, high = BOUNDS[bound or name]
     if not low <= value <= high:
-        raise RowError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        raise RowError(f"{name} must be between {number_text(low)} and {number_text(high)}, got {number_text(value)}")
     return value
 
 
@@ -508,9 +519,12 @@ def validate_manifest(
     tokenizer,
     default_num_steps: int,
     default_guidance_scale: float,
+    allow_images_outside: bool = False,
 ) -> tuple[list[Row], list[InvalidRow]]:
     """Resolve and check every row; returns (valid rows, invalid rows), in manifest order. The defaults fill
-    rows that do not set num_steps / guidance_scale: the model's (models.defaults.model_defaults)."""
+    rows that do not set num_steps / guidance_scale: the model's (models.defaults.model_defaults). Image paths
+    are read relative to the manifest's folder, and one that resolves outside it (`../x`, an absolute path, a
+    symbolic link leading out) is an invalid row unless `allow_images_outside` (--allow-images-outside)."""
     valid: list[Row] = []
     invalid: list[InvalidRow] = []
     seen: dict[str, tuple] = {}  # lower-case id -> (row number, the id as written or None (default), the id)
@@ -533,10 +547,12 @@ def validate_manifest(
             seen[row_id.lower()] = (raw.number, written, row_id)
         if not errors:
             try:
-                spec = _resolve(values, manifest, tokenizer, default_num_steps, default_guidance_scale)
+                spec = _resolve(values, manifest, tokenizer, default_num_steps, default_guidance_scale,
+                                allow_images_outside)
             except RowError as error:
                 errors.append(str(error))
-        plain_values = {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool, list, dict))}
+        shown = {**(manifest.defaults if isinstance(manifest.defaults, dict) else {}), **values}  # as written
+        plain_values = {k: v for k, v in shown.items() if isinstance(v, (str, int, float, bool, list, dict))}
         if errors:
             invalid.append(InvalidRow(raw.number, row_id, errors, raw.line, plain_values))
         else:
@@ -564,7 +580,8 @@ def _duplicate_id_message(row_id: str, written: str | None, earlier: tuple[int, 
             f"({'; '.join(why or ['ids name output folders'])}); rename one of them")
 
 
-def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, default_guidance_scale) -> dict:
+def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, default_guidance_scale,
+             allow_images_outside: bool = False) -> dict:
     if "__extra__" in values:
         raise RowError(f"more cells than columns: {values['__extra__']!r} (quote cells that contain commas)")
     unknown = sorted(set(values) - set(manifest_fields()))
@@ -573,7 +590,7 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     defaults = manifest.defaults
     merged = {**defaults, **values}
 
-    image = _resolve_image(values, merged, manifest.base_dir)
+    image = _resolve_image(values, merged, manifest.base_dir, allow_images_outside)
     real = image["kind"] != "generated"
 
     source_prompt = merged.get("source_prompt")
@@ -665,7 +682,7 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     return spec
 
 
-def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
+def _resolve_image(values: dict, merged: dict, base_dir: Path, allow_outside: bool = False) -> dict:
     given = [name for name in ("image", "scene_seed", "scene") if name in values]
     if len(given) > 1:
         raise RowError(f"give one of image, scene_seed or scene, not {' and '.join(given)}")
@@ -677,7 +694,7 @@ def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
         return {"kind": "generated"}
     name = given[0]
     if name == "image":
-        return _resolve_image_file(_as_text("image", merged["image"]).strip(), base_dir)
+        return _resolve_image_file(_as_text("image", merged["image"]).strip(), base_dir, allow_outside)
     from ..shapes import Scene, random_scene
 
     if name == "scene_seed":
@@ -698,8 +715,9 @@ def _resolve_image(values: dict, merged: dict, base_dir: Path) -> dict:
     return {"kind": "scene", "scene": scene.to_dict(), "scene_seed": None}
 
 
-def _resolve_image_file(text: str, base_dir: Path) -> dict:
-    """{"kind": "file", "path", "sha256"} of an image cell, or a RowError that says what is wrong with the path."""
+def _resolve_image_file(text: str, base_dir: Path, allow_outside: bool = False) -> dict:
+    """{"kind": "file", "path", "sha256"} of an image cell, or a RowError that says what is wrong with the path.
+    The path must resolve inside `base_dir` (the manifest's folder) unless `allow_outside`."""
     if "\0" in text:
         raise RowError(f"image {text!r} contains a NUL character: write the image file's path")
     path = Path(os.path.expanduser(text))
@@ -707,6 +725,7 @@ def _resolve_image_file(text: str, base_dir: Path) -> dict:
         path = base_dir / path
     try:
         path = path.resolve()
+        _check_inside(text, path, base_dir, allow_outside)
         mode = os.stat(path).st_mode
     except RuntimeError:  # Path.resolve before Python 3.13: a symbolic link loop
         raise RowError(_image_path_error(text, path, OSError(errno.ELOOP, os.strerror(errno.ELOOP)))) from None
@@ -728,6 +747,17 @@ def _resolve_image_file(text: str, base_dir: Path) -> dict:
     except ValueError as error:
         raise RowError(f"image {text!r} is unreadable: {error}") from None
     return {"kind": "file", "path": str(path), "sha256": sha256}
+
+
+def _check_inside(text: str, path: Path, base_dir: Path, allow_outside: bool) -> None:
+    """RowError when the resolved image path leaves the manifest's folder (checked before the file is looked at:
+    a refused path says nothing about what is there)."""
+    base = base_dir.resolve()
+    if allow_outside or path == base or base in path.parents:
+        return
+    raise RowError(f"image {text!r} resolves to {str(path)!r}, outside the manifest's folder {str(base)!r}: images "
+                   "are read from the manifest's folder and below (relative paths from there); move the image there, "
+                   "or pass --allow-images-outside to read images from anywhere")
 
 
 def _image_path_error(text: str, path: Path, error: OSError, unreadable: bool = False) -> str:

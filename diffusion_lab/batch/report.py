@@ -17,7 +17,8 @@ from .files import atomic_write_many, atomic_write_png, inside, read_json
 
 THUMBNAIL = 96
 ROWS_PER_SHEET = 40
-STATES = ("ok", "failed", "invalid", "not run")
+STATES = ("ok", "warning", "failed", "invalid", "not run")  # warning: done, but suspect (rows.suspect_results)
+DONE = ("ok", "warning")
 
 
 def _read_png(path: Path):
@@ -58,7 +59,7 @@ def contact_sheets(out_dir, entries: list[dict]) -> list[str]:
     """Before/after grids of the finished rows (a line per row, labelled with its id), ROWS_PER_SHEET per file."""
     from ..viz import image_grid
 
-    done = [entry for entry in entries if entry["state"] == "ok"]
+    done = [entry for entry in entries if entry["state"] in DONE]
     names = []
     for page, start in enumerate(range(0, len(done), ROWS_PER_SHEET), start=1):
         group = done[start : start + ROWS_PER_SHEET]
@@ -87,6 +88,18 @@ def _number(value, digits: int = 2) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "nan" if not math.isfinite(value) else f"{value:.{digits}f}"
     return ""
+
+
+def _as_written(value) -> str:
+    """A manifest cell as its author wrote it: a YAML list of prompts joined with ' | ' (the CSV way), not a
+    Python list; numbers and text unchanged; nothing for a missing cell."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " | ".join(_as_written(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {_as_written(item)}" for key, item in value.items())
+    return str(value)
 
 
 def table_rows(out_dir, entries: list[dict]) -> list[dict]:
@@ -118,17 +131,17 @@ def table_rows(out_dir, entries: list[dict]) -> list[dict]:
             message = "; ".join(entry.get("errors", []))
         elif entry["state"] == "failed":
             message = status.get("error") or ""
-        elif status.get("warnings"):
-            message = "; ".join(status["warnings"])
+        elif status.get("suspect") or status.get("warnings"):
+            message = "; ".join([*status.get("suspect", []), *status.get("warnings", [])])
         rows.append({
             "#": str(entry["number"]),
             "id": entry.get("id") or f"(row {entry['number']})",
             "status": entry["state"],
             "image": source,
-            "edit": spec.get("edit_kind") or str(values.get("edit", "")),
+            "edit": spec.get("edit_kind") or _as_written(values.get("edit")) or "replace (the default)",
             "inversion": inversion.get("method", "") if inversion else "",
-            "prompts": (edit.get("source_prompt") or str(values.get("source_prompt", ""))) + " -> "
-            + " | ".join(edit.get("target_prompts") or [str(values.get("target_prompts", ""))]),
+            "prompts": (edit.get("source_prompt") or _as_written(values.get("source_prompt"))) + " -> "
+            + (" | ".join(edit.get("target_prompts") or []) or _as_written(values.get("target_prompts"))),
             "PSNR to source": per_target("psnr_to_source"),
             "SSIM to source": per_target("ssim_to_source", 3),
             "background PSNR": per_target("background_psnr_to_input"),
@@ -174,7 +187,7 @@ def html_report(title: str, info: dict, entries: list[dict], rows: list[dict], s
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:0.85em}"
         "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}th{background:#eee}"
-        "tr.failed td{background:#fdd}tr.invalid td{background:#fec}img.t{width:64px;image-rendering:pixelated}"
+        "tr.failed td{background:#fdd}tr.invalid td{background:#fec}tr.warning td{background:#ffd}img.t{width:64px;image-rendering:pixelated}"
         "img.sheet{max-width:100%;image-rendering:pixelated}</style></head><body>",
         f"<h1>{esc(title)}</h1><ul>",
     ]
@@ -190,7 +203,7 @@ def html_report(title: str, info: dict, entries: list[dict], rows: list[dict], s
         parts.append(f'<tr class="{esc(entry["state"])}">'
                      + "".join(f"<td>{html.escape(row[c], quote=False)}</td>" for c in columns))
         images, links = "", ""
-        if entry["state"] in ("ok", "failed") and entry.get("id"):
+        if entry["state"] in (*DONE, "failed") and entry.get("id"):
             base = f"rows/{entry['id']}/"
             images = "".join(
                 f'<img class="t" src="{esc(base + name)}" alt="{esc(label)}" title="{esc(label)}">'
@@ -210,14 +223,14 @@ def html_report(title: str, info: dict, entries: list[dict], rows: list[dict], s
 def write_report(out_dir, entries: list[dict], info: dict | None = None, title: str = "diffusion-lab batch report") -> dict:
     """Write report.md, report.html, the contact sheet(s) and summary.json; returns {name: path}.
 
-    entries: one per manifest row, in order: {"number", "id", "state": ok|failed|invalid|not run, "spec" (valid
+    entries: one per manifest row, in order: {"number", "id", "state": ok|warning|failed|invalid|not run, "spec" (valid
     rows), "values" and "errors" (invalid rows), "status" (rows/<id>/status.json)}. metrics.json of finished rows
     is read here.
     """
     out = Path(out_dir)
     info = dict(info or {})
     for entry in entries:
-        if entry["state"] == "ok" and entry.get("id") and "metrics" not in entry:
+        if entry["state"] in DONE and entry.get("id") and "metrics" not in entry:
             entry["metrics"] = read_json(inside(out, "rows", entry["id"], "metrics.json"), {})
     sheets = contact_sheets(out, entries)
     rows = table_rows(out, entries)
@@ -225,7 +238,8 @@ def write_report(out_dir, entries: list[dict], info: dict | None = None, title: 
         {"number": e["number"], "id": e.get("id"), "state": e["state"],
          "key": (e.get("status") or {}).get("key") or e.get("key"),
          "error": (e.get("status") or {}).get("error") if e["state"] == "failed" else None,
-         "errors": e.get("errors") if e["state"] == "invalid" else None}
+         "errors": e.get("errors") if e["state"] == "invalid" else None,
+         "warning": (e.get("status") or {}).get("suspect") if e["state"] == "warning" else None}
         for e in entries
     ]}
     # The three files carry one report id (a hash of the summary): report_id() reads it back from each.

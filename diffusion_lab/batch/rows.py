@@ -5,7 +5,9 @@
 The chunk file is plain JSON written by the runner: {"name", "run", "model", "rows": [Row.spec + "key"],
 "threads", "notebook"}. For each row, in order:
 
-  * skipped when rows/<id>/status.json already says "ok" with the row's key (done by an earlier run);
+  * claimed first (rows/<id>/.claim, claims.py): a row that a live process (of another run) is editing is not
+    started ("claimed"); then its status is re-read, and it is skipped when it already says "ok" with the row's
+    key (done by an earlier run, or meanwhile by another process): a done row is never redone or overwritten;
   * otherwise run with diffusion_lab.editing (run_edit; for an image or a scene, inversion.invert first),
     its outputs written atomically into rows/<id>/:
         input.png (image and scene rows)   source.png (source, or the reconstruction of the input)
@@ -28,9 +30,15 @@ import traceback
 import warnings
 from pathlib import Path
 
+from .claims import RowClaim, RowClaimed
 from .files import atomic_write_json, atomic_write_png, inside, read_json
 
 STATUS_FILE = "status.json"
+SUSPECT_DB = 10.0  # a reconstruction (or an edit's kept region) this many dB below the input's own VAE round trip is
+#                    flagged: "warning" in the report (10 dB: ten times the squared error the VAE alone makes)
+SUSPECT_EDIT_DB = 15.0  # the same for an edit's background: a generated edit redraws it (the example manifest's
+#                         edits sit 4.8 and 8.5 dB below the round trip there)
+VAE_FLOOR_DB = 20.0  # an input whose own VAE round trip is below this is flagged too: the model cannot represent it
 METRICS_FILE = "metrics.json"
 ROWS_DIR = "rows"
 
@@ -69,6 +77,9 @@ def process_chunk(chunk_file, out_dir, model: str | None = None, verbose: bool =
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     out = Path(out_dir).resolve()
     chunk = json.loads(Path(chunk_file).read_text(encoding="utf-8"))
+    from .lifeline import this_process, watch_kernel
+
+    watch_kernel(chunk.get("driver"))  # first (the imports take seconds): exit once the driver or the parent is gone
     model = model or chunk.get("model") or "shapes-tiny"
     context = {"run": chunk.get("run"), "chunk": chunk.get("name"), "notebook": chunk.get("notebook")}
     summary = {"name": chunk.get("name"), "run": chunk.get("run"), "model": model, "pid": os.getpid(), "rows": {},
@@ -89,26 +100,38 @@ def process_chunk(chunk_file, out_dir, model: str | None = None, verbose: bool =
     if chunk.get("threads"):
         torch.set_num_threads(int(chunk["threads"]))
 
-    pending = [row for row in chunk["rows"] if not is_done(out, row["id"], row["key"])]
-    for row in chunk["rows"]:
-        if row not in pending:
-            summary["rows"][row["id"]] = "skipped"
-    pipe, load_error = None, None
-    if pending:
-        tick = time.perf_counter()
-        try:
-            pipe = load_pipeline(model)
-        except Exception as error:  # every row of the chunk fails with it, recorded
-            load_error = error
-        summary["load_seconds"] = time.perf_counter() - tick
-    for row in pending:
+    owner = {"run": chunk.get("run"), "chunk": chunk.get("name"), **this_process()}
+    pipe, load_error, loaded = None, None, False
+    for row in chunk["rows"]:  # each row decided when it starts, not once for the chunk
         if os.getppid() != parent:
             raise DriverGone("the batch run that started this kernel is gone; stopping before the next row")
-        if load_error is not None:
-            status = failed_status(row, load_error, context, message=f"could not load the model {model!r}: {load_error}")
-            atomic_write_json(row_dir(out, row["id"]) / STATUS_FILE, status)
-        else:
-            status = run_row(pipe, row, out, model, context, parent)
+        try:
+            claim = RowClaim(row_dir(out, row["id"]), {**owner, "claimed": now()}).acquire()
+        except RowClaimed as held:  # a live process (of another run) edits it: never twice at once
+            summary["rows"][row["id"]] = "claimed"
+            if verbose:
+                print(f"{row['id']}: not started: {held}", flush=True)
+            continue
+        try:
+            if is_done(out, row["id"], row["key"]):  # done meanwhile (by an earlier run's process): never redone
+                summary["rows"][row["id"]] = "skipped"
+                continue
+            if not loaded:
+                tick = time.perf_counter()
+                try:
+                    pipe = load_pipeline(model)
+                except Exception as error:  # every row of the chunk fails with it, recorded
+                    load_error = error
+                summary["load_seconds"] = time.perf_counter() - tick
+                loaded = True
+            if load_error is not None:
+                status = failed_status(row, load_error, context,
+                                       message=f"could not load the model {model!r}: {load_error}")
+                atomic_write_json(row_dir(out, row["id"]) / STATUS_FILE, status)
+            else:
+                status = run_row(pipe, row, out, model, context, parent)
+        finally:
+            claim.release()
         summary["rows"][row["id"]] = status["status"]
         summary["row_seconds"] += status.get("seconds", 0.0)
         if verbose:
@@ -170,7 +193,8 @@ def run_row(pipe, row: dict, out_dir, model: str, context: dict, parent_pid: int
             except (OSError, ValueError):
                 pass
         status = {"id": row["id"], "key": row["key"], "status": "ok", "error": None, "seconds": seconds,
-                  "finished": now(), "files": files, "warnings": messages, **context}
+                  "finished": now(), "files": files, "warnings": messages, "suspect": suspect_results(metrics),
+                  **context}
     except DriverGone:
         raise
     except Exception as error:  # recorded; the next row runs
@@ -267,6 +291,8 @@ def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
     pictures["attention.png"] = edit_attention_figure(result, pipe.tokenizer)
     pictures["comparison.png"] = result.figure(input_image=None if input_image is None else np.array(input_image))
     metrics = edit_metrics(result, input_image, masks)
+    if input_image is not None:
+        metrics["vae_round_trip"] = vae_round_trip_metrics(pipe, input_image, masks)
     metrics.update({"id": row["id"], "key": row["key"], "model": model, "edit": row["edit"],
                     "edit_kind": row.get("edit_kind"), "inversion": row.get("inversion"), "seed": row.get("seed"),
                     "num_steps": row["num_steps"], "guidance_scale": guidance, "seconds": timing})
@@ -297,6 +323,52 @@ def edit_metrics(result, input_image=None, masks=None) -> dict:
         entry.update(_analyzer_scores(result.source_image, edited, prompt))
         metrics["targets"].append(entry)
     return metrics
+
+
+def vae_round_trip_metrics(pipe, input_image, masks=None) -> dict:
+    """The input's own ceiling: PSNR of decode(encode(input)) to the input (and outside a scene's objects), what
+    no latent-space inversion or edit can beat (lecture: the VAE round trip)."""
+    import numpy as np
+
+    from ..latents import vae_round_trip
+    from ..metrics import background_psnr, psnr
+
+    reference = np.array(input_image)  # (H, W, 3) uint8
+    round_trip = vae_round_trip(pipe, input_image)[0]  # (H, W, 3) uint8
+    ceiling = {"psnr": round(float(psnr(round_trip, reference)), 4)}
+    if masks is not None:
+        ceiling["background_psnr"] = round(float(background_psnr(round_trip, reference, masks)), 4)
+    return ceiling
+
+
+def suspect_results(metrics: dict, threshold_db: float = SUSPECT_DB, edit_threshold_db: float = SUSPECT_EDIT_DB,
+                    floor_db: float = VAE_FLOOR_DB) -> list[str]:
+    """Why a row's result is suspect (empty when it is not): its reconstruction more than `threshold_db`, or an
+    edit's background (outside a scene's objects, what should not change) more than `edit_threshold_db`, below the
+    input's own VAE round trip; or
+    that round trip itself below `floor_db` (the model's VAE cannot represent the input: a 16-bit RGBA image whose
+    half-transparent half was composited on white came back at 12.98 dB, as did its reconstruction, with the red
+    circle turned green). The row stays done (its files are a result) and is shown as "warning" with the numbers."""
+    ceiling = metrics.get("vae_round_trip") or {}
+    found = []
+    reconstruction = (metrics.get("reconstruction") or {}).get("psnr")
+    if "psnr" in ceiling and ceiling["psnr"] < floor_db:
+        found.append(f"suspect: the input's own VAE round trip is {ceiling['psnr']:.2f} dB (flagged below {floor_db:g} "
+                     f"dB): this model's VAE cannot represent the image, so the reconstruction "
+                     f"({reconstruction:.2f} dB) and the edits cannot be faithful (a transparent or 16-bit input "
+                     "composited on white, or an image unlike the model's training images?)")
+    if reconstruction is not None and "psnr" in ceiling and reconstruction < ceiling["psnr"] - threshold_db:
+        found.append(f"suspect: the reconstruction is {reconstruction:.2f} dB, {ceiling['psnr'] - reconstruction:.1f} "
+                     f"dB below the input's own VAE round trip ({ceiling['psnr']:.2f} dB; flagged at {threshold_db:g} "
+                     "dB below): the inversion did not find this image (check the input, e.g. a transparent or "
+                     "16-bit image composited on white, the source prompt and the inversion method)")
+    for index, target in enumerate(metrics.get("targets", []), start=1):
+        kept = target.get("background_psnr_to_input")
+        if kept is not None and "background_psnr" in ceiling and kept < ceiling["background_psnr"] - edit_threshold_db:
+            found.append(f"suspect: edit {index} keeps the background (outside the objects) at {kept:.2f} dB, "
+                         f"{ceiling['background_psnr'] - kept:.1f} dB below the input's own VAE round trip there "
+                         f"({ceiling['background_psnr']:.2f} dB; flagged at {edit_threshold_db:g} dB below)")
+    return found
 
 
 def _analyzer_scores(source, edited, prompt: str) -> dict:

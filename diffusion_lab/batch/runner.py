@@ -14,6 +14,12 @@ and the input images at the same paths (a shared file system), and have diffusio
 A chunk whose kernel dies (or is stopped by --chunk-timeout) or whose worker process is lost is noticed within
 about a second; its unfinished rows run once more in a fresh kernel, then fail with both reasons.
 
+A row whose result is suspect is done but shown as "warning" (report, summary.json, status.json "suspect"), with
+its numbers: its reconstruction more than 10 dB below the input's own VAE round trip (rows.SUSPECT_DB), an edit's
+background outside a scene's objects more than 15 dB below it there (rows.SUSPECT_EDIT_DB), or that round trip
+itself below 20 dB (rows.VAE_FLOOR_DB: the model cannot represent the input, e.g. a transparent image composited on
+white).
+
 Safe to kill at any moment: every file is written atomically (files.py), a row is done only once its status.json
 says so, and a rerun with the same command skips finished rows and retries failed and unfinished ones. Exit codes:
 0 every row of the manifest is done; 1 at least one row failed, or was invalid and skipped (--skip-invalid): see the
@@ -30,6 +36,7 @@ import math
 import os
 import secrets
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +52,8 @@ from .files import (
     read_json,
     sweep_leftovers,
 )
+from .claims import RowClaim, RowClaimed, claim_holder, describe_holder
+from .lifeline import Heartbeat, this_process, watch_worker
 from .manifest import InvalidRow, ManifestError, Row, read_manifest, row_key, validate_manifest
 from .rows import STATUS_FILE, failed_status, is_done, now, row_dir
 
@@ -53,6 +62,7 @@ DEFAULT_CHUNK_SIZE = 8
 DEFAULT_KERNEL = "python3"
 EXECUTORS = ("local", "dask")
 POLL_SECONDS = 0.5
+CLAIM_WAIT_SECONDS = 30.0  # how long a new run waits for rows still claimed by processes of an earlier run
 SCHEDULER_TIMEOUT = "60s"  # how long to try reaching an external Dask scheduler
 _WEIGHT_SUFFIXES = {".json", ".safetensors", ".txt", ".model"}
 
@@ -200,7 +210,7 @@ def run_chunk(payload: dict) -> dict:
     notebook = f"notebooks/{name}.ipynb"
     atomic_write_json(chunk_file, {
         "name": name, "run": payload["run"], "model": payload["model"], "threads": threads,
-        "notebook": notebook, "result_file": result_file, "rows": payload["rows"],
+        "notebook": notebook, "result_file": result_file, "rows": payload["rows"], "driver": payload.get("driver"),
     })
     partial = inside(out, "notebooks", f".{name}{PARTIAL_NOTEBOOK_SUFFIX}")
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -439,7 +449,8 @@ class _Executor:
         import multiprocessing
 
         return concurrent.futures.ProcessPoolExecutor(max_workers=self.workers,
-                                                      mp_context=multiprocessing.get_context("spawn"))
+                                                      mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=watch_worker, initargs=(os.getpid(),))
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
@@ -499,6 +510,7 @@ def run_batch(
     threads: int | None = None,
     validate_only: bool = False,
     warm_kernels: bool = False,
+    allow_images_outside: bool = False,
     log=None,
 ) -> BatchResult:
     """Validate MANIFEST, then run its unfinished rows into OUT_DIR (see the module docstring); the result's
@@ -536,7 +548,8 @@ def run_batch(
     from ..models.defaults import model_defaults
 
     defaults = model_defaults(model)
-    valid, invalid = validate_manifest(parsed, tokenizer, defaults["num_steps"], defaults["guidance_scale"])
+    valid, invalid = validate_manifest(parsed, tokenizer, defaults["num_steps"], defaults["guidance_scale"],
+                                       allow_images_outside=allow_images_outside)
     for bad in invalid:
         log(f"invalid {bad.message}")
     if invalid and (not skip_invalid or validate_only):
@@ -589,12 +602,13 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
                 kernel_name, chunk_timeout, threads, connected, started, log, warm_kernels=False) -> BatchResult:
     _make_output_folder(out)  # checked before validation; made only now (an unreachable scheduler leaves nothing)
     with RunLock(out):
+        for row in valid:
+            row_dir(out, row.id)  # every output folder is checked to stay inside OUT_DIR before any work
+        _wait_for_claimed_rows(out, valid, log)  # first: an earlier run's live process may still be writing
         sweep_leftovers(out)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         fingerprint = model_fingerprint(model, out / ".cache" / "model-files.json")
         keys = {row.id: row_key(row, fingerprint) for row in valid}
-        for row in valid:
-            row_dir(out, row.id)  # every output folder is checked to stay inside OUT_DIR before any work
         done = [row for row in valid if is_done(out, row.id, keys[row.id])]
         done_ids = {row.id for row in done}
         pending = [row for row in valid if row.id not in done_ids]
@@ -616,14 +630,18 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
         chunk_results, interrupted = [], False
         if payloads:
             try:
-                chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
-                                         len(valid), len(done), log, connected)
+                with Heartbeat(out, run_id) as heartbeat:  # the kernels stop when the driver (this process) is gone
+                    for payload in payloads:
+                        payload["driver"] = heartbeat.driver
+                    chunk_results = _execute(payloads, executor, workers, scheduler, progress, keys, out, run_id,
+                                             len(valid), len(done), log, connected)
             except KeyboardInterrupt:
                 interrupted = True
                 log("interrupted: finished rows are kept; rerun the same command to continue")
-        _record_unfinished(out, pending, keys, run_id, chunk_results, interrupted)
+        _record_unfinished(out, pending, keys, run_id, chunk_results, interrupted, log)
         entries = _entries(out, parsed, valid, invalid, keys)
-        counts = {state: sum(e["state"] == state for e in entries) for state in ("ok", "failed", "invalid", "not run")}
+        counts = {state: sum(e["state"] == state for e in entries)
+                  for state in ("ok", "warning", "failed", "invalid", "not run")}
         from .report import write_report
 
         info = {"manifest": str(parsed.path), "model": model, "model fingerprint": fingerprint[:23],
@@ -633,7 +651,8 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
         reports = write_report(out, entries, info)
     unfinished = counts["failed"] + counts["not run"] + counts["invalid"]  # invalid: skipped by --skip-invalid
     exit_code = 130 if interrupted else (1 if unfinished else 0)
-    log(f"rows: {counts['ok']} ok ({len(done)} done earlier), {counts['failed']} failed"
+    log(f"rows: {counts['ok'] + counts['warning']} ok ({len(done)} done earlier), {counts['failed']} failed"
+        + (f", {counts['warning']} of the ok ones suspect (warning: see the report)" if counts["warning"] else "")
         + (f", {counts['not run']} not run" if counts["not run"] else "")
         + (f", {counts['invalid']} invalid (skipped)" if counts["invalid"] else "")
         + f"\nreport: {reports['html']}")
@@ -643,9 +662,39 @@ def _run_locked(out, parsed, model, valid, invalid, chunk_size, workers, executo
 
 
 def _finished_in_run(out, row_id: str, key: str, run_id: str) -> bool:
-    """True when the row has a status (ok or failed) written by this run for this key."""
+    """True when the row has a status (ok or failed) written by this run for this key, or is done (ok for this
+    key, also when an earlier run's process finished it meanwhile: such a row is never run or failed again)."""
     status = read_json(row_dir(out, row_id) / STATUS_FILE)
-    return bool(status and status.get("run") == run_id and status.get("key") == key)
+    if status and status.get("run") == run_id and status.get("key") == key:
+        return True
+    return is_done(out, row_id, key, status)
+
+
+def _wait_for_claimed_rows(out, rows: list[Row], log, wait: float | None = None) -> None:
+    """Rows claimed by live processes of an earlier run (orphans of a driver killed on a machine where they could
+    not be stopped, e.g. workers of an external Dask cluster still finishing a row): wait up to `wait` seconds
+    (CLAIM_WAIT_SECONDS) for them to end, then refuse with BatchError, naming them. Never runs a row twice at once."""
+    wait = CLAIM_WAIT_SECONDS if wait is None else wait
+    deadline, said = time.monotonic() + wait, False
+    while True:
+        held = {}
+        for row in rows:
+            holder = claim_holder(row_dir(out, row.id))
+            if holder is not None:
+                held[row.id] = holder
+        if not held:
+            return
+        first = next(iter(held.values()))
+        if time.monotonic() >= deadline:
+            raise BatchError(
+                f"{len(held)} row(s) ({', '.join(sorted(held)[:5])}{', ...' if len(held) > 5 else ''}) are still being "
+                f"edited by a process of an earlier run: {describe_holder(first)}; waited {wait:g} s. Wait for it "
+                f"to end (or stop it: kill {first.get('pid')} on {first.get('host')}), then run the command again")
+        if not said:
+            log(f"waiting up to {wait:g} s for {len(held)} row(s) still being edited by a process of an earlier "
+                f"run ({describe_holder(first)})")
+            said = True
+        time.sleep(POLL_SECONDS)
 
 
 def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, run_id, total, initial, log,
@@ -706,26 +755,38 @@ def _execute(payloads, executor_kind, workers, scheduler, progress, keys, out, r
     return sorted(results, key=lambda result: result["name"])
 
 
-def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool) -> None:
+def _record_unfinished(out, pending: list[Row], keys, run_id, chunk_results, interrupted: bool, log=None) -> None:
     """A row of this run without a status of this run (its kernel died, timed out, or never started, also when
     run again once) is failed, with its chunks' errors, so the report and the exit code say so; a rerun of the
-    command retries it."""
+    command retries it. Never a row that is done (an ok status for its key, from any run), nor one that a live
+    process claims (the runner takes the row's claim to write the failure)."""
     errors: dict = {}
     for result in sorted(chunk_results, key=lambda result: result.get("attempt", 1)):
         for row_id in result.get("rows", []):
             errors.setdefault(row_id, []).append((result.get("error"), result.get("notebook")))
+    owner = {"run": run_id, "chunk": None, **this_process(), "claimed": now()}
     for row in pending:
         if _finished_in_run(out, row.id, keys[row.id], run_id):
             continue
         if interrupted and row.id not in errors:
             continue  # never started: "not run" in the report
+        try:
+            claim = RowClaim(row_dir(out, row.id), owner).acquire()
+        except RowClaimed as held:
+            if log:
+                log(f"{held}: left as it is")
+            continue
         attempts = errors.get(row.id, [("the run was interrupted", None)])
         message = f"its chunk ended before this row finished: {attempts[0][0] or 'no status was written'}"
         if len(attempts) > 1:
             message += f"; run once more in a fresh kernel: {attempts[-1][0] or 'no status was written'}"
         context = {"run": run_id, "chunk": None, "notebook": attempts[-1][1]}
-        atomic_write_json(row_dir(out, row.id) / STATUS_FILE, failed_status({"id": row.id, "key": keys[row.id]},
-                                                                            message, context))
+        try:
+            if not is_done(out, row.id, keys[row.id]):  # re-read under the claim
+                atomic_write_json(row_dir(out, row.id) / STATUS_FILE,
+                                  failed_status({"id": row.id, "key": keys[row.id]}, message, context))
+        finally:
+            claim.release()
 
 
 def _entries(out, parsed, valid: list[Row], invalid: list[InvalidRow], keys) -> list[dict]:
@@ -737,6 +798,8 @@ def _entries(out, parsed, valid: list[Row], invalid: list[InvalidRow], keys) -> 
             status = None
         else:
             state = "ok" if is_done(out, row.id, keys[row.id], status) else "failed"
+            if state == "ok" and status.get("suspect"):  # done, but far below its own VAE round trip
+                state = "warning"
         entries.append({"number": row.number, "id": row.id, "state": state, "spec": row.spec, "status": status,
                         "key": keys[row.id]})
     for bad in invalid:
@@ -773,7 +836,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+HELP_EPILOG = textwrap.fill(
+    "Suspect rows are done but reported as 'warning' with their numbers: a reconstruction more than 10 dB below the "
+    "input's own VAE round trip, an edit's background (outside a scene's objects) more than 15 dB below it, or a "
+    "round trip below 20 dB (the model cannot represent the input). Image paths are read relative to the manifest's "
+    "folder and must stay inside it (--allow-images-outside lifts that). Workers and kernels end when this command "
+    "dies; a rerun resumes, never editing a finished row again. Exit codes: 0 all rows done, 1 a row failed or was "
+    "skipped as invalid, 2 invalid manifest or command, 130 interrupted.", width=100,
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    if not parser.epilog:
+        parser.epilog = HELP_EPILOG
     parser.add_argument("manifest", help="CSV or YAML manifest: one edit per row (see the README's \"Batch editing\" "
                                          "section)")
     parser.add_argument("--out", required=True, help="output folder (rows/, notebooks/, report.html, ...)")
@@ -800,6 +875,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warm-kernels", action="store_true",
                         help="keep one kernel per local worker across chunks: kernel start, imports and model load "
                              "once per worker instead of once per chunk (the chunk notebooks run with nbclient)")
+    parser.add_argument("--allow-images-outside", action="store_true",
+                        help="read image files outside the manifest's folder too (by default an image path must "
+                             "resolve inside it: relative paths are read from there, '../x' and absolute paths "
+                             "elsewhere are invalid rows)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -813,6 +892,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             executor=args.executor, scheduler=args.scheduler, skip_invalid=args.skip_invalid,
             progress=not args.no_progress, kernel_name=args.kernel, chunk_timeout=args.chunk_timeout,
             threads=args.threads, validate_only=args.validate_only, warm_kernels=args.warm_kernels,
+            allow_images_outside=args.allow_images_outside,
         )
     except (BatchError, ManifestError, ModelNotFoundError, OutputLockedError, UnsafePathError) as error:
         print(f"error: {error}", file=sys.stderr)
