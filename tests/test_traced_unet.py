@@ -67,7 +67,7 @@ def test_controllers_autograd_and_the_switch_run_the_eager_unet(unet_and_inputs,
         unet_sample(unet, x.detach(), 500, text)
     assert not calls
     monkeypatch.setenv("DIFFUSION_LAB_TRACED_UNET", "maybe")
-    with pytest.raises(ValueError, match="use 1 \\(on\\) or 0 \\(off\\)"):
+    with pytest.raises(ValueError, match="use 1 \\(on\\)"):
         traced_unet.traced_unet_enabled()
 
 

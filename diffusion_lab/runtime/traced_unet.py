@@ -146,6 +146,7 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
         return _eager(unet, sample, t, encoder_hidden_states)
     names, inputs, control_key = (), (), None
     if control is not None:
+        control.before_graph_call(sample)  # the controller's key depends on the latent size it observes
         traceable = traced_unet_setting() == "1" and control.runtime_traceable(traces.stock_processors)
         control_key = control.trace_key() if traceable else None
         if control_key is None:
@@ -179,7 +180,6 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
         return _eager(unet, sample, t, encoder_hidden_states)
     if control is None:
         return graph(sample, timesteps, encoder_hidden_states)
-    control.before_graph_call(sample)
     output, *effects = graph(sample, timesteps, encoder_hidden_states, *inputs)
     control.after_graph_call(traces.schemas[key], effects)
     return output
