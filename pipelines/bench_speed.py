@@ -8,7 +8,8 @@ and Prompt-to-Prompt against its limit.
 --rounds): a plain guided sample (traced), a fresh P2P replace edit (a new source: source and target rows), the same
 source edited again with another word, each "before" (the controlled UNet eager, no source cache: what diffusion-lab
 did before the traced controlled path and the recorded source, DIFFUSION_LAB_TRACED_UNET=plain, source_cache=False)
-and "after" (the defaults); with --null-text also one null-text inversion per round (a held-out render), and it
+and "after" (the defaults; before also ran every 16x16 call on native convolutions, after runs traced calls of 2 rows or more
+on oneDNN); with --null-text also one null-text inversion per round (a held-out render), and it
 prints the ratios fresh / (2 x sample) and repeated / sample: the limits are 1 and 1 (the control costs nothing, a
 repeated edit runs only its target).
 
@@ -113,17 +114,26 @@ def time_p2p(pipe, rounds: int, steps: int, guidance: float, null_text: bool = F
     source = P2P_SOURCE.format(colour="red")
     target = lambda index: P2P_SOURCE.format(colour=P2P_TARGETS[index % len(P2P_TARGETS)])  # noqa: E731
 
+    def use(mode: str) -> None:
+        """before: controlled calls eager, native convolutions for 16x16 latents (the old rule for every call)."""
+        os.environ["DIFFUSION_LAB_TRACED_UNET"] = "plain" if mode == "before" else "1"
+        os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] = "native" if mode == "before" else "auto"
+
     def edits(mode: str, seed: int):
         """(fresh edit, repeated edit) of the source from `seed`, before or after."""
-        os.environ["DIFFUSION_LAB_TRACED_UNET"] = "plain" if mode == "before" else "1"
         cache = False if mode == "before" else SourceBranchCache()
-        fresh = lambda: edit_generated(pipe, source, [target(seed)], seed=seed, source_cache=cache, **settings)  # noqa: E731
-        again = lambda: edit_generated(pipe, source, [target(seed + 1)], seed=seed, source_cache=cache, **settings)  # noqa: E731
-        return fresh, again
 
-    def sample():
-        os.environ["DIFFUSION_LAB_TRACED_UNET"] = "1"
-        text_to_image(pipe, [source], num_steps=steps, guidance_scale=guidance, progress=False)
+        def edit(target_index: int):
+            use(mode)
+            edit_generated(pipe, source, [target(target_index)], seed=seed, source_cache=cache, **settings)
+
+        return (lambda: edit(seed)), (lambda: edit(seed + 1))
+
+    def sample(mode: str):
+        def run():
+            use(mode)
+            text_to_image(pipe, [source], num_steps=steps, guidance_scale=guidance, progress=False)
+        return run
 
     def inversion():
         from diffusion_lab.inversion import invert
@@ -135,40 +145,43 @@ def time_p2p(pipe, rounds: int, steps: int, guidance: float, null_text: bool = F
                progress=False)
 
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in (
-        "plain sample", "fresh edit, before", "repeated edit, before", "fresh edit, after", "repeated edit, after")}
+        "plain sample, before", "fresh edit, before", "repeated edit, before", "plain sample, after",
+        "fresh edit, after", "repeated edit, after")}
     if null_text:
         results["null-text inversion"] = []
     with torch.inference_mode():
         for _ in range(CALLS_BEFORE_TRACING // steps + 2):  # warm-up: every graph traced
-            sample()
+            sample("after")()
         for warm_up in range(4):
             for fn in edits("after", 1000 + warm_up):
                 fn()
     for round_index in range(rounds):
         before_fresh, before_again = edits("before", round_index)
         after_fresh, after_again = edits("after", round_index)
-        order = [("plain sample", sample), ("fresh edit, before", before_fresh), ("repeated edit, before", before_again)]
-        order += [("fresh edit, after", after_fresh), ("repeated edit, after", after_again)]
+        order = [("plain sample, before", sample("before")), ("fresh edit, before", before_fresh),
+                 ("repeated edit, before", before_again), ("plain sample, after", sample("after")),
+                 ("fresh edit, after", after_fresh), ("repeated edit, after", after_again)]
         if null_text:
             order.append(("null-text inversion", inversion))
         for name, fn in order:
             with torch.inference_mode() if name != "null-text inversion" else torch.no_grad():
                 results[name].append(_clocked(fn))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {v[-1][0]:.2f}" for n, v in results.items()), flush=True)
-    os.environ["DIFFUSION_LAB_TRACED_UNET"] = "1"
+    use("after")
     return results
 
 
 def p2p_table(results: dict, model: str, steps: int, guidance: float, rounds: int) -> list[str]:
     median = {name: tuple(statistics.median(v[i] for v in values) for i in (0, 1)) for name, values in results.items()}
-    sample = median["plain sample"]
     lines = [f"{model}, {steps} DDIM steps, guidance {guidance}, {torch.get_num_threads()} thread(s), interleaved, "
              f"median of {rounds} rounds (CPU time of the process; wall time):", "",
-             "| measurement | CPU (s) | wall (s) | CPU / plain sample |", "|---|---|---|---|"]
+             "| measurement | CPU (s) | wall (s) | CPU / plain sample (same side) |", "|---|---|---|---|"]
     for name, (cpu, wall) in median.items():
-        lines.append(f"| {name} | {cpu:.3f} | {wall:.3f} | {cpu / sample[0]:.2f} |")
+        side = median["plain sample, before" if name.endswith("before") else "plain sample, after"]
+        lines.append(f"| {name} | {cpu:.3f} | {wall:.3f} | {cpu / side[0]:.2f} |")
     lines.append("")
     for when in ("before", "after"):
+        sample = median[f"plain sample, {when}"]
         fresh, again = median[f"fresh edit, {when}"], median[f"repeated edit, {when}"]
         lines.append(f"{when}: fresh edit / (2 x sample) = {fresh[0] / (2 * sample[0]):.2f} CPU "
                      f"({fresh[1] / (2 * sample[1]):.2f} wall); repeated edit / sample = {again[0] / sample[0]:.2f} CPU "

@@ -53,15 +53,15 @@ def real_edit(prompt: str, name: str) -> dict | None:
     return edit
 
 
-def run_all(pipe, **run_options) -> dict[str, np.ndarray]:
-    """name -> uint8 (2, H, W, 3) [source, edit] of every case."""
+def run_all(pipe, real=None, **run_options) -> dict[str, np.ndarray]:
+    """name -> uint8 (2, H, W, 3) [source, edit] of every case; real: (prompt, inversion) of real_inversion to reuse."""
     from diffusion_lab.editing import PromptEdit, run_edit
 
     images = {}
     for name, edit in GENERATED.items():
         images[name] = run_edit(pipe, PromptEdit.from_dict(edit), seed=SEED, num_steps=STEPS, progress=False,
                                 **run_options).images
-    prompt, inversion = real_inversion(pipe)
+    prompt, inversion = real_inversion(pipe) if real is None else real
     for name in REAL:
         edit = real_edit(prompt, name)
         images[name] = run_edit(pipe, PromptEdit.from_dict(edit), inversion=inversion, progress=False,

@@ -37,14 +37,15 @@ def test_fresh_and_replayed_edits_keep_the_reference_outputs(shapes_tiny):
     """Replace, local blend, refine, reweight (generated) and replace, local blend of a null-text inversion (real):
     fresh edits that record their source, then the same edits replayed from the recordings (only the target rows
     run), within 1/255 of the outputs before either existed."""
-    from p2p_reference_cases import run_all
+    from p2p_reference_cases import real_inversion, run_all
 
     reference = np.load(REFERENCE)
-    cache = SourceBranchCache()
+    cache = SourceBranchCache(max_entries=8)
+    real = real_inversion(shapes_tiny)
     with torch.no_grad():
-        recorded = run_all(shapes_tiny, source_cache=cache)  # fresh edits (three generated ones share a source)
+        recorded = run_all(shapes_tiny, real, source_cache=cache)  # fresh edits (three generated ones share a source)
         hits = cache.hits
-        replayed = run_all(shapes_tiny, source_cache=cache)
+        replayed = run_all(shapes_tiny, real, source_cache=cache)
     assert cache.hits - hits == len(reference.files)  # every case of the last round replayed its source
     for images in (recorded, replayed):
         assert max(_largest_difference(images, reference).values()) <= 1, _largest_difference(images, reference)

@@ -156,9 +156,9 @@ class AttentionControl:
         self.removed = True
 
     # -- what runtime/traced_unet.py asks of a controlled UNet (a traced call) --------------------------
-    def runtime_traceable(self, stock_processors: tuple) -> bool:
-        """True when every attention layer runs a stock processor or this controller's processor around one."""
-        for processor in self.unet.attn_processors.values():
+    def runtime_traceable(self, attention_modules: list, stock_processors: tuple) -> bool:
+        """True when every attention module runs a stock processor or this controller's processor around one."""
+        for processor in (module.processor for module in attention_modules):
             if isinstance(processor, ControlledAttentionProcessor):
                 if processor.controller is not self.controller or type(processor.fallback) not in stock_processors:
                     return False

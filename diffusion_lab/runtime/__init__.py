@@ -26,5 +26,4 @@ __all__ = ["CALLS_BEFORE_TRACING", "CONVOLUTION_CHOICES", "call_unet", "convolut
 def call_unet(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, **unet_kwargs) -> Tensor:
     """unet(sample, t, encoder_hidden_states=..., **unet_kwargs).sample, run with the CPU convolution kernels that
     suit the latent size and through a frozen trace where that cannot change the result."""
-    with convolution_backend(sample):
-        return unet_sample(unet, sample, t, encoder_hidden_states, **unet_kwargs)
+    return unet_sample(unet, sample, t, encoder_hidden_states, **unet_kwargs)  # in convolution_backend(sample, ...)

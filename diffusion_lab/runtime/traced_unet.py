@@ -30,6 +30,8 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from .convolution_backend import convolution_backend
+
 MAX_PARAMETERS = 20_000_000
 CONTROL_ATTRIBUTE = "_diffusion_lab_attention_control"  # set by attention.register_attention_control
 CALLS_BEFORE_TRACING = 20
@@ -127,7 +129,8 @@ def _trace(unet: nn.Module, sample: Tensor, timesteps: Tensor, embeddings: Tenso
 
 
 def _eager(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, **unet_kwargs) -> Tensor:
-    output = unet(sample, t, encoder_hidden_states=encoder_hidden_states, **unet_kwargs)
+    with convolution_backend(sample):
+        output = unet(sample, t, encoder_hidden_states=encoder_hidden_states, **unet_kwargs)
     return getattr(output, "sample", output)  # diffusers returns an output object; other modules may return a tensor
 
 
@@ -147,7 +150,7 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     names, inputs, control_key = (), (), None
     if control is not None:
         control.before_graph_call(sample)  # the controller's key depends on the latent size it observes
-        traceable = traced_unet_setting() == "1" and control.runtime_traceable(traces.stock_processors)
+        traceable = traced_unet_setting() == "1" and control.runtime_traceable(traces.attention_modules, traces.stock_processors)
         control_key = control.trace_key() if traceable else None
         if control_key is None:
             return _eager(unet, sample, t, encoder_hidden_states)
@@ -178,9 +181,10 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
         traces.graphs[key] = graph
     if graph is _EAGER:
         return _eager(unet, sample, t, encoder_hidden_states)
-    if control is None:
-        return graph(sample, timesteps, encoder_hidden_states)
-    output, *effects = graph(sample, timesteps, encoder_hidden_states, *inputs)
+    with convolution_backend(sample, traced=True):
+        if control is None:
+            return graph(sample, timesteps, encoder_hidden_states)
+        output, *effects = graph(sample, timesteps, encoder_hidden_states, *inputs)
     control.after_graph_call(traces.schemas[key], effects)
     return output
 
