@@ -25,6 +25,9 @@ Optionally `blend_words` keeps the source outside the region those words attend 
     result = edit_real(pipe, "photo.png", "a cat on a couch", ["a tiger on a couch"], edit="refine")
     result.inversion                                    # reuse it: edit_real(pipe, result.inversion, ...)
 
+The source row never depends on the targets: a run records it, and editing the same source again replays the
+recording so that only the targets run (`source_cache`, attention/source_branch.py).
+
 Widgets, labs and the batch pipeline describe an edit as a dict: `run_edit(pipe, PromptEdit.from_dict(d))`.
 Every setting is checked before the first UNet call (`PromptEdit.check`), with errors that say what to do.
 """
