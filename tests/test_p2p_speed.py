@@ -2,6 +2,7 @@
 recorded source branch of repeated edits (attention/source_branch.py) against the outputs of the code before them
 (tests/data/p2p_reference.npz, made by tests/p2p_reference_cases.py), and the cache's key and memory bound."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,18 @@ def test_a_traced_controlled_call_gives_the_eager_output_and_maps(tiny, monkeypa
     for name in eager_store.sums:
         torch.testing.assert_close(traced_store.sums[name], eager_store.sums[name], atol=1e-5, rtol=0)
         assert traced_store.layers[name].calls == eager_store.layers[name].calls == 3
+
+
+def test_bench_speed_p2p_measures_before_and_after_with_the_ratios(tiny, import_script, monkeypatch):
+    bench = import_script("pipelines/bench_speed.py")
+    monkeypatch.setattr(bench, "CALLS_BEFORE_TRACING", 2)  # warm-up length only
+    for name, default in (("DIFFUSION_LAB_TRACED_UNET", "1"), ("DIFFUSION_LAB_CPU_CONVOLUTIONS", "auto")):
+        monkeypatch.setenv(name, os.environ.get(name, default))  # the bench sets them: restored after the test
+    results = bench.time_p2p(tiny, rounds=1, steps=2, guidance=5.0)
+    assert set(results) == {"plain sample, before", "fresh edit, before", "repeated edit, before",
+                            "plain sample, after", "fresh edit, after", "repeated edit, after"}
+    assert all(len(values) == 1 and values[0][0] > 0 and values[0][1] > 0 for values in results.values())
+    lines = bench.p2p_table(results, "tiny", 2, 5.0, 1)
+    assert any(line.startswith("after: fresh edit / (2 x sample) = ") and "repeated edit / sample = " in line
+               for line in lines)
+    assert os.environ["DIFFUSION_LAB_TRACED_UNET"] == "1" and os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] == "auto"
