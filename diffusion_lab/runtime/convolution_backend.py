@@ -7,8 +7,9 @@ on a CPU"; `python pipelines/bench_speed.py`).
 
 So `convolution_backend` picks native kernels on the CPU when the latent has at most `NATIVE_MAX_AREA` pixels and
 leaves everything else (GPUs, 512x512 Stable Diffusion, training batches) to PyTorch's default, except for a call
-that runs a frozen trace (traced_unet.py) of a batch of 2 rows or more: there the Python of the eager UNet is gone
-and oneDNN's larger kernels win (measured per workload; README, "Speed on a CPU"). Set the environment variable
+of a workload that runs a frozen trace (traced_unet.py; also its eager calls before the trace, so that both compute
+alike) with a batch of 2 rows or more: there the Python of the eager UNet is gone and oneDNN's larger kernels win
+(measured per workload; README, "Speed on a CPU"). Set the environment variable
 DIFFUSION_LAB_CPU_CONVOLUTIONS to "onednn" or "native" to force one.
 """
 

@@ -128,8 +128,11 @@ def _trace(unet: nn.Module, sample: Tensor, timesteps: Tensor, embeddings: Tenso
         unet.train(was_training)
 
 
-def _eager(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, **unet_kwargs) -> Tensor:
-    with convolution_backend(sample):
+def _eager(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, traceable: bool = False,
+           **unet_kwargs) -> Tensor:
+    """The module itself; `traceable`: a call of a workload that is (or will be) traced, on the traced calls'
+    convolution kernels (so the calls before and after tracing compute alike)."""
+    with convolution_backend(sample, traced=traceable):
         output = unet(sample, t, encoder_hidden_states=encoder_hidden_states, **unet_kwargs)
     return getattr(output, "sample", output)  # diffusers returns an output object; other modules may return a tensor
 
@@ -169,7 +172,7 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     if graph is None:
         traces.calls[key] = traces.calls.get(key, 0) + 1
         if traces.calls[key] <= CALLS_BEFORE_TRACING:
-            return _eager(unet, sample, t, encoder_hidden_states)
+            return _eager(unet, sample, t, encoder_hidden_states, traceable=True)
         try:
             wrapper = None if control is None else _ControlledPositionalUNet(unet, control, names)
             graph = _trace(unet, sample, timesteps, encoder_hidden_states, wrapper, inputs)
@@ -180,7 +183,7 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
             graph = _EAGER
         traces.graphs[key] = graph
     if graph is _EAGER:
-        return _eager(unet, sample, t, encoder_hidden_states)
+        return _eager(unet, sample, t, encoder_hidden_states, traceable=True)
     with convolution_backend(sample, traced=True):
         if control is None:
             return graph(sample, timesteps, encoder_hidden_states)
