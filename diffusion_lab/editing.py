@@ -25,6 +25,9 @@ Optionally `blend_words` keeps the source outside the region those words attend 
     result = edit_real(pipe, "photo.png", "a cat on a couch", ["a tiger on a couch"], edit="refine")
     result.inversion                                    # reuse it: edit_real(pipe, result.inversion, ...)
 
+The source row never depends on the targets: a run records it, and editing the same source again replays the
+recording so that only the targets run (`source_cache`, attention/source_branch.py).
+
 Widgets, labs and the batch pipeline describe an edit as a dict: `run_edit(pipe, PromptEdit.from_dict(d))`.
 Every setting is checked before the first UNet call (`PromptEdit.check`), with errors that say what to do.
 """
@@ -32,6 +35,7 @@ Every setting is checked before the first UNet call (`PromptEdit.check`), with e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -42,6 +46,8 @@ import torch
 from torch import Tensor
 
 from .attention import (
+    SourceBranchCache,
+    default_source_cache,
     AttentionRefine,
     AttentionReplace,
     AttentionReweight,
@@ -327,6 +333,7 @@ def run_edit(
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
+    source_cache=True,
 ) -> EditResult:
     """Run one PromptEdit: from the seed's x_T (inversion None) or from an Inversion of a real image.
 
@@ -335,6 +342,12 @@ def run_edit(
     Real: x_T = inversion.z_T, the inversion's timesteps and (per-step) unconditional embeddings, at the
     inversion's guidance unless `guidance_scale` is given (num_steps and seed are then unused); an edit-friendly
     inversion also gives its eta and noise maps, shared by every row (its P2P edit).
+
+    source_cache: True (the process-wide attention.default_source_cache()), a SourceBranchCache, or False. The
+    source row of the batch does not depend on the targets, so a run records it (its latents per step, the
+    attention the targets read of it, its image) and a later edit of the same source (same weights, source and
+    negative prompt or inversion, seed, steps, guidance, schedule of replacement) replays the recording: the UNet
+    then runs only the targets' rows. The results are the same (to float rounding; tests/test_p2p_speed.py).
     """
     edit.check(pipe.tokenizer)
     prompts = edit.prompts
@@ -359,11 +372,36 @@ def run_edit(
     # edit-friendly inversion: every row samples at its eta with the image's recorded noise maps
     eta, variance, noises = (0.0, "eta", None) if inversion is None else (
         inversion.eta, inversion.variance, inversion.sampling_noises(len(prompts), device))
-    latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller,
-                                     progress=progress, source_rectifier=rectifier, eta=eta, noises=noises,
-                                     variance=variance)
+    cache = _source_cache(source_cache)
+    key = None
+    if cache is not None:
+        key = source_branch_key(pipe, denoiser, x_T, timesteps, controller, eta=eta, variance=variance, noises=noises,
+                                inversion=inversion)
+    branch = cache.get(key) if key is not None else None
+    if branch is not None:  # a recorded source: run the targets only
+        targets = len(prompts) - 1
+        target_denoiser = (TextConditionedDenoiser(denoising_unet(pipe), text_embeddings[1:], denoiser.uncond_embeddings,
+                                                   guidance) if inversion is None
+                           else inversion.denoiser(pipe, text_embeddings[1:], guidance))
+        target_noises = None if inversion is None else inversion.sampling_noises(targets, device)
+        target_latents = sample_with_controller(pipe, target_denoiser, x_T.expand(targets, -1, -1, -1), timesteps,
+                                                controller, progress=progress, eta=eta, noises=target_noises,
+                                                variance=variance, source_branch=branch)
+        latents = torch.cat([branch.final_latents().to(target_latents), target_latents])
+        images = np.concatenate([branch.image[None], decode_latents(pipe, target_latents)])
+    else:
+        recording = cache.new_recording() if key is not None else None
+        latents = sample_with_controller(pipe, denoiser, x_T.expand(len(prompts), -1, -1, -1), timesteps, controller,
+                                         progress=progress, source_rectifier=rectifier, eta=eta, noises=noises,
+                                         variance=variance, record_source=recording)
+        images = decode_latents(pipe, latents)
+        if recording is not None:
+            recording.image = images[0].copy()
+            if recording.complete(len(timesteps)):
+                cache.put(key, recording)
+    controller.use_source_branch()  # the result's controller holds no reference to the recording
     return EditResult(
-        images=decode_latents(pipe, latents),
+        images=images,
         prompts=prompts,
         edit=edit,
         controller=controller,
@@ -390,18 +428,19 @@ def edit_generated(
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
+    source_cache=True,
     **edit_settings,
 ) -> EditResult:
     """Generate the source prompt from `seed` and edit it into every target prompt (one batch).
 
     edit_settings: PromptEdit's settings by name (cross_replace_steps, self_replace_steps, reweight, blend_words,
     blend_threshold, self_replace_max_resolution, attention_control), with PromptEdit's defaults; run_edit
-    describes the sampling ones."""
+    describes the sampling ones and `source_cache` (editing the same source again runs only the targets)."""
     prompt_edit = _prompt_edit(source_prompt, target_prompts, edit, edit_settings)
     return run_edit(
         pipe, prompt_edit, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,
         negative_prompt=negative_prompt, store_self_attention=store_self_attention,
-        per_step_resolutions=per_step_resolutions, progress=progress,
+        per_step_resolutions=per_step_resolutions, progress=progress, source_cache=source_cache,
     )
 
 
@@ -418,6 +457,7 @@ def edit_real(
     store_self_attention: bool = False,
     per_step_resolutions: Sequence[int] = (),
     progress: bool = True,
+    source_cache=True,
     **options,
 ) -> EditResult:
     """Edit a real image: invert it with the source prompt (null-text inversion by default), then run P2P from
@@ -432,6 +472,7 @@ def edit_real(
         invert's options (e.g. inner_steps=5) are passed through. guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion (None: 50). A reused inversion keeps its own
         steps and settings: a different num_steps, or inversion options, raise EditError instead of being ignored.
+    source_cache: as for run_edit; editing the same Inversion again runs only the targets.
     """
     from .inversion import Inversion, invert
 
@@ -460,6 +501,7 @@ def edit_real(
     return run_edit(
         pipe, prompt_edit, inversion=inversion, guidance_scale=guidance_scale,
         store_self_attention=store_self_attention, per_step_resolutions=per_step_resolutions, progress=progress,
+        source_cache=source_cache,
     )
 
 
@@ -491,6 +533,46 @@ def _check_reuse(inversion, num_steps: int | None, inversion_method: str | None,
             f"inversion_method={inversion_method!r} asks for a new inversion, but this one is a {inversion.method!r} "
             "inversion reused as it is: leave inversion_method out, or pass the image to invert it again"
         )
+
+
+def _source_cache(source_cache):
+    """run_edit's source_cache: True -> the default cache, False/None -> none, or a SourceBranchCache."""
+    if source_cache is True:
+        return default_source_cache()
+    if source_cache is False or source_cache is None:
+        return None
+    if not isinstance(source_cache, SourceBranchCache):
+        raise TypeError(f"source_cache must be True, False or a SourceBranchCache, got {type(source_cache).__name__}")
+    return source_cache
+
+
+def _fingerprint(value) -> str | tuple | None:
+    """A digest of a tensor (or a list of tensors) for a cache key; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(item) for item in value)
+    tensor = value.detach().cpu().contiguous()
+    digest = hashlib.sha1(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{tuple(tensor.shape)}:{tensor.dtype}:{digest.hexdigest()}"
+
+
+def source_branch_key(pipe, denoiser, x_T, timesteps, controller, *, eta, variance, noises, inversion) -> tuple | None:
+    """Everything the source row of an edit depends on (a recorded SourceBranch's key), or None when it cannot be
+    replayed (noise drawn at random per row: eta > 0 without recorded noise maps)."""
+    if eta != 0 and noises is None:
+        return None
+    unet = denoiser.unet
+    weights = tuple((p.data_ptr(), p._version) for p in unet.parameters())
+    uncond = denoiser.uncond_embeddings if denoiser.uses_guidance else None
+    return (
+        id(unet), weights, str(unet.device), str(next(unet.parameters()).dtype),
+        repr(sorted((k, str(v)) for k, v in pipe.scheduler.config.items())),
+        _fingerprint(denoiser.text_embeddings[:1]), _fingerprint(uncond), float(denoiser.guidance_scale),
+        _fingerprint(x_T), tuple(int(t) for t in timesteps), float(eta), variance, _fingerprint(noises),
+        None if inversion is None or inversion.method != "direct" else _fingerprint(inversion.latents),
+        controller.source_usage_key(len(timesteps), int(x_T.shape[-1])),
+    )
 
 
 # PromptEdit's settings besides its prompts and edit kind (edit_generated / edit_real keywords, manifest fields)

@@ -49,23 +49,36 @@ class ControlledDenoiser:
         return self.denoiser(x_t, t, step_index)
 
 
-def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None, source_rectifier=None, noises=None, variance: str = "eta"):
+def sample_with_controller(pipe, denoiser, x_T, timesteps, controller, eta: float = 0.0, generator=None, progress: bool = True, callback=None, source_rectifier=None, noises=None, variance: str = "eta", source_branch=None, record_source=None):
     """Sample the batch x_T (P, C, h, w) with `controller` registered on the UNet: told the step before every
     UNet call (`set_step`), and given the latents after every step (`blend_latents`, LocalBlend). Returns z_0.
 
     source_rectifier: an on_step_end of `sample` applied before the blend (a direct inversion's
     Inversion.source_rectifier(1), which puts the source row back on its pivot). noises / variance: recorded
-    per-step noises to add instead of drawing them (edit-friendly inversion's Inversion.sampling_noises)."""
+    per-step noises to add instead of drawing them (edit-friendly inversion's Inversion.sampling_noises).
+
+    source_branch: a recorded SourceBranch (attention/source_branch.py) of this run's source: x_T, the denoiser's
+    rows and the result are then the targets' only, (P - 1, C, h, w); the source row comes from the recording
+    (its latents for the blend, its attention maps for the controller). record_source: an empty SourceBranch
+    that this run's source row (row 0) is recorded into."""
     from .attention import register_attention_control
 
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     controller.reset()
-    controlled = ControlledDenoiser(denoiser, controller, len(timesteps), x_T.shape[0])
+    controller.use_source_branch(replay=source_branch, capture=record_source)
+    num_prompts = x_T.shape[0] + (1 if source_branch is not None else 0)
+    controlled = ControlledDenoiser(denoiser, controller, len(timesteps), num_prompts)
 
     def on_step_end(step_index, t_prev, x):
+        if source_branch is not None:  # x: the targets; the source's z comes from the recording
+            source = source_branch.latents[step_index].to(x)
+            return controller.blend_latents(torch.cat([source, x]), step_index)[1:]
         if source_rectifier is not None:
             x = source_rectifier(step_index, t_prev, x)
-        return controller.blend_latents(x, step_index)
+        x = controller.blend_latents(x, step_index)
+        if record_source is not None:
+            record_source.add_latents(step_index, x[:1])
+        return x
 
     with register_attention_control(pipe.unet, controller):
         result = sample(

@@ -1,6 +1,17 @@
-"""Measure sampling speed: a 50-step DDIM sample with guidance at batch 1, per UNet mode and CPU convolution backend.
+"""Measure sampling speed: a 50-step DDIM sample with guidance at batch 1, per UNet mode and CPU convolution backend;
+and Prompt-to-Prompt against its limit.
 
     python pipelines/bench_speed.py [--model shapes-tiny] [--runs 7] [--threads 2] [--sd-sides 16 32 64]
+    python pipelines/bench_speed.py --p2p [--rounds 5] [--threads 1] [--null-text]
+
+--p2p measures, interleaved round by round in one process (CPU time of the process and wall time, medians over
+--rounds): a plain guided sample (traced), a fresh P2P replace edit (a new source: source and target rows), the same
+source edited again with another word, each "before" (the controlled UNet eager, no source cache: what diffusion-lab
+did before the traced controlled path and the recorded source, DIFFUSION_LAB_TRACED_UNET=plain, source_cache=False)
+and "after" (the defaults; before also ran every 16x16 call on native convolutions, after runs traced calls of 2 rows or more
+on oneDNN); with --null-text also one null-text inversion per round (a held-out render), and it
+prints the ratios fresh / (2 x sample) and repeated / sample: the limits are 1 and 1 (the control costs nothing, a
+repeated edit runs only its target).
 
 For the traced UNet (diffusion_lab/runtime/traced_unet.py: what plain sampling on a CPU uses) and the eager one, and for
 each CPU convolution backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own
@@ -83,6 +94,101 @@ def time_sd_sized_unet(side: int, backend: str) -> float:
         return _median_seconds(forward, 2)
 
 
+P2P_SOURCE = "a large {colour} circle on a gray background"
+P2P_TARGETS = ("blue", "green", "yellow", "purple", "orange", "white", "black")
+
+
+def _clocked(fn) -> tuple[float, float]:
+    """(CPU seconds of this process, wall seconds) of fn()."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def time_p2p(pipe, rounds: int, steps: int, guidance: float, null_text: bool = False) -> dict[str, list[tuple[float, float]]]:
+    """Per measurement, the (CPU s, wall s) of each round; see the module docstring."""
+    from diffusion_lab.attention import SourceBranchCache
+    from diffusion_lab.editing import edit_generated
+
+    settings = dict(num_steps=steps, guidance_scale=guidance, progress=False)
+    source = P2P_SOURCE.format(colour="red")
+    target = lambda index: P2P_SOURCE.format(colour=P2P_TARGETS[index % len(P2P_TARGETS)])  # noqa: E731
+
+    def use(mode: str) -> None:
+        """before: controlled calls eager, native convolutions for 16x16 latents (the old rule for every call)."""
+        os.environ["DIFFUSION_LAB_TRACED_UNET"] = "plain" if mode == "before" else "1"
+        os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] = "native" if mode == "before" else "auto"
+
+    def edits(mode: str, seed: int):
+        """(fresh edit, repeated edit) of the source from `seed`, before or after."""
+        cache = False if mode == "before" else SourceBranchCache()
+
+        def edit(target_index: int):
+            use(mode)
+            edit_generated(pipe, source, [target(target_index)], seed=seed, source_cache=cache, **settings)
+
+        return (lambda: edit(seed)), (lambda: edit(seed + 1))
+
+    def sample(mode: str):
+        def run():
+            use(mode)
+            text_to_image(pipe, [source], num_steps=steps, guidance_scale=guidance, progress=False)
+        return run
+
+    def inversion():
+        from diffusion_lab.inversion import invert
+        from diffusion_lab.latents import image_size
+        from diffusion_lab.shapes import caption, random_scene, render
+
+        scene = random_scene(1_000_000 + len(results["null-text inversion"]))
+        invert(pipe, render(scene, size=image_size(pipe)).image, caption(scene), method="null_text", num_steps=steps,
+               progress=False)
+
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in (
+        "plain sample, before", "fresh edit, before", "repeated edit, before", "plain sample, after",
+        "fresh edit, after", "repeated edit, after")}
+    if null_text:
+        results["null-text inversion"] = []
+    with torch.inference_mode():
+        for _ in range(CALLS_BEFORE_TRACING // steps + 2):  # warm-up: every graph traced
+            sample("after")()
+        for warm_up in range(4):
+            for fn in edits("after", 1000 + warm_up):
+                fn()
+    for round_index in range(rounds):
+        before_fresh, before_again = edits("before", round_index)
+        after_fresh, after_again = edits("after", round_index)
+        order = [("plain sample, before", sample("before")), ("fresh edit, before", before_fresh),
+                 ("repeated edit, before", before_again), ("plain sample, after", sample("after")),
+                 ("fresh edit, after", after_fresh), ("repeated edit, after", after_again)]
+        if null_text:
+            order.append(("null-text inversion", inversion))
+        for name, fn in order:
+            with torch.inference_mode() if name != "null-text inversion" else torch.no_grad():
+                results[name].append(_clocked(fn))
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {v[-1][0]:.2f}" for n, v in results.items()), flush=True)
+    use("after")
+    return results
+
+
+def p2p_table(results: dict, model: str, steps: int, guidance: float, rounds: int) -> list[str]:
+    median = {name: tuple(statistics.median(v[i] for v in values) for i in (0, 1)) for name, values in results.items()}
+    lines = [f"{model}, {steps} DDIM steps, guidance {guidance}, {torch.get_num_threads()} thread(s), interleaved, "
+             f"median of {rounds} rounds (CPU time of the process; wall time):", "",
+             "| measurement | CPU (s) | wall (s) | CPU / plain sample (same side) |", "|---|---|---|---|"]
+    for name, (cpu, wall) in median.items():
+        side = median["plain sample, before" if name.endswith("before") else "plain sample, after"]
+        lines.append(f"| {name} | {cpu:.3f} | {wall:.3f} | {cpu / side[0]:.2f} |")
+    lines.append("")
+    for when in ("before", "after"):
+        sample = median[f"plain sample, {when}"]
+        fresh, again = median[f"fresh edit, {when}"], median[f"repeated edit, {when}"]
+        lines.append(f"{when}: fresh edit / (2 x sample) = {fresh[0] / (2 * sample[0]):.2f} CPU "
+                     f"({fresh[1] / (2 * sample[1]):.2f} wall); repeated edit / sample = {again[0] / sample[0]:.2f} CPU "
+                     f"({again[1] / sample[1]:.2f} wall)")
+    return lines
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes-tiny")
@@ -95,10 +201,20 @@ def main(argv=None) -> str:
                         help="traced: the frozen TorchScript trace diffusion-lab uses for plain CPU sampling (diffusion_lab/runtime/traced_unet.py)")
     parser.add_argument("--sd-sides", type=int, nargs="*", default=[])
     parser.add_argument("--out", default="outputs/bench_speed.md")
+    parser.add_argument("--p2p", action="store_true", help="Prompt-to-Prompt against its limit (see above) instead")
+    parser.add_argument("--rounds", type=int, default=5, help="--p2p: interleaved rounds")
+    parser.add_argument("--null-text", action="store_true", help="--p2p: also one null-text inversion per round")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu")
+    if args.p2p:
+        results = time_p2p(pipe, args.rounds, args.steps, args.guidance, args.null_text)
+        table = "\n".join(p2p_table(results, args.model, args.steps, args.guidance, args.rounds))
+        print("\n" + table)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+        return table
     lines = [
         f"{args.model}, {args.steps}-step DDIM sample with guidance {args.guidance} at batch 1, {torch.get_num_threads()} threads, "
         f"median of {args.runs} runs:",

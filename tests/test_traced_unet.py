@@ -67,7 +67,7 @@ def test_controllers_autograd_and_the_switch_run_the_eager_unet(unet_and_inputs,
         unet_sample(unet, x.detach(), 500, text)
     assert not calls
     monkeypatch.setenv("DIFFUSION_LAB_TRACED_UNET", "maybe")
-    with pytest.raises(ValueError, match="use 1 \\(on\\) or 0 \\(off\\)"):
+    with pytest.raises(ValueError, match="use 1 \\(on\\)"):
         traced_unet.traced_unet_enabled()
 
 
@@ -81,7 +81,7 @@ def test_a_failing_trace_falls_back_to_eager_with_one_warning(unet_and_inputs, m
     with pytest.warns(UserWarning, match="could not trace the UNet"):
         output = _call_until_traced(unet, x, 500, text)
     with torch.no_grad():
-        assert torch.allclose(output, unet(x, 500, encoder_hidden_states=text).sample)
+        assert torch.allclose(output, unet(x, 500, encoder_hidden_states=text).sample, atol=1e-5)  # native convolutions
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             unet_sample(unet, x, 500, text)  # no second warning

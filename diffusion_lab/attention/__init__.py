@@ -16,6 +16,7 @@ from .controllers import (
     LocalBlend,
 )
 from .maps import cross_attention_per_word, normalize_map, self_attention_components, upsample_map
+from .source_branch import SourceBranch, SourceBranchCache, default_source_cache, source_branch_bytes
 from .processor import AttentionControl, AttentionLayer, ControlledAttentionProcessor, register_attention_control
 from .tokens import (
     max_tokens,
@@ -38,8 +39,11 @@ __all__ = [
     "AttentionReweight",
     "AttentionStore",
     "ControlledAttentionProcessor",
+    "SourceBranch",
+    "SourceBranchCache",
     "LocalBlend",
     "cross_attention_per_word",
+    "default_source_cache",
     "max_tokens",
     "normalize_map",
     "prompt_token_ids",
@@ -49,6 +53,7 @@ __all__ = [
     "register_attention_control",
     "replacement_mapper",
     "self_attention_components",
+    "source_branch_bytes",
     "token_scales",
     "upsample_map",
     "word_token_indices",

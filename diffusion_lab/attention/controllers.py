@@ -58,6 +58,7 @@ class AttentionController:
         self.num_steps: int | None = None
         self.unet_batch_size: int | None = None  # observed at each UNet call
         self.latent_size: tuple[int, int] | None = None  # (H, W) of the UNet's input, observed
+        AttentionController.reset(self)
 
     # -- driven by the sampling loop -------------------------------------------------------------
     def set_step(self, step_index: int, num_steps: int) -> None:
@@ -85,9 +86,94 @@ class AttentionController:
         return latents
 
     def reset(self) -> None:
-        """Forget the run (step, observed sizes, stored maps); keep the configuration."""
+        """Forget the run (step, observed sizes, stored maps, source branch); keep the configuration."""
         self.step_index = self.num_steps = None
         self.unet_batch_size = self.latent_size = None
+        self.source_branch = None  # a SourceBranch replayed: the UNet batch then holds only the targets
+        self.capture = None  # a SourceBranch being recorded from this run's source row
+        self._bound: dict | None = None  # this call's step tensors as a traced graph's inputs (runtime/)
+        self._emitted: list | None = None  # effects deferred to after the call (a traced call's extra outputs)
+        self._step_tensors: tuple = (None, None)  # (step_index, tensors) computed for this step
+
+    @property
+    def source_external(self) -> bool:
+        """True when the source row comes from `source_branch` instead of the UNet batch (a repeated edit)."""
+        return self.source_branch is not None
+
+    def use_source_branch(self, replay=None, capture=None) -> None:
+        """Replay a recorded SourceBranch (the UNet batch then holds only the targets), or record this run's
+        source row into `capture`; call after `reset`, before sampling."""
+        if replay is not None and capture is not None:
+            raise ValueError("a run either replays a source branch or records one, not both")
+        self.source_branch, self.capture = replay, capture
+
+    # -- per-step tensors and deferred effects (what a traced UNet call takes and gives back) ---------
+    def step_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors this step's attention calls read, by name: inputs of a traced UNet call, so that one trace
+        serves every step and edit with the same `trace_key` (the replayed source's probabilities are among them)."""
+        if self._bound is not None:
+            return self._bound
+        if self._step_tensors[0] != self.step_index or self._step_tensors[1] is None:
+            self._step_tensors = (self.step_index, self.make_step_tensors())
+        return self._step_tensors[1]
+
+    def make_step_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        if self.source_branch is not None and self.step_index is not None:
+            for name, probabilities in self.source_branch.probabilities.get(self.step_index, {}).items():
+                tensors[f"source/{name}"] = probabilities
+        return tensors
+
+    def step_plan(self) -> tuple:
+        """The Python decisions of this step's attention calls (part of a traced call's key)."""
+        return ()
+
+    def trace_key(self):
+        """What fixes the operations of a controlled UNet call besides tensor shapes, or None when this controller
+        cannot run traced (a subclass whose forward may do anything: only classes marked `traceable` are)."""
+        classes = [type(self)] + [type(c) for c in self._chained_controllers()]
+        if not all(cls.__dict__.get("traceable", False) for cls in classes):
+            return None
+        return (tuple(cls.__qualname__ for cls in classes), self.num_prompts, self.has_uncond, self.source_external,
+                self.capture is not None, self.latent_size, self.static_key(), self.step_plan())
+
+    def static_key(self) -> tuple:
+        return ()
+
+    def _chained_controllers(self) -> list:
+        return []
+
+    def begin_deferred_call(self, tensors: dict[str, torch.Tensor]) -> None:
+        """A traced call starts: read `tensors` instead of `step_tensors()`, collect effects instead of applying them."""
+        self._bound, self._emitted = dict(tensors), []
+
+    def end_deferred_call(self) -> tuple[list, list]:
+        """(schema, tensors) of the effects collected since `begin_deferred_call`; back to direct mode."""
+        emitted = self._emitted or []
+        self._bound = self._emitted = None
+        return [meta for meta, _ in emitted], [tensor for _, tensor in emitted]
+
+    def emit(self, kind: str, layer_name: str, place_in_unet: str, is_cross: bool, tensor: torch.Tensor) -> None:
+        """An effect of an attention call on the controller's state: applied now, or after a traced call."""
+        if self._emitted is not None:
+            self._emitted.append(((kind, layer_name, place_in_unet, is_cross), tensor))
+        else:
+            self.apply_effect((kind, layer_name, place_in_unet, is_cross), tensor)
+
+    def apply_effects(self, schema: list, tensors) -> None:
+        for meta, tensor in zip(schema, tensors):
+            self.apply_effect(meta, tensor)
+
+    def apply_effect(self, meta: tuple, tensor: torch.Tensor) -> None:
+        kind, layer_name, _, _ = meta
+        if kind == "capture":
+            self.capture.add_probabilities(self.step_index, layer_name, tensor)
+        else:
+            raise ValueError(f"unknown effect {kind!r}")
+
+    def rows_in_batch(self) -> int:
+        """Prompts whose rows the UNet batch holds: all, or the targets only when the source is replayed."""
+        return self.num_prompts - (1 if self.source_external else 0)
 
     # -- which layers ------------------------------------------------------------------------------
     def controls_layer(self, layer_name: str, place_in_unet: str, is_cross: bool) -> bool:
@@ -101,21 +187,22 @@ class AttentionController:
         self, probabilities: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str
     ) -> torch.Tensor:
         """probabilities: (unet_batch*heads, queries, keys); returns the same shape."""
-        unet_batch, num_prompts = self._batch_layout(probabilities.shape[0])
+        unet_batch, num_rows = self._batch_layout(probabilities.shape[0])
         rows, queries, keys = probabilities.shape
         per_prompt = probabilities.reshape(unet_batch, rows // unet_batch, queries, keys)  # (B, heads, HW, keys)
-        conditional = per_prompt[unet_batch - num_prompts :]  # (num_prompts, heads, HW, keys)
+        conditional = per_prompt[unet_batch - num_rows :]  # (num_rows, heads, HW, keys)
         edited = self.forward(conditional, is_cross, place_in_unet, layer_name)
         if edited is conditional:
             return probabilities
-        return torch.cat([per_prompt[: unet_batch - num_prompts], edited]).reshape(rows, queries, keys)
+        return torch.cat([per_prompt[: unet_batch - num_rows], edited]).reshape(rows, queries, keys)
 
     def forward(self, conditional: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> torch.Tensor:
+        """conditional: (rows, heads, HW, keys), one row per prompt (the targets only when `source_external`)."""
         return conditional
 
     # -- helpers -------------------------------------------------------------------------------------
     def _batch_layout(self, rows: int) -> tuple[int, int]:
-        """(UNet batch size, number of prompts) of the current call, checked."""
+        """(UNet batch size, number of prompt rows in it) of the current call, checked."""
         if self.num_prompts is None:
             raise RuntimeError(
                 f"{type(self).__name__} does not know how many prompts the batch holds: call "
@@ -128,11 +215,12 @@ class AttentionController:
                     f"{type(self).__name__} does not know the UNet batch size: install it with "
                     "register_attention_control(unet, controller) or call set_batch_layout(num_prompts, has_uncond)"
                 )
-            unet_batch = self.num_prompts * (2 if self.has_uncond else 1)
+            unet_batch = self.rows_in_batch() * (2 if self.has_uncond else 1)
+        prompt_rows = self.rows_in_batch()
         if self.has_uncond is None:
-            allowed = (self.num_prompts, 2 * self.num_prompts)
+            allowed = (prompt_rows, 2 * prompt_rows)
         else:
-            allowed = (self.num_prompts * (2 if self.has_uncond else 1),)
+            allowed = (prompt_rows * (2 if self.has_uncond else 1),)
         if unet_batch not in allowed or rows % unet_batch:
             raise RuntimeError(
                 f"the UNet was called with a batch of {unet_batch} but {type(self).__name__} expects "
@@ -140,7 +228,7 @@ class AttentionController:
                 "[uncond x num_prompts, cond x num_prompts] (guidance) or [cond x num_prompts]; check "
                 "set_batch_layout(num_prompts, has_uncond) and the sampling loop"
             )
-        return unet_batch, self.num_prompts
+        return unet_batch, prompt_rows
 
     def map_size(self, query_positions: int) -> tuple[int, int]:
         """(height, width) of a layer's maps, from its number of query positions and the latent size."""
@@ -241,12 +329,34 @@ class AttentionStore(AttentionController):
         self.record(conditional, is_cross, place_in_unet, layer_name)
         return conditional
 
+    traceable = True  # forward only emits its effects (runtime/ may trace it)
+
+    def static_key(self) -> tuple:
+        return (self.max_query_positions, self.store_self_attention, self.places)
+
+    def source_usage_key(self, num_steps: int, latent_side: int) -> tuple:
+        """What a recorded source branch of this controller holds besides latents (see AttentionEdit)."""
+        return ("store",) + self.static_key()
+
     def record(self, conditional: torch.Tensor, is_cross: bool, place_in_unet: str, layer_name: str) -> None:
-        """Add this call's maps, (num_prompts, heads, HW, keys) averaged over heads, to the sums."""
+        """Add this call's maps, (rows, heads, HW, keys) averaged over heads, to the sums (the replayed source's
+        maps first when `source_external`)."""
         queries = conditional.shape[2]
         if not self.stores(queries, is_cross, place_in_unet):
             return
-        maps = conditional.detach().float().mean(dim=1)  # (num_prompts, HW, keys)
+        maps = conditional.detach().float().mean(dim=1)  # (rows, HW, keys)
+        self.emit("record", layer_name, place_in_unet, is_cross, maps)
+
+    def apply_effect(self, meta: tuple, tensor: torch.Tensor) -> None:
+        kind, layer_name, place_in_unet, is_cross = meta
+        if kind != "record":
+            return super().apply_effect(meta, tensor)
+        maps = tensor  # (rows, HW, keys)
+        if self.capture is not None:
+            self.capture.add_means(self.step_index, layer_name, maps[0])
+        if self.source_external:
+            maps = torch.cat([self.source_branch.means[self.step_index][layer_name][None].to(maps), maps])
+        queries = maps.shape[1]
         layer = self.layers.get(layer_name)
         if layer is None:
             layer = self.layers[layer_name] = StoredLayer(place_in_unet, is_cross, self.map_size(queries))
@@ -491,29 +601,90 @@ class AttentionEdit(AttentionStore):
         return self.self_replace_now(max(self.map_size(query_positions)))
 
     # -- the edit ----------------------------------------------------------------------------------------
+    # -- per-step tensors (traced calls take them as inputs) -------------------------------------------
+    traceable = True
+
+    def static_key(self) -> tuple:
+        return super().static_key() + (self.tokens, self.self_replace_max_resolution, self.self_replace_window)
+
+    def make_step_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = super().make_step_tensors()
+        tensors["alpha"] = self.cross_replace_alpha()  # (targets, tokens)
+        tensors.update({f"edit/{name}": tensor for name, tensor in self.edit_tensors().items()})
+        return tensors
+
+    def edit_tensors(self) -> dict[str, torch.Tensor]:
+        """The edit's own tensors (mapper, alphas, equalizer) that replace_cross_attention reads."""
+        return {}
+
+    def _edit_tensors_now(self) -> dict[str, torch.Tensor]:
+        return {name[5:]: tensor for name, tensor in self.step_tensors().items() if name.startswith("edit/")}
+
+    def step_plan(self) -> tuple:
+        """(any cross-attention column replaced at this step, self-attention window open at this step)."""
+        step, num_steps = self._require_step()
+        start, end = (math.floor(fraction * num_steps) for fraction in self.self_replace_window)
+        return (bool(self._unbound_alpha().any()), start <= step < end)
+
+    def _unbound_alpha(self) -> torch.Tensor:
+        if self._step_tensors[0] == self.step_index and self._step_tensors[1] is not None:
+            return self._step_tensors[1]["alpha"]
+        return self.cross_replace_alpha()
+
+    def source_usage_key(self, num_steps: int, latent_side: int) -> tuple:
+        """Which (step, kind of layer) read the source's probabilities in a run of num_steps steps on latents of
+        side latent_side: part of a recorded source branch's key."""
+        start_end = torch.floor(self.cross_replace_windows * num_steps)
+        cross_steps = tuple(step for step in range(num_steps)
+                            if bool(((start_end[..., 0] <= step) & (step < start_end[..., 1])).any()))
+        start, end = (math.floor(fraction * num_steps) for fraction in self.self_replace_window)
+        limit = self.self_replace_max_resolution or latent_side // 4
+        return ("edit", cross_steps, (start, end), limit) + super().static_key()
+
+    # -- the edit ----------------------------------------------------------------------------------------
+    def _source(self, conditional, place_in_unet, is_cross, layer_name):
+        """The source's probabilities (heads, HW, keys) at this call: row 0, or the replayed source branch's."""
+        if self.source_external:
+            try:
+                return self.step_tensors()[f"source/{layer_name}"]
+            except KeyError:
+                raise RuntimeError(
+                    f"the replayed source branch has no probabilities of {layer_name} at step {self.step_index}: "
+                    "it was recorded for another schedule (editing.source_branch_key should have told them apart)"
+                ) from None
+        source = conditional[0]
+        if self.capture is not None:
+            self.emit("capture", layer_name, place_in_unet, is_cross, source)
+        return source
+
     def forward(self, conditional, is_cross, place_in_unet, layer_name):
-        # conditional: (num_prompts, heads, HW, keys); row 0 is the source.
+        # conditional: (num_prompts, heads, HW, keys), row 0 the source; or (targets, ...) when source_external.
         self.record(conditional, is_cross, place_in_unet, layer_name)
-        source, targets = conditional[0], conditional[1:]  # (heads, HW, keys), (targets, heads, HW, keys)
+        targets = conditional if self.source_external else conditional[1:]  # (targets, heads, HW, keys)
         if is_cross:
             if conditional.shape[-1] != self.tokens:
                 raise RuntimeError(
                     f"cross-attention has {conditional.shape[-1]} keys but the tokenizer's model_max_length is "
                     f"{self.tokens}: encode the prompts padded to tokenizer.model_max_length"
                 )
-            alpha = self.cross_replace_alpha().to(conditional)[:, None, None, :]  # (targets, 1, 1, tokens)
-            if not alpha.any():
+            if not self.step_plan()[0]:
                 return conditional
-            replaced = self.replace_cross_attention(source, targets)
+            alpha = self.step_tensors()["alpha"].to(conditional)[:, None, None, :]  # (targets, 1, 1, tokens)
+            source = self._source(conditional, place_in_unet, is_cross, layer_name)  # (heads, HW, tokens)
+            replaced = self.replace_cross_attention(source, targets, self._edit_tensors_now())
             targets = replaced * alpha + targets * (1 - alpha)
         elif self.self_replace_now(max(self.map_size(conditional.shape[2]))):
+            source = self._source(conditional, place_in_unet, is_cross, layer_name)  # (heads, HW, HW)
             targets = source.expand_as(targets)
         else:
             return conditional
-        return torch.cat([source[None], targets])
+        if self.source_external:
+            return targets
+        return torch.cat([conditional[:1], targets])
 
-    def replace_cross_attention(self, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """source (heads, HW, tokens), targets (targets, heads, HW, tokens) -> new target maps."""
+    def replace_cross_attention(self, source: torch.Tensor, targets: torch.Tensor, tensors: dict | None = None) -> torch.Tensor:
+        """source (heads, HW, tokens), targets (targets, heads, HW, tokens) -> new target maps; tensors: the
+        edit's tensors (edit_tensors(), or a traced call's inputs)."""
         raise NotImplementedError
 
     def blend_latents(self, latents: torch.Tensor, step_index: int) -> torch.Tensor:
@@ -530,12 +701,18 @@ class AttentionReplace(AttentionEdit):
     must align token by token (see tokens.replacement_mapper); otherwise use AttentionRefine.
     """
 
+    traceable = True
+
     def __init__(self, tokenizer, prompts, cross_replace_steps=0.8, self_replace_steps=0.4, **kwargs):
         super().__init__(tokenizer, prompts, cross_replace_steps, self_replace_steps, **kwargs)
         self.mapper = torch.stack([replacement_mapper(tokenizer, prompts[0], target) for target in prompts[1:]])
 
-    def replace_cross_attention(self, source, targets):
-        mapper = self.mapper.to(source)  # (targets, tokens, tokens)
+    def edit_tensors(self):
+        return {"mapper": self.mapper}
+
+    def replace_cross_attention(self, source, targets, tensors=None):
+        tensors = self.edit_tensors() if tensors is None else tensors
+        mapper = tensors["mapper"].to(source)  # (targets, tokens, tokens)
         return torch.einsum("hqw,twn->thqn", source, mapper)  # (targets, heads, HW, tokens)
 
 
@@ -543,16 +720,22 @@ class AttentionRefine(AttentionEdit):
     """Phrase addition (P2P's AttentionRefine): aligned tokens take the source's map, new tokens
     keep their own ("a red circle" -> "a big red circle": "big" attends where it wants)."""
 
+    traceable = True
+
     def __init__(self, tokenizer, prompts, cross_replace_steps=0.8, self_replace_steps=0.4, **kwargs):
         super().__init__(tokenizer, prompts, cross_replace_steps, self_replace_steps, **kwargs)
         alignments = [refinement_alignment(tokenizer, prompts[0], target) for target in prompts[1:]]
         self.mapper = torch.stack([mapper for mapper, _ in alignments])  # (targets, tokens), -1 = new token
         self.alphas = torch.stack([alphas for _, alphas in alignments])  # (targets, tokens)
 
-    def replace_cross_attention(self, source, targets):
-        gathered = source[:, :, self.mapper.clamp(min=0).to(source.device)]  # (heads, HW, targets, tokens)
+    def edit_tensors(self):
+        return {"mapper": self.mapper, "alphas": self.alphas}
+
+    def replace_cross_attention(self, source, targets, tensors=None):
+        tensors = self.edit_tensors() if tensors is None else tensors
+        gathered = source[:, :, tensors["mapper"].clamp(min=0).to(source.device)]  # (heads, HW, targets, tokens)
         gathered = gathered.permute(2, 0, 1, 3)  # (targets, heads, HW, tokens)
-        alphas = self.alphas.to(source)[:, None, None, :]
+        alphas = tensors["alphas"].to(source)[:, None, None, :]
         return gathered * alphas + targets * (1 - alphas)
 
 
@@ -563,6 +746,8 @@ class AttentionReweight(AttentionEdit):
     word's effect). With `previous` (an AttentionReplace or AttentionRefine over the same prompts)
     the scaling applies on top of that edit, as P2P chains controllers.
     """
+
+    traceable = True
 
     def __init__(
         self,
@@ -582,12 +767,23 @@ class AttentionReweight(AttentionEdit):
         self.previous = previous
         self.equalizer = torch.stack([token_scales(tokenizer, target, scales) for target in self.prompts[1:]])
 
-    def replace_cross_attention(self, source, targets):
+    def edit_tensors(self):
+        tensors = {"equalizer": self.equalizer}
         if self.previous is not None:
-            base = self.previous.replace_cross_attention(source, targets)  # (targets, heads, HW, tokens)
+            tensors.update({f"previous.{name}": tensor for name, tensor in self.previous.edit_tensors().items()})
+        return tensors
+
+    def _chained_controllers(self) -> list:
+        return [] if self.previous is None else [self.previous]
+
+    def replace_cross_attention(self, source, targets, tensors=None):
+        tensors = self.edit_tensors() if tensors is None else tensors
+        if self.previous is not None:
+            previous = {name[9:]: tensor for name, tensor in tensors.items() if name.startswith("previous.")}
+            base = self.previous.replace_cross_attention(source, targets, previous)  # (targets, heads, HW, tokens)
         else:
             base = source[None]
-        return base * self.equalizer.to(source)[:, None, None, :]
+        return base * tensors["equalizer"].to(source)[:, None, None, :]
 
 
 class LocalBlend:

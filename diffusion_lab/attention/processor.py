@@ -23,6 +23,10 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 
+# the UNet attribute through which runtime/traced_unet.py finds a registered AttentionControl (same name there)
+CONTROL_ATTRIBUTE = "_diffusion_lab_attention_control"
+
+
 @dataclass(frozen=True)
 class AttentionLayer:
     """One attention layer of the UNet, as named by `unet.attn_processors`."""
@@ -147,7 +151,43 @@ class AttentionControl:
             return
         self.unet.set_attn_processor(dict(self.original_processors))  # set_attn_processor pops: pass a copy
         self._hook.remove()
+        if getattr(self.unet, CONTROL_ATTRIBUTE, None) is self:
+            delattr(self.unet, CONTROL_ATTRIBUTE)
         self.removed = True
+
+    # -- what runtime/traced_unet.py asks of a controlled UNet (a traced call) --------------------------
+    def runtime_traceable(self, attention_modules: list, stock_processors: tuple) -> bool:
+        """True when every attention module runs a stock processor or this controller's processor around one."""
+        for processor in (module.processor for module in attention_modules):
+            if isinstance(processor, ControlledAttentionProcessor):
+                if processor.controller is not self.controller or type(processor.fallback) not in stock_processors:
+                    return False
+            elif type(processor) not in stock_processors:
+                return False
+        return True
+
+    def trace_key(self):
+        """What fixes the call's operations besides shapes (None: run eagerly)."""
+        return self.controller.trace_key()
+
+    def graph_inputs(self) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
+        """(names, tensors) the controller reads during this call, in name order."""
+        tensors = self.controller.step_tensors()
+        names = tuple(sorted(tensors))
+        return names, tuple(tensors[name] for name in names)
+
+    def begin_traced_call(self, names, tensors) -> None:
+        self.controller.begin_deferred_call(dict(zip(names, tensors)))
+
+    def end_traced_call(self) -> tuple[list, list]:
+        return self.controller.end_deferred_call()
+
+    def before_graph_call(self, sample: torch.Tensor) -> None:
+        """What the UNet's forward pre-hook does, for a call that runs a graph instead of the module."""
+        self.controller.observe_unet_input(sample)
+
+    def after_graph_call(self, schema: list, tensors) -> None:
+        self.controller.apply_effects(schema, tensors)
 
     def __enter__(self) -> AttentionControl:
         return self
@@ -201,4 +241,6 @@ def register_attention_control(unet, controller) -> AttentionControl:
 
     hook = unet.register_forward_pre_hook(observe_input, with_kwargs=True)
     unet.set_attn_processor(processors)
-    return AttentionControl(unet, controller, original, layers, hook)
+    control = AttentionControl(unet, controller, original, layers, hook)
+    object.__setattr__(unet, CONTROL_ATTRIBUTE, control)  # runtime/ finds it there (it imports nothing of ours)
+    return control

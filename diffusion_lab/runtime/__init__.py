@@ -6,8 +6,8 @@ is the one function the maths (denoisers.TextConditionedDenoiser) calls. Around 
 tricks that leave the numbers as they are (to ~1e-6):
     convolution_backend.py   PyTorch's native CPU convolution kernels instead of oneDNN for small latents
                              (DIFFUSION_LAB_CPU_CONVOLUTIONS=auto|onednn|native)
-    traced_unet.py           a frozen TorchScript trace of a small UNet for plain CPU inference
-                             (DIFFUSION_LAB_TRACED_UNET=1|0)
+    traced_unet.py           a frozen TorchScript trace of a small UNet for CPU inference, also with a
+                             Prompt-to-Prompt controller registered (DIFFUSION_LAB_TRACED_UNET=1|plain|0)
 Benchmarks reset the trace with `forget_traces(unet)` (the first sample then pays for tracing) and read
 `CALLS_BEFORE_TRACING`. Measured speed-ups: README, "Speed" (`python pipelines/bench_speed.py`).
 """
@@ -26,5 +26,4 @@ __all__ = ["CALLS_BEFORE_TRACING", "CONVOLUTION_CHOICES", "call_unet", "convolut
 def call_unet(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, **unet_kwargs) -> Tensor:
     """unet(sample, t, encoder_hidden_states=..., **unet_kwargs).sample, run with the CPU convolution kernels that
     suit the latent size and through a frozen trace where that cannot change the result."""
-    with convolution_backend(sample):
-        return unet_sample(unet, sample, t, encoder_hidden_states, **unet_kwargs)
+    return unet_sample(unet, sample, t, encoder_hidden_states, **unet_kwargs)  # in convolution_backend(sample, ...)

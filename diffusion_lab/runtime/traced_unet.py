@@ -8,13 +8,17 @@ and later calls run in the TorchScript interpreter (the speed-up: README, "Speed
 
 It is used only where it cannot change a result (outputs agree with the eager UNet to ~1e-6):
 - the UNet is on the CPU, autograd is off (torch.no_grad / torch.inference_mode), no extra UNet arguments;
-- every attention layer runs one of diffusers' stock processors: with a Prompt-to-Prompt controller (or any
-  other processor) installed, the UNet runs as usual;
+- every attention layer runs one of diffusers' stock processors, or a Prompt-to-Prompt controller registered with
+  attention.register_attention_control whose class is marked traceable: the controller's per-step tensors (the
+  replacement schedule's alpha, the edit's mappers, a replayed source's attention) are inputs of the graph and its
+  effects (the stored maps) extra outputs, applied after the call; one graph per `trace_key` (which layers are
+  edited at this step), shared by all steps and edits with that key. Any other processor: the UNet runs as usual;
 - the weights are the ones the trace saw: a parameter changed in place (training) or replaced starts over;
 - the UNet is small (at most `MAX_PARAMETERS`): for Stable Diffusion the arithmetic dominates anyway.
 A trace is made only after `CALLS_BEFORE_TRACING` eager calls with the same weights and input sizes (tracing
 takes about a second), so short runs, tests and one-off calls never pay for it. The batch size may change
-between calls; the latent and text sizes are part of the key. Set DIFFUSION_LAB_TRACED_UNET=0 to turn it off.
+between calls; the latent and text sizes are part of the key. Set DIFFUSION_LAB_TRACED_UNET=0 to turn it off
+(=plain: only calls without a controller).
 """
 
 from __future__ import annotations
@@ -26,17 +30,26 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from .convolution_backend import convolution_backend
+
 MAX_PARAMETERS = 20_000_000
+CONTROL_ATTRIBUTE = "_diffusion_lab_attention_control"  # set by attention.register_attention_control
 CALLS_BEFORE_TRACING = 20
 _EAGER = object()  # the "trace" of a key whose tracing failed
 
 
-def traced_unet_enabled() -> bool:
-    """DIFFUSION_LAB_TRACED_UNET: 1 (default) or 0."""
+def traced_unet_setting() -> str:
+    """DIFFUSION_LAB_TRACED_UNET: "1" (default: plain and controlled calls), "plain" (only calls without an
+    attention controller, as before controlled calls were traced) or "0" (never)."""
     value = os.environ.get("DIFFUSION_LAB_TRACED_UNET", "1").strip().lower()
-    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on", ""):
-        raise ValueError(f"DIFFUSION_LAB_TRACED_UNET={value!r}: use 1 (on) or 0 (off)")
-    return value in ("1", "true", "yes", "on", "")
+    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on", "", "plain"):
+        raise ValueError(f"DIFFUSION_LAB_TRACED_UNET={value!r}: use 1 (on), plain (only without a controller) or 0 (off)")
+    return "plain" if value == "plain" else "1" if value in ("1", "true", "yes", "on", "") else "0"
+
+
+def traced_unet_enabled() -> bool:
+    """DIFFUSION_LAB_TRACED_UNET is not 0."""
+    return traced_unet_setting() != "0"
 
 
 class _PositionalUNet(nn.Module):
@@ -48,6 +61,25 @@ class _PositionalUNet(nn.Module):
 
     def forward(self, sample: Tensor, timesteps: Tensor, encoder_hidden_states: Tensor) -> Tensor:
         return self.unet(sample, timesteps, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class _ControlledPositionalUNet(nn.Module):
+    """unet(sample, timesteps, encoder_hidden_states) with a registered controller reading `inputs` (by `names`):
+    returns (sample, *the controller's deferred effects), whose layout `schema` holds after tracing."""
+
+    def __init__(self, unet: nn.Module, control, names: tuple[str, ...]):
+        super().__init__()
+        self.unet, self.names = unet, names
+        object.__setattr__(self, "control", control)  # not a submodule
+        self.schema: list | None = None
+
+    def forward(self, sample: Tensor, timesteps: Tensor, encoder_hidden_states: Tensor, *inputs: Tensor):
+        self.control.begin_traced_call(self.names, inputs)
+        try:
+            output = self.unet(sample, timesteps, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        finally:
+            self.schema, effects = self.control.end_traced_call()
+        return (output, *effects)
 
 
 class _UNetTraces:
@@ -63,6 +95,7 @@ class _UNetTraces:
         self.weights_key = None
         self.calls: dict[tuple, int] = {}
         self.graphs: dict[tuple, torch.jit.ScriptModule] = {}
+        self.schemas: dict[tuple, list] = {}  # a controlled graph's extra outputs
 
     def stock_attention(self) -> bool:
         return all(type(m.processor) in self.stock_processors for m in self.attention_modules)
@@ -81,20 +114,26 @@ def _traces(unet: nn.Module) -> _UNetTraces:
     return traces
 
 
-def _trace(unet: nn.Module, sample: Tensor, timesteps: Tensor, embeddings: Tensor) -> torch.jit.ScriptModule:
+def _trace(unet: nn.Module, sample: Tensor, timesteps: Tensor, embeddings: Tensor, wrapper: nn.Module | None = None,
+           inputs: tuple = ()) -> torch.jit.ScriptModule:
     was_training = unet.training
     unet.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about shape checks that are constant for these sizes
-            traced = torch.jit.trace(_PositionalUNet(unet), (sample, timesteps, embeddings), check_trace=False)
+            wrapper = _PositionalUNet(unet) if wrapper is None else wrapper
+            traced = torch.jit.trace(wrapper, (sample, timesteps, embeddings, *inputs), check_trace=False)
             return torch.jit.freeze(traced.eval())
     finally:
         unet.train(was_training)
 
 
-def _eager(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, **unet_kwargs) -> Tensor:
-    output = unet(sample, t, encoder_hidden_states=encoder_hidden_states, **unet_kwargs)
+def _eager(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden_states: Tensor, traceable: bool = False,
+           **unet_kwargs) -> Tensor:
+    """The module itself; `traceable`: a call of a workload that is (or will be) traced, on the traced calls'
+    convolution kernels (so the calls before and after tracing compute alike)."""
+    with convolution_backend(sample, traced=traceable):
+        output = unet(sample, t, encoder_hidden_states=encoder_hidden_states, **unet_kwargs)
     return getattr(output, "sample", output)  # diffusers returns an output object; other modules may return a tensor
 
 
@@ -106,28 +145,51 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     if not plain or torch.is_grad_enabled() or sample.device.type != "cpu" or not traced_unet_enabled():
         return _eager(unet, sample, t, encoder_hidden_states, **unet_kwargs)
     traces = _traces(unet)
-    if not traces.small or not traces.stock_attention():
+    control = getattr(unet, CONTROL_ATTRIBUTE, None)
+    if control is not None and getattr(control, "removed", False):
+        control = None
+    if not traces.small or (control is None and not traces.stock_attention()):
         return _eager(unet, sample, t, encoder_hidden_states)
+    names, inputs, control_key = (), (), None
+    if control is not None:
+        control.before_graph_call(sample)  # the controller's key depends on the latent size it observes
+        traceable = traced_unet_setting() == "1" and control.runtime_traceable(traces.attention_modules, traces.stock_processors)
+        control_key = control.trace_key() if traceable else None
+        if control_key is None:
+            return _eager(unet, sample, t, encoder_hidden_states)
+        names, inputs = control.graph_inputs()
+        control_key = (control_key, names, tuple((tuple(x.shape), x.dtype, x.device.type) for x in inputs))
     weights_key = traces.current_weights_key()
     if weights_key != traces.weights_key:  # new or changed weights: old traces hold stale copies
-        traces.weights_key, traces.calls, traces.graphs = weights_key, {}, {}
+        traces.weights_key, traces.calls, traces.graphs, traces.schemas = weights_key, {}, {}, {}
     timesteps = torch.as_tensor(t, device=sample.device)
     timesteps = timesteps.reshape(-1).expand(sample.shape[0]) if timesteps.numel() == 1 else timesteps
-    key = (tuple(sample.shape[1:]), sample.dtype, tuple(encoder_hidden_states.shape[1:]), encoder_hidden_states.dtype, timesteps.dtype)
+    key = (tuple(sample.shape[1:]), sample.dtype, tuple(encoder_hidden_states.shape[1:]), encoder_hidden_states.dtype,
+           timesteps.dtype, control_key)
+    if control is not None:
+        key = (tuple(sample.shape),) + key  # the controller's batch layout is part of its operations
     graph = traces.graphs.get(key)
     if graph is None:
         traces.calls[key] = traces.calls.get(key, 0) + 1
         if traces.calls[key] <= CALLS_BEFORE_TRACING:
-            return _eager(unet, sample, t, encoder_hidden_states)
+            return _eager(unet, sample, t, encoder_hidden_states, traceable=True)
         try:
-            graph = _trace(unet, sample, timesteps, encoder_hidden_states)
+            wrapper = None if control is None else _ControlledPositionalUNet(unet, control, names)
+            graph = _trace(unet, sample, timesteps, encoder_hidden_states, wrapper, inputs)
+            if wrapper is not None:
+                traces.schemas[key] = wrapper.schema
         except Exception as error:  # a PyTorch without TorchScript, an untraceable UNet: stay eager, say so once
             warnings.warn(f"diffusion-lab could not trace the UNet ({type(error).__name__}: {error}); running it eagerly")
             graph = _EAGER
         traces.graphs[key] = graph
     if graph is _EAGER:
-        return _eager(unet, sample, t, encoder_hidden_states)
-    return graph(sample, timesteps, encoder_hidden_states)
+        return _eager(unet, sample, t, encoder_hidden_states, traceable=True)
+    with convolution_backend(sample, traced=True):
+        if control is None:
+            return graph(sample, timesteps, encoder_hidden_states)
+        output, *effects = graph(sample, timesteps, encoder_hidden_states, *inputs)
+    control.after_graph_call(traces.schemas[key], effects)
+    return output
 
 
 def forget_traces(unet: nn.Module) -> None:

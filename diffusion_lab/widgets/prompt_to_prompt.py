@@ -7,7 +7,10 @@ and local blend, on a generated image and on an inverted real image.
     PromptToPromptPanel(pipe, image, caption)                                         # every knob + Run
 
 All computation is diffusion_lab.editing's (run_edit / PromptEdit, which drive the attention controllers) and
-diffusion_lab.attention.figures' (the pictures of the maps); scores come from the shapes analyzer.
+diffusion_lab.attention.figures' (the pictures of the maps); scores come from the shapes analyzer. The panel's
+edits share run_edit's source cache: a second Run on the same source (seed or inversion, steps, guidance, replacement
+schedule) with another target word replays the recorded source branch and runs only the target (attention/
+source_branch.py).
 """
 
 from __future__ import annotations
