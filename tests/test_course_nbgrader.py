@@ -18,8 +18,11 @@ LAB = "01_naive_noising"
 
 
 def _nbgrader(folder: Path, *arguments: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DIFFUSION_LAB_QUICK": "1", "DIFFUSION_LAB_NO_PROGRESS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    # nbgrader runs the `alembic` command of its environment: the venv's bin/ comes first on PATH, as it does in an
+    # activated venv (`make test` calls .venv/bin/python without activating it)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "PYTHONPATH": str(REPO), "DIFFUSION_LAB_QUICK": "1",
+           "DIFFUSION_LAB_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     completed = subprocess.run([sys.executable, "-m", "nbgrader", *arguments], cwd=folder, env=env,
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
