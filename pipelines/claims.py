@@ -48,7 +48,75 @@ def lab1(pipe, n: int, quick: bool) -> dict:
     }
 
 
-STUDIES = {"1": lab1}
+LAB3_DEFAULTS = dict(first_scene=11, steps=[10, 20, 50, 100], basin_steps=[20, 50], largest_guidance=7.5,
+                     guidance_steps=20, friendly_steps=20, friendly_guidance=3.5, friendly_eta=1.0, seed=11)
+
+
+def lab3(pipe, n: int, quick: bool) -> dict:
+    """Lab 3: DDIM inversion's error against S, its failure under guidance, wrong basins and fixed-point inversion,
+    edit-friendly inversion's exactness (scenes 11, 12, ... of one to three objects, the lab's sample)."""
+    from diffusion_lab.latents import image_size
+    from diffusion_lab.studies import inversion as study_lib
+    from diffusion_lab.studies.scenes import scene_draws
+
+    settings = dict(LAB3_DEFAULTS)
+    if quick:
+        settings.update(steps=[10, 20], basin_steps=[10], guidance_steps=10, friendly_steps=10)
+    draws = scene_draws(image_size(pipe), range(settings["first_scene"], settings["first_scene"] + n), num_objects=None)
+    vae = study_lib.vae_psnr(pipe, draws)
+    steps = study_lib.steps_study(pipe, draws, settings["steps"], vae)
+    s_min, s_max = settings["steps"][0], settings["steps"][-1]
+    claims = [{"claim": f"DDIM inversion at w = 1 gives a scene back at least as well at S = {s_max} as at S = {s_min} "
+                        "(within 0.3 dB) for most scenes",
+               "holds": steps["improves"].low > 0.5 if not quick else steps["improves"].value > 0.5,
+               "evidence": f"{steps['improves']}"}]
+    table = [{"study": "DDIM, w = 1", **row} for row in study_lib.steps_rows(steps)]
+    guidance = study_lib.guidance_study(pipe, draws, settings["largest_guidance"], settings["guidance_steps"])
+    for name, method in guidance["methods"].items():
+        breaks = method["breaks"]
+        should_break = name.startswith("DDIM")
+        holds = (breaks.low > 0.5 if should_break else breaks.high < 0.5) if not quick else (
+            breaks.value > 0.5 if should_break else breaks.value < 0.5)
+        claims.append({"claim": f"{name}: guidance w = {guidance['w']:g} (S = {guidance['num_steps']}) "
+                                f"{'breaks' if should_break else 'does not break'} the reconstruction of most scenes",
+                       "holds": holds, "evidence": f"drop {method['drop']}; drop > {study_lib.GUIDANCE_COST_DB:g} dB "
+                                                   f"in {breaks}"})
+    table += [{"study": f"guidance, S = {guidance['num_steps']}", **row} for row in study_lib.guidance_rows(guidance)]
+    basins = {}
+    for num_steps in settings["basin_steps"]:
+        basin = study_lib.basin_study(pipe, draws, num_steps, vae, steps["psnr"].get(num_steps))
+        basins[num_steps] = basin
+        table += [{"study": f"wrong basin, S = {num_steps}", **row} for row in study_lib.basin_rows(basin)]
+        fixed = basin["gap"]["fixed-point"]
+        claims.append({"claim": f"fixed-point inversion (S = {num_steps}, w = 1) reaches the VAE round trip "
+                                "(mean gap under 0.5 dB) where DDIM sometimes lands in another basin",
+                       "holds": (fixed.high if not quick else fixed.mean) < 0.5,
+                       "evidence": f"fixed-point gap {fixed}; DDIM wrong basin {basin['wrong_basin']['DDIM']} "
+                                   f"(scenes {basin['missed_scenes']})"})
+    friendly = study_lib.edit_friendly_study(pipe, draws, settings["friendly_steps"], settings["friendly_guidance"],
+                                             settings["friendly_eta"], settings["seed"], vae)
+    claims.append({"claim": f"edit-friendly inversion (S = {settings['friendly_steps']}, w = "
+                            f"{settings['friendly_guidance']:g}, eta = {settings['friendly_eta']:g}) is exact "
+                            f"(within {study_lib.EXACT_DB:g} dB of the VAE round trip) for every scene",
+                   "holds": friendly["exact"].successes == friendly["exact"].n,
+                   "evidence": f"exact in {friendly['exact']}; noise maps' std {friendly['noise_std']}"})
+    return {
+        "title": f"Lab 3: inversion fidelity (scenes {settings['first_scene']}..{settings['first_scene'] + n - 1})",
+        "table": table, "claims": claims,
+        "numbers": {"n": n, "vae": {"mean": str(study_lib.mean(vae, 'dB'))},
+                    "steps": {s: {"mean": steps["mean"][s].as_dict(), "gap": steps["gap"][s].as_dict(),
+                                  "wrong_basin": steps["wrong_basin"][s].as_dict()} for s in steps["steps"]},
+                    "improves": steps["improves"].as_dict(),
+                    "guidance": {name: {k: v.as_dict() for k, v in m.items() if k != "psnr"}
+                                 for name, m in guidance["methods"].items()},
+                    "basin": {s: {"missed_scenes": b["missed_scenes"],
+                                  "gap": {k: v.as_dict() for k, v in b["gap"].items()},
+                                  "near": {k: v.as_dict() for k, v in b["near"].items()}} for s, b in basins.items()},
+                    "edit_friendly": {"exact": friendly["exact"].as_dict(), "noise_std": friendly["noise_std"].as_dict()}},
+    }
+
+
+STUDIES = {"1": lab1, "3": lab3}
 
 
 def markdown(results: dict) -> str:
@@ -58,10 +126,9 @@ def markdown(results: dict) -> str:
     for key, study in results["studies"].items():
         lines += [f"## {study['title']}", f"({study['seconds']:.0f} s)", ""]
         rows = study["table"]
-        if rows:
-            columns = list(rows[0])
+        for columns in dict.fromkeys(tuple(row) for row in rows):  # one table per set of columns
             lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+            lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows if tuple(row) == columns]
             lines.append("")
         lines += [f"- {'holds' if c['holds'] else 'DOES NOT HOLD'}: {c['claim']} ({c['evidence']})" for c in study["claims"]]
         lines.append("")
