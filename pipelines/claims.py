@@ -54,7 +54,7 @@ LAB3_DEFAULTS = dict(first_scene=11, steps=[10, 20, 50, 100], basin_steps=[20, 5
 
 def lab3(pipe, n: int, quick: bool) -> dict:
     """Lab 3: DDIM inversion's error against S, its failure under guidance, wrong basins and fixed-point inversion,
-    edit-friendly inversion's exactness (scenes 11, 12, ... of one to three objects, the lab's sample)."""
+    edit-friendly inversion's exactness (scenes 11, 12, ... of one object each: the lab's sample)."""
     from diffusion_lab.latents import image_size
     from diffusion_lab.studies import inversion as study_lib
     from diffusion_lab.studies.scenes import scene_draws
@@ -62,7 +62,7 @@ def lab3(pipe, n: int, quick: bool) -> dict:
     settings = dict(LAB3_DEFAULTS)
     if quick:
         settings.update(steps=[10, 20], basin_steps=[10], guidance_steps=10, friendly_steps=10)
-    draws = scene_draws(image_size(pipe), range(settings["first_scene"], settings["first_scene"] + n), num_objects=None)
+    draws = scene_draws(image_size(pipe), range(settings["first_scene"], settings["first_scene"] + n), num_objects=1)
     vae = study_lib.vae_psnr(pipe, draws)
     steps = study_lib.steps_study(pipe, draws, settings["steps"], vae)
     s_min, s_max = settings["steps"][0], settings["steps"][-1]
