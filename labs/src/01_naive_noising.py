@@ -201,7 +201,7 @@ else:
     print(f"no sweet spot: at no strength are edit and layout together kept in half of the {study['n']} draws")
 departures = tradeoff_study.example_against_study(study, sweep["rows"])
 for line in departures:
-    print("worked example:", line)
+    print("this example:", line)
 if not departures:
     print(f"this example (scene {SCENE_SEED}, seed {SEED}) shows the usual trade-off")
 assert all(claim["holds"] for claim in claims), (
