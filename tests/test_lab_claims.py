@@ -78,3 +78,18 @@ def test_claims_script_prints_every_claim_with_its_interval(tmp_path, import_scr
     assert results["n"] == 4 and set(results["studies"]) == set(claims.STUDIES)
     assert (tmp_path / "claims.md").read_text().startswith("# The labs' claims, measured (N = 4")
     assert code in (0, 1)  # at n = 4 a claim may not separate; the test above checks that checks can fail
+
+
+def test_the_wrong_basin_search_finds_the_labs_own_scenes():
+    """Lab 3's search renders the lab's scenes (one object each): the scene it names is the one that missed (it
+    searched scenes of one to three objects and the lab then showed another image of the same seed)."""
+    from diffusion_lab.latents import image_size
+    from diffusion_lab.models import load_pipeline
+    from diffusion_lab.studies import inversion, scene_draws
+
+    pipe = load_pipeline("shapes-tiny")
+    found = inversion.find_wrong_basin(pipe, image_size(pipe), 29, 20, max_scenes=2, batch=2)
+    assert found == {"scene_seed": 30, "searched": 2, "gap": pytest.approx(found["gap"])} and found["gap"] > 5
+    draw = scene_draws(image_size(pipe), [30])
+    alone = inversion.vae_psnr(pipe, draw) - inversion.reconstruction_psnr(pipe, draw, "ddim", 20, 1.0, [1.0])[1.0]
+    assert alone[0] == pytest.approx(found["gap"], abs=0.5)

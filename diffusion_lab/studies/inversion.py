@@ -140,16 +140,18 @@ def basin_rows(study: dict) -> list[dict]:
              f"wrong basin (gap > {WRONG_BASIN_DB:g} dB)": str(study["wrong_basin"][name])} for name in study["psnr"]]
 
 
-def find_wrong_basin(pipe, image_size: int, first_scene: int, num_steps: int, max_scenes: int, batch: int = 16):
-    """Search scenes first_scene, first_scene + 1, ... (at most `max_scenes`, `batch` at a time) for one that DDIM
-    inversion at w = 1 and S = `num_steps` carries into another basin. Returns dict(scene_seed, searched,
-    gap) for the first found, or dict(scene_seed=None, searched) when none of them misses."""
+def find_wrong_basin(pipe, image_size: int, first_scene: int, num_steps: int, max_scenes: int, batch: int = 16,
+                     num_objects: int | None = 1):
+    """Search scenes first_scene, first_scene + 1, ... (`scenes.scene_draws` with `num_objects`, at most
+    `max_scenes`, `batch` at a time) for one that DDIM inversion at w = 1 and S = `num_steps` carries into another
+    basin. Returns dict(scene_seed, searched, gap) for the first found, or dict(scene_seed=None, searched) when none
+    of them misses."""
     from .scenes import scene_draws
 
     searched = 0
     while searched < max_scenes:
         seeds = range(first_scene + searched, first_scene + min(max_scenes, searched + batch))
-        draws = scene_draws(image_size, seeds, num_objects=None)
+        draws = scene_draws(image_size, seeds, num_objects=num_objects)
         gaps = vae_psnr(pipe, draws) - reconstruction_psnr(pipe, draws, "ddim", num_steps, 1.0, [1.0])[1.0]
         for draw, gap in zip(draws, gaps):
             if gap > WRONG_BASIN_DB:
