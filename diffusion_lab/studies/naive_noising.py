@@ -105,8 +105,10 @@ def example_against_study(study: dict, example_rows: Sequence[dict]) -> list[str
     first, last = by_strength.get(round(s_min, 6)), by_strength.get(round(s_max, 6))
     edit, layout = study["rates"]["edit_done"], study["rates"]["layout_kept"]
     if first is not None and first["edit_success"] > 0:
+        share = (f"this draw is one of the {edit[0]}" if edit[0].successes else
+                 f"this draw is rarer than any of the study's ({edit[0]})")
         lines.append(f"at s = {s_min:g} the example's edit is already done in {first['edit_success']:.0%} of its "
-                     f"draws: this draw is one of the {edit[0]} where s = {s_min:g} already edits")
+                     f"draws: {share} where s = {s_min:g} already edits")
     if last is not None and last["layout_kept"] > 0:
         lines.append(f"at s = {s_max:g} the example keeps its layout in {last['layout_kept']:.0%} of its draws: "
                      f"this draw is one of the {layout[-1]} where the layout survives s = {s_max:g}")
