@@ -239,8 +239,8 @@ if INTERACTIVE:
 # ### When DDIM inversion lands in the wrong basin, even at $w = 1$
 #
 # The approximation $\hat\epsilon_\theta(x_{t-1}, t) \approx \hat\epsilon_\theta(x_t, t)$ usually costs about
-# a dB (section 2). For a few images it costs the image: DDIM inversion followed by DDIM sampling brings back
-# *another* image (a different colour or shape). Section 2's last column counts how often (more than 5 dB below the
+# a dB (section 2). For a few images it costs the image: DDIM inversion followed by DDIM sampling brings back a
+# different picture (the object moved, reshaped or recoloured). Section 2's last column counts how often (more than 5 dB below the
 # scene's VAE round trip). It is not the arithmetic: the same inversion in float64 gives the same picture. It is the
 # approximation: each step's small error moves the sampled path off the inverted one, and from the middle of the
 # schedule on the model's $\hat\epsilon$ pulls the drifted path toward another image. Smaller steps make the error
@@ -251,7 +251,8 @@ if INTERACTIVE:
 # where DDIM misses, or, when none does, the first found by searching the next `BASIN_SEARCH` scenes.
 #
 # What `python pipelines/claims.py` measured at N = 64 (scenes 11-74, $w = 1$): DDIM lands in another basin in 1
-# of the 64 scenes at $S$ = 10 and 20 (2%; 95% CI 0-8%: scene 30, the example below)
+# of the 64 scenes at $S$ = 10 and 20 (2%; 95% CI 0-8%: scene 30, the example below, 7.3 dB below its VAE round
+# trip at $S$ = 20 although the analyzer still reads the same small orange square)
 # and in none at $S$ = 50 and 100 (95% CI 0-6%); it comes back within 1 dB of its VAE round trip in 64% (52-75%) of
 # the scenes at $S$ = 20 and 95% (87-98%) at $S$ = 50. Fixed-point inversion comes back within 1 dB in all 64 at
 # both $S$ (mean gap 0.02 dB at $S$ = 20). A wrong basin is rare: a sample of 16 scenes usually holds none, and
