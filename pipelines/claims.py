@@ -112,11 +112,13 @@ def lab3(pipe, n: int, quick: bool) -> dict:
                     "basin": {s: {"missed_scenes": b["missed_scenes"],
                                   "gap": {k: v.as_dict() for k, v in b["gap"].items()},
                                   "near": {k: v.as_dict() for k, v in b["near"].items()}} for s, b in basins.items()},
-                    "edit_friendly": {"exact": friendly["exact"].as_dict(), "noise_std": friendly["noise_std"].as_dict()}},
+                    "edit_friendly": {"exact": friendly["exact"].as_dict(),
+                                      "noise_std": friendly["noise_std"].as_dict()}},
     }
 
 
-LAB4_DEFAULTS = dict(source_prompt="a large blue square on a gray background", swaps=[("square", "triangle"), ("blue", "red")],
+LAB4_DEFAULTS = dict(source_prompt="a large blue square on a gray background",
+                     swaps=[("square", "triangle"), ("blue", "red")],
                      blend_prompt="a large red circle and a small blue square on a gray background",
                      blend_swap=("circle", "triangle"), num_steps=20, guidance_scale=5.0, first_seed=0)
 
@@ -134,10 +136,12 @@ def lab4(pipe, n: int, quick: bool) -> dict:
         study = study_lib.word_swap_study(pipe, settings["source_prompt"], old, new, seeds, settings["num_steps"],
                                           settings["guidance_scale"])
         title = f"{old} -> {new}"
-        table += [{"study": f"word swap {title}, S = {settings['num_steps']}", **row} for row in study_lib.word_swap_rows(study)]
+        table += [{"study": f"word swap {title}, S = {settings['num_steps']}", **row}
+                  for row in study_lib.word_swap_rows(study)]
         made, kept, gain = study["edit_made"]["P2P"], study["layout_kept"], study["iou_gain"]
         claims += [
-            {"claim": f"{title}: P2P makes the edit in most seeds", "holds": (made.low if not quick else made.value) > 0.5,
+            {"claim": f"{title}: P2P makes the edit in most seeds",
+             "holds": (made.low if not quick else made.value) > 0.5,
              "evidence": str(made)},
             {"claim": f"{title}: P2P keeps the object in place at least as often as the prompt alone",
              "holds": kept["P2P"].value >= kept["no P2P"].value,
@@ -183,7 +187,8 @@ def markdown(results: dict) -> str:
             lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
             lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows if tuple(row) == columns]
             lines.append("")
-        lines += [f"- {'holds' if c['holds'] else 'DOES NOT HOLD'}: {c['claim']} ({c['evidence']})" for c in study["claims"]]
+        lines += [f"- {'holds' if c['holds'] else 'DOES NOT HOLD'}: {c['claim']} ({c['evidence']})"
+                  for c in study["claims"]]
         lines.append("")
     return "\n".join(lines)
 

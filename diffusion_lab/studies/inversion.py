@@ -26,7 +26,7 @@ from ..stats import mean, rate
 WRONG_BASIN_DB = 5.0     # a DDIM reconstruction this far below its VAE round trip came back as another image
 NEAR_CEILING_DB = 1.0    # "gives the image back": within this of the VAE round trip
 EXACT_DB = 0.1           # edit-friendly: float rounding only
-GUIDANCE_COST_DB = 1.0   # "guidance breaks the reconstruction": PSNR falls by more than this from w = 1 to the largest w
+GUIDANCE_COST_DB = 1.0   # "guidance breaks the reconstruction": PSNR falls by more than this from w = 1 to largest w
 
 
 def inputs_uint8(draws) -> np.ndarray:
