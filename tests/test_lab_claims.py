@@ -71,13 +71,13 @@ def test_the_tradeoff_study_is_deterministic():
 
 def test_claims_script_prints_every_claim_with_its_interval(tmp_path, import_script, capsys):
     claims = import_script("pipelines/claims.py")
-    code = claims.main(["--quick", "--n", "4", "--out", str(tmp_path)])
+    code = claims.main(["--quick", "--n", "2", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "95% CI" in printed and "Lab 1" in printed
     results = json.loads((tmp_path / "claims.json").read_text())
-    assert results["n"] == 4 and set(results["studies"]) == set(claims.STUDIES)
-    assert (tmp_path / "claims.md").read_text().startswith("# The labs' claims, measured (N = 4")
-    assert code in (0, 1)  # at n = 4 a claim may not separate; the test above checks that checks can fail
+    assert results["n"] == 2 and set(results["studies"]) == set(claims.STUDIES)
+    assert (tmp_path / "claims.md").read_text().startswith("# The labs' claims, measured (N = 2")
+    assert code in (0, 1)  # at n = 2 a claim may not separate; the test above checks that checks can fail
 
 
 def test_the_wrong_basin_search_finds_the_labs_own_scenes():
