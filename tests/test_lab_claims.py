@@ -93,3 +93,22 @@ def test_the_wrong_basin_search_finds_the_labs_own_scenes():
     draw = scene_draws(image_size(pipe), [30])
     alone = inversion.vae_psnr(pipe, draw) - inversion.reconstruction_psnr(pipe, draw, "ddim", 20, 1.0, [1.0])[1.0]
     assert alone[0] == pytest.approx(found["gap"], abs=0.5)
+
+
+@pytest.mark.parametrize("lab", ["01_naive_noising", "02_generalized_posterior", "03_ddim_inversion",
+                                 "04_prompt_to_prompt"])
+def test_papermill_sees_every_parameter(lab):
+    """Every name assigned in a lab's parameters cell is one papermill can override (`-p NAME VALUE`): papermill
+    skips a line whose comment holds '=' (lab 3's STEPS_SWEEP and BASIN_STEPS were invisible to it)."""
+    import ast
+
+    import nbformat
+    import papermill
+
+    from conftest import REPO
+
+    notebook = nbformat.read(REPO / "labs" / f"{lab}.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = {target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                for target in node.targets}
+    assert assigned == set(papermill.inspect_notebook(str(REPO / "labs" / f"{lab}.ipynb")))

@@ -50,8 +50,8 @@ STEPS = None                # S of the method comparison (None: the model's defa
 GUIDANCE = None             # None: 7.5, the guidance null-text and negative-prompt inversion were made for
 NUM_IMAGES = 3              # worked examples (rendered scenes), inverted as one batch
 STUDY_SIZE = 16             # N: scenes of the studies of how often each claim holds (the examples are the first)
-STEPS_SWEEP = [10, 20, 50]  # S of the reconstruction-error study, without guidance (claims.py adds S = 100)
-BASIN_STEPS = 20            # S of the wrong-basin study and example (DDIM against fixed-point inversion, w = 1)
+STEPS_SWEEP = [10, 20, 50]  # S of the reconstruction-error study, without guidance (claims.py adds 100)
+BASIN_STEPS = 20            # S of the wrong-basin study and example (DDIM against fixed-point, no guidance)
 BASIN_SEARCH = 48           # scenes searched after the sample for a wrong-basin example when the sample has none
 GUIDANCE_SWEEP = [1.0, 2.5, 5.0, 7.5]
 SWEEP_STEPS = 20            # S of the guidance sweep
