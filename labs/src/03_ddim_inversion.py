@@ -192,10 +192,11 @@ for name, method in guidance_study["methods"].items():
     breaks, should_break = method["breaks"], name.startswith("DDIM")
     print(f"{name:22s} drop {method['drop']}; more than 1 dB in {breaks}")
     for index, draw in enumerate(sample[:NUM_IMAGES]):
-        drop = method["psnr"][1.0][index] - method["psnr"][GUIDANCE_SWEEP[-1]][index]
+        at_1, drop = method["psnr"][1.0][index], method["psnr"][1.0][index] - method["psnr"][GUIDANCE_SWEEP[-1]][index]
         if should_break and drop <= inversion_study.GUIDANCE_COST_DB:
-            print(f"  worked example scene {draw.scene_seed} loses only {drop:.1f} dB: this draw is one of the "
-                  f"{100 - 100 * breaks.value:.0f}% where guidance costs DDIM little")
+            change = f"loses only {drop:.1f} dB" if drop >= 0 else f"gains {-drop:.1f} dB (from {at_1:.1f} dB at w = 1)"
+            print(f"  worked example scene {draw.scene_seed} {change}: this draw is one of the "
+                  f"{breaks.n - breaks.successes}/{breaks.n} scenes where guidance does not cost DDIM over 1 dB")
     if should_break:
         assert (breaks.low if not QUICK else breaks.value) > 0.5, f"{name}: guidance breaks only {breaks} of the scenes"
     else:
