@@ -5,7 +5,8 @@
     python labs/measure_defaults.py lab3 --scene-seeds $(seq 0 59)     # DDIM inversion at w = 1: which scenes miss
     python labs/measure_defaults.py lab4 --steps 20 --parts swap refine reweight blend blend2
 
-Prints one line per candidate; the numbers are what the labs' README and check cells quote.
+Prints one line per candidate (one scene or seed each: how the worked examples were chosen). The claims the labs
+teach are measured over many scenes and seeds by `python pipelines/claims.py` (rates and means with intervals).
 """
 
 from __future__ import annotations

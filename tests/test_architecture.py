@@ -8,6 +8,7 @@
     runtime/                    imports nothing of diffusion_lab outside runtime/
     inversion/                  part of the maths core (the rules above), and each of its files imports only the
                                 files listed before it in ARCHITECTURE.md's table of the package (INVERSION_FILES)
+    studies/                    an application that imports only layers 0-1 (the labs and pipelines/claims.py call it)
     training/                   an application that imports only layers 0-1: no notebook package, none of widgets/
                                 batch/ course/ or the other applications, no runtime trick; each of its files imports
                                 only the files listed before it in ARCHITECTURE.md's table (TRAINING_FILES)
@@ -33,7 +34,7 @@ NOTEBOOK_PACKAGES = (
     "jupyter_server", "jupyterlab", "jupytext", "IPython", "notebook",
 )
 # Everything under diffusion_lab/ that is NOT the maths core: the applications on top of it, and the runtime corner.
-APPLICATION_PARTS = ("widgets", "batch", "course", "runtime", "training")
+APPLICATION_PARTS = ("widgets", "batch", "course", "runtime", "training", "studies")
 APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusion_lab.lab_extra")
 RUNTIME_TRICKS = ("diffusion_lab.runtime.traced_unet", "diffusion_lab.runtime.convolution_backend")
 # The inversion package bottom-up, as ARCHITECTURE.md lists it: a file imports only the files before it.
@@ -114,6 +115,11 @@ def violations() -> list[str]:
                     found.append(f"{name} imports the notebook package {other} (training imports layers 0-1 only)")
                 if starts_with(other, above) or starts_with(other, RUNTIME_TRICKS):
                     found.append(f"{name} imports {other} (training imports layers 0-1 only)")
+        if starts_with(name, ("diffusion_lab.studies",)):
+            above = [f"diffusion_lab.{part}" for part in ("widgets", "batch", "course", "training")]
+            for other in sorted(imported):
+                if starts_with(other, NOTEBOOK_PACKAGES) or starts_with(other, above) or starts_with(other, RUNTIME_TRICKS):
+                    found.append(f"{name} imports {other} (studies import layers 0-1 only)")
         if starts_with(name, ("diffusion_lab.widgets",)):
             for other in sorted(imported):
                 if starts_with(other, [f"diffusion_lab.{part}" for part in ("batch", "course", "training")]):

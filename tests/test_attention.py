@@ -403,3 +403,41 @@ def test_local_blend_in_the_loop_keeps_source_outside_the_mask(pipe):
     mask = blend.mask(controller, (16, 16))[1, 0] | blend.mask(controller, (16, 16))[0, 0]
     assert mask.any() and not mask.all()
     assert torch.equal(edited[1][:, ~mask], edited[0][:, ~mask])
+
+
+def test_local_blend_official_mask_is_the_p2p_repository_mask(pipe):
+    """mask_style="official": the P2P repository's LocalBlend (maps of the chosen side averaged, max-pooled 3x3 on
+    the map, nearest-upsampled, normalised, thresholded), against the same steps written out here; it is larger than
+    ours (bilinear, dilated in latent pixels) when the maps are coarser than the latents."""
+    import torch.nn.functional as F
+
+    prompts = ["a cat on a couch", "a dog on a couch"]
+    official = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, mask_style="official",
+                          resolutions=(4,))
+    ours = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, dilation=1)
+    controller = AttentionReplace(pipe.tokenizer, prompts, local_blend=official)
+    heads, tokens = 2, controller.tokens
+    probabilities = torch.full((4, heads, 16, tokens), 1.0 / tokens)  # 4x4 maps, uniform
+    cat_grid, dog_grid = torch.zeros(4, 4), torch.zeros(4, 4)
+    cat_grid[:2, :2] = 1.0
+    dog_grid[:2, 3] = 1.0
+    probabilities[2, :, :, 2] += cat_grid.flatten()
+    probabilities[3, :, :, 2] += dog_grid.flatten()
+    controller.set_batch_layout(2, has_uncond=True)
+    controller.set_step(6, 10)
+    controller.observe_unet_input(torch.zeros(4, 4, 8, 8))
+    controller(probabilities.view(4 * heads, 16, tokens), True, "up", "layer")
+    mask = official.mask(controller, (8, 8))
+    word_maps = torch.stack([(1.0 / tokens + cat_grid), (1.0 / tokens + dog_grid)])[:, None]  # (2, 1, 4, 4)
+    expected = F.interpolate(F.max_pool2d(word_maps, 3, 1, 1), size=(8, 8), mode="nearest")
+    expected = expected / expected.amax(dim=(2, 3), keepdim=True) > 0.5
+    assert torch.equal(mask, expected)
+    assert mask[0, 0, :6, :6].all() and not mask[0, 0, 6:].any() and not mask[0, 0, :, 6:].any()
+    assert mask[1, 0, :6, 4:].all() and not mask[1, 0, :, :4].any()
+    assert mask.sum() > ours.mask(controller, (8, 8)).sum()
+    with pytest.raises(ValueError, match="mask_style must be one of ours, official"):
+        LocalBlend(pipe.tokenizer, prompts, words=("cat", "dog"), mask_style="paper")
+    default_official = LocalBlend(pipe.tokenizer, prompts, words=("cat", "dog"), mask_style="official")
+    assert default_official.resolutions == (16,)
+    with pytest.raises(ValueError, match="no stored cross-attention maps of sides"):
+        default_official.mask(controller, (8, 8))

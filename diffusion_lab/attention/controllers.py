@@ -569,7 +569,13 @@ class AttentionEdit(AttentionStore):
         return self.step_index, self.num_steps
 
     def cross_replace_alpha(self) -> torch.Tensor:
-        """(num_targets, tokens): 1 where the target's column takes the source's map at this step."""
+        """(num_targets, tokens): 1 where the target's column takes the source's map at this step.
+
+        The window of a fraction f (from the first step) is the steps i with floor(f_start N) <= i < floor(f N) of
+        the N sampling steps: floor(0.8 * 50) = 40 steps. The official Prompt-to-Prompt code
+        (`get_time_words_attention_alpha`) fills int(f (N + 1)) entries of an (N + 1)-long schedule, which is one
+        step more whenever frac(f N) + f >= 1 (e.g. f = 0.8, N = 7: 6 steps against our 5); at the labs' N = 20 and
+        50 with f = 0.8 and 0.4 both give the same steps. Self-attention uses floor(f N) in both."""
         step, num_steps = self._require_step()
         start = torch.floor(self.cross_replace_windows[..., 0] * num_steps)
         end = torch.floor(self.cross_replace_windows[..., 1] * num_steps)
@@ -786,6 +792,10 @@ class AttentionReweight(AttentionEdit):
         return base * tensors["equalizer"].to(source)[:, None, None, :]
 
 
+MASK_STYLES = ("ours", "official")
+OFFICIAL_BLEND_RESOLUTIONS = (16,)  # the P2P repository blends with the 16x16 maps (down_cross[2:4] + up_cross[:3])
+
+
 class LocalBlend:
     """Keep the source's latents outside the region of chosen words (P2P's LocalBlend).
 
@@ -795,13 +805,29 @@ class LocalBlend:
     the source's: latents[t] = latents[0] + mask * (latents[t] - latents[0]), from step
     int(start_blend * num_steps) on.
 
+    Two masks (`mask_style`):
+        "ours" (the default): every stored cross-attention layer (or those of `resolutions`), each upsampled
+            bilinearly to the latent size, averaged, normalised by its maximum, thresholded, then dilated by
+            `dilation` latent pixels. Smooth at the latent's resolution: the mask follows the object's outline.
+        "official": the Prompt-to-Prompt repository's LocalBlend: only the maps of side 16 (`resolutions`, default
+            (16,): for Stable Diffusion at 512 px the five 16x16 layers), averaged, max-pooled 3x3 at the map's own
+            resolution, upsampled to the latent size by nearest neighbour, normalised, thresholded. Blockier and
+            larger: the max-pool dilates by one *map* pixel, which is several latent pixels when the maps are
+            coarser than the latents. On shapes-tiny (16x16 latents) its 16x16 maps are the latent's own size.
+        Ours stays the default (what every edit, batch row and saved result so far used). Which mask is larger
+        depends on the model: on Stable Diffusion the official max-pool widens the mask by a 16x16 map pixel, 4
+        latent pixels; on shapes-tiny, whose 16x16 maps are the latent's size, ours (which also averages the blurrier
+        8x8 maps) covers about 1.7 times the official mask's area, and the official mask keeps more of the image
+        outside the edit at the same edit rate (`studies.p2p.local_blend_study`; README, "The labs' claims").
+
     Args:
         words: one entry per prompt: a word, a list of words, or None (no word from that prompt).
             For a word swap typically (("cat",), ("tiger",)).
         threshold: mask = normalised attention > threshold.
         start_blend: fraction of the steps before blending starts.
-        dilation: radius, in latent pixels, of the dilation.
-        resolutions: map sides to use (None: every stored cross-attention layer).
+        dilation: radius, in latent pixels, of the dilation ("ours" only; "official" max-pools 3x3 on the maps).
+        resolutions: map sides to use (None: every stored cross-attention layer for "ours", (16,) for "official").
+        mask_style: "ours" or "official" (above).
     """
 
     def __init__(
@@ -813,7 +839,11 @@ class LocalBlend:
         start_blend: float = 0.2,
         dilation: int = 1,
         resolutions: tuple[int, ...] | None = None,
+        mask_style: str = "ours",
     ):
+        if mask_style not in MASK_STYLES:
+            raise ValueError(f"mask_style must be one of {', '.join(MASK_STYLES)}, got {mask_style!r}")
+        self.mask_style = mask_style
         self.prompts = list(prompts)
         if len(words) != len(self.prompts):
             raise ValueError(
@@ -833,11 +863,15 @@ class LocalBlend:
         self.start_blend = float(start_blend)
         self.dilation = int(dilation)
         self.resolutions = resolutions
+        if mask_style == "official" and resolutions is None:
+            self.resolutions = OFFICIAL_BLEND_RESOLUTIONS
 
     def mask(self, store: AttentionStore, latent_size: tuple[int, int]) -> torch.Tensor:
         """(num_prompts, 1, H, W) boolean masks, one per prompt, at the latent size."""
         if not store.layers:
             raise store._nothing_stored_error()
+        if self.mask_style == "official":
+            return self._official_mask(store, latent_size)
         word_maps = []
         for name, layer in store.layers.items():
             if not layer.is_cross or (self.resolutions is not None and max(layer.size) not in self.resolutions):
@@ -859,6 +893,30 @@ class LocalBlend:
             size = 2 * self.dilation + 1
             mask = F.max_pool2d(mask, size, stride=1, padding=self.dilation)
         return mask > 0
+
+    def _official_mask(self, store: AttentionStore, latent_size: tuple[int, int]) -> torch.Tensor:
+        """The P2P repository's mask: maps of the chosen sides averaged, max-pooled 3x3 at their own resolution,
+        nearest-upsampled to the latent size, normalised, thresholded. (num_prompts, 1, H, W) boolean."""
+        word_maps, sizes = [], set()
+        for name, layer in store.layers.items():
+            if not layer.is_cross or max(layer.size) not in self.resolutions:
+                continue
+            maps = store.sums[name] / layer.calls  # (prompts, HW, tokens)
+            columns = self.word_columns.to(maps)
+            word_maps.append((maps * columns[:, None, :]).sum(-1).reshape(-1, 1, *layer.size))  # (prompts, 1, h, w)
+            sizes.add(tuple(layer.size))
+        if not word_maps:
+            raise ValueError(
+                f"no stored cross-attention maps of sides {self.resolutions}; stored: {store.available_resolutions()}"
+            )
+        if len(sizes) > 1:
+            raise ValueError(f"the official mask averages maps of one size; got sides {sorted(sizes)}: pass one "
+                             "side in resolutions")
+        average = torch.stack(word_maps).mean(dim=0)  # (prompts, 1, h, w)
+        pooled = F.max_pool2d(average, 3, stride=1, padding=1)
+        upsampled = F.interpolate(pooled, size=latent_size, mode="nearest")  # (prompts, 1, H, W)
+        upsampled = upsampled / upsampled.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        return upsampled > self.threshold
 
     def blend(self, latents: torch.Tensor, store: AttentionStore, step_index: int, num_steps: int) -> torch.Tensor:
         """latents: (num_prompts, C, H, W), row 0 the source; targets outside the mask become the source."""

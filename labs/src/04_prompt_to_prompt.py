@@ -47,7 +47,7 @@
 # Parameters (papermill can override every name in this cell)
 INTERACTIVE = True          # show the panels; False: headless, figures + metrics.json go to OUT_DIR
 MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SEED = 0                    # seed of the generated source image
+SEED = 0                    # seed of the generated source image; the studies use seeds SEED, SEED + 1, ...
 STEPS = None                # DDIM steps S (None: the model's default, 50)
 GUIDANCE = None             # w (None: 5.0 for shapes-tiny, 7.5 for Stable Diffusion)
 SOURCE_PROMPT = "a large blue square on a gray background"
@@ -62,6 +62,8 @@ REWEIGHT_SCALES = [0.0, 0.5, 1.0, 2.0, 4.0]
 REAL_SCENE_SEED = 3         # the real image: a rendered scene with the source prompt's object
 REAL_INVERSION = "direct"    # or "negative_prompt", "null_text" (slower, lab 3), "fixed_point", "ddim"
 NULL_TEXT_INNER_STEPS = 10
+STUDY_SIZE = 16             # N: seeds of the studies of how often each claim holds (the worked example is the first)
+STUDY_STEPS = 10            # S of the studies' edits (10 shows the same effects as 20 and 50, at a fraction of the cost)
 DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/04_prompt_to_prompt
@@ -87,7 +89,7 @@ pipe = common.get_pipeline(MODEL, device=DEVICE)
 from diffusion_lab.shapes import parse_caption
 from diffusion_lab.widgets import prompt_to_prompt as lab
 if QUICK:
-    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS = 20, [0.0, 1.0, 4.0], 3
+    STEPS, REWEIGHT_SCALES, NULL_TEXT_INNER_STEPS, STUDY_SIZE = 20, [0.0, 1.0, 4.0], 3, 3
 from diffusion_lab.course import measures
 edits = [  # PromptEdit dicts (diffusion_lab.editing.PromptEdit) plus a title
     {"title": " -> ".join(SHAPE_SWAP), "source_prompt": SOURCE_PROMPT,
@@ -166,22 +168,56 @@ show_table(common.markdown_table(generated_rows, digits=2))
 common.save_outputs(OUT, {"edits_generated": generated_figure}, {"edits_generated": generated_rows})
 
 # %% [markdown]
-# **Check: the word swaps keep the object with P2P and not without.** The IoU of the main object between the
-# source and the edit (1 = same place and outline; `diffusion_lab.course.measures.compare_edit`) must be higher with
-# Prompt-to-Prompt, and the edit must be made. A triangle is not a square, so a perfect shape swap in place still
-# has IoU well below 1 (a triangle standing in its square covers about half of it: about 0.5). The defaults were
-# chosen among eight word swaps measured with `python labs/measure_defaults.py lab4 --steps 50 --parts swap` on the
-# shipped model: without P2P "blue -> red" moves the square away (IoU 0.00 / 0.00 at seeds 0 / 1; with P2P 0.96 /
-# 0.85) and "square -> triangle" moves it too (0.25 / 0.29; with P2P 0.48 / 0.47). "square -> circle", this lab's
-# shape swap before the model learnt positions, now comes out in place with or without P2P (0.77 vs 0.81 at seed
-# 0), which is why this lab no longer uses it.
+# **How often? The word swaps over `STUDY_SIZE` seeds.** The rows above are one seed. The study below runs both
+# word swaps from seeds `SEED`, `SEED + 1`, ... with and without Prompt-to-Prompt ($S$ = `STUDY_STEPS`;
+# `diffusion_lab.studies.p2p.word_swap_study`) and counts how often the edit is made and the object stays in place
+# (its centre within 12% of the image side), with the mean IoU of the main object (1 = same place and outline; a
+# triangle standing in its square covers about half of it, so a perfect shape swap in place has IoU near 0.5) and
+# the paired gain of P2P's IoU over the same seed's run without it. Rates have 95% Wilson intervals, means 95%
+# bootstrap intervals (`diffusion_lab.stats`).
+#
+# What `python pipelines/claims.py` measured at N = 64 (seeds 0-63, $S$ = 20): in the **colour swap** (blue -> red)
+# the prompt alone keeps the object in place in only 31% (95% CI 21-43%) of the seeds, P2P in 100% (94-100%), and
+# P2P's object IoU is 0.90 against 0.37 (paired gain 0.53, 95% CI 0.45-0.61): the lecture's claim. In the **shape
+# swap** (square -> triangle) the shapes world departs from the lecture: the prompt alone already keeps the object
+# in place in 86% (75-92%) of the seeds, P2P in 98% (92-100%), and P2P's IoU gain is small, 0.05 (0.03-0.07; IoU
+# 0.48 against 0.43). Both swaps are made in 98-100% of the seeds with P2P.
 
 # %%
-for title, runs in list(results.items())[:2]:
-    print(f"{title:18s} IoU no P2P {runs['no P2P']['iou']:.2f}  P2P {runs['P2P']['iou']:.2f}   "
-          f"edit made: no P2P {runs['no P2P']['target_matched']:.2f}  P2P {runs['P2P']['target_matched']:.2f}")
-    assert runs["P2P"]["target_matched"] == 1.0, f"{title}: P2P did not make the edit"
-    assert runs["P2P"]["iou"] >= runs["no P2P"]["iou"] + 0.15, f"{title}: P2P should keep the object in place"
+from diffusion_lab.studies import p2p as p2p_study
+
+study_seeds = range(SEED, SEED + STUDY_SIZE)
+swap_studies = {" -> ".join(swap): p2p_study.word_swap_study(pipe, SOURCE_PROMPT, *swap, study_seeds, STUDY_STEPS,
+                                                             GUIDANCE)
+                for swap in (SHAPE_SWAP, COLOUR_SWAP)}
+for title, study in swap_studies.items():
+    print(f"{title}: P2P's IoU gain over no P2P {study['iou_gain']}")
+    show_table(common.markdown_table(p2p_study.word_swap_rows(study)))
+common.save_outputs(OUT, metrics={"word_swap_study": {
+    title: {"edit_made": {m: r.as_dict() for m, r in st["edit_made"].items()},
+            "layout_kept": {m: r.as_dict() for m, r in st["layout_kept"].items()},
+            "iou_gain": st["iou_gain"].as_dict()} for title, st in swap_studies.items()}})
+
+# %% [markdown]
+# **Check: P2P makes the word swaps and keeps the object, as rates.** For each swap, P2P makes the edit in most
+# seeds (the rate's interval above one half) and keeps the object in place at least as often as the prompt alone.
+# For the colour swap, P2P's IoU gain is positive beyond its interval: the lecture's claim. The shape swap is
+# reported, not asserted, where the shapes world departs. A QUICK run checks the estimates only. The worked example
+# (seed `SEED`, $S$ = `STEPS`) is then placed among the draws.
+
+# %%
+for title, study in swap_studies.items():
+    made, kept = study["edit_made"]["P2P"], study["layout_kept"]
+    print(f"{title:18s} edit made with P2P {made}; object in place without P2P {kept['no P2P']}, with P2P {kept['P2P']}")
+    assert (made.low if not QUICK else made.value) > 0.5, f"{title}: P2P makes the edit in only {made} of the seeds"
+    assert kept["P2P"].value >= kept["no P2P"].value, f"{title}: P2P kept the object less often than no P2P ({kept})"
+    example = results[title]
+    if example["no P2P"]["iou"] >= example["P2P"]["iou"] - 0.15:
+        print(f"  worked example (seed {SEED}): IoU {example['no P2P']['iou']:.2f} without P2P, "
+              f"{example['P2P']['iou']:.2f} with: this draw is one of the {kept['no P2P']} where the object "
+              "stays in place without P2P")
+colour = swap_studies[" -> ".join(COLOUR_SWAP)]["iou_gain"]
+assert (colour.low if not QUICK else colour.mean) > 0, f"P2P should keep the colour swap's object: IoU gain {colour}"
 
 # %% [markdown]
 # **Check: refine adds what the source lacks.** The source prompt names no colour, so the model picks one; the
@@ -193,23 +229,54 @@ refine = results[edits[2]["title"]]["P2P"]
 source_against_target = lab.score_edit(refine["source"], refine["source"], REFINE_PROMPTS[1])["target_matched"]
 print(f"source matches the refined prompt {source_against_target:.2f}; the refined image {refine['target_matched']:.2f}; "
       f"object IoU {refine['iou']:.2f}")
-assert source_against_target < 1.0 and refine["target_matched"] == 1.0 and refine["iou"] >= 0.6
+if source_against_target == 1.0:  # the model picked the added colour itself: nothing to add in this draw
+    print(f"seed {SEED}: the source already shows what the refined prompt adds (the model picks a colour at random "
+          "when the prompt names none): this draw cannot show refine adding it; try another SEED")
+else:
+    assert refine["target_matched"] == 1.0 and refine["iou"] >= 0.6, f"refine did not add what the source lacks: {refine}"
 
 # %% [markdown]
 # **Local blend, where it matters.** In a one-object scene Prompt-to-Prompt already keeps everything outside the
-# object (the flat background comes back from the same $x_T$: measured 32-36 dB outside the object with or without
-# local blend, so the old default's local-blend rows looked like the rows without it). It matters when something
-# else must stay untouched: here a second object. Local blend keeps the source's latents outside the maps of
-# "circle" and "triangle"; the PSNR outside the edited object (the small square and the background) rises. The
-# gain is small on shapes-tiny (measured at 50 steps: +0.96 dB at seed 0, printed below, and 0.0 dB at seed 1;
-# colour swaps of two objects changed by -0.4 to 0.0 dB) because its maps are 16x16 and P2P alone keeps most of
-# the scene.
+# object (the flat background comes back from the same $x_T$). It matters when something else must stay untouched:
+# here a second object. Local blend keeps the source's latents outside the maps of "circle" and "triangle"; the
+# PSNR outside the edited object (the small square and the background) rises. The study below measures it over
+# `STUDY_SIZE` seeds, with two masks (`diffusion_lab.attention.LocalBlend`, `mask_style`): **ours** (the default:
+# every stored cross-attention layer upsampled bilinearly to the latent size, averaged, normalised, thresholded at
+# 0.3, dilated by one latent pixel) and the **official** Prompt-to-Prompt mask (only the 16x16 maps, max-pooled 3x3
+# on the map, nearest upsampling). On Stable Diffusion the 16x16 maps are a quarter of the 64x64 latent, so the
+# official max-pool widens the mask by 4 latent pixels; on shapes-tiny they are the latent's own size, and ours,
+# which also averages the blurrier 8x8 maps, is the larger of the two. A smaller mask keeps more of the source and
+# so more PSNR outside, as long as it still covers the edited object (the "edit made" column). At N = 64 (`python
+# pipelines/claims.py`, $S$ = 20) our mask gains 1.11 dB outside the edit (95% CI 0.79-1.48) over P2P alone, the
+# official mask 1.49 dB (1.15-1.85), both with the edit made in 97% (89-99%) of the seeds; ours covers 1.66 times
+# (1.63-1.69) the official mask's area. Ours stays the library's default (what every saved edit used); on
+# shapes-tiny the official mask does slightly better.
+
+# %%
+blend_study = p2p_study.local_blend_study(pipe, BLEND_PROMPT, *BLEND_SWAP, list(BLEND_SWAP), study_seeds, STUDY_STEPS,
+                                          GUIDANCE)
+show_table(common.markdown_table(p2p_study.local_blend_rows(blend_study)))
+print(f"our mask's area / the official mask's: {blend_study['area_ratio']}")
+common.save_outputs(OUT, metrics={"local_blend_study": {
+    "outside_psnr": {m: v.as_dict() for m, v in blend_study["outside_psnr"].items()},
+    "gain": {m: v.as_dict() for m, v in blend_study["gain"].items()}, "area_ratio": blend_study["area_ratio"].as_dict()}})
+
+# %% [markdown]
+# **Check: local blend keeps more of the rest of the image, as a mean.** With our mask, the PSNR outside the edited
+# object gains over P2P without blending, paired per seed, beyond its 95% interval (a QUICK run: the estimate).
 
 # %%
 blend_scores = {"without local blend": results[edits[3]["title"]]["P2P"], "with local blend": results[edits[4]["title"]]["P2P"]}
 for label, scores in blend_scores.items():
-    print(f"{label:20s} PSNR outside the edited object {scores['outside_psnr']:.1f} dB, edit made {scores['target_matched']:.2f}")
-assert blend_scores["with local blend"]["outside_psnr"] >= blend_scores["without local blend"]["outside_psnr"]
+    print(f"worked example, {label:20s} PSNR outside the edited object {scores['outside_psnr']:.1f} dB, "
+          f"edit made {scores['target_matched']:.2f}")
+gain = blend_study["gain"]["ours"]
+print(f"gain of our local blend over {gain.n} seeds: {gain}")
+if blend_scores["with local blend"]["outside_psnr"] < blend_scores["without local blend"]["outside_psnr"]:
+    losses = sum(r["outside_psnr"] < n["outside_psnr"] for r, n in zip(blend_study["records"]["ours"],
+                                                                       blend_study["records"]["no blend"]))
+    print(f"this draw is one of the {losses}/{gain.n} seeds of the study where local blend did not gain")
+assert (gain.low if not QUICK else gain.mean) > 0, f"local blend should keep more outside the edit: gain {gain}"
 
 # %% [markdown]
 # ### Reweighting one word
@@ -232,7 +299,9 @@ show(strip)
 show_table(common.markdown_table(reweight_rows, digits=3))
 common.save_outputs(OUT, {"reweight": strip}, {"reweight": reweight_rows})
 shares = {row["scale"]: row[f"{REWEIGHT_WORD}_share"] for row in reweight_rows}
-assert max(shares[s] for s in shares if s <= 2) - min(shares[s] for s in shares if s <= 2) < 0.05, "reweight is no longer weak: update the text"
+assert max(shares[s] for s in shares if s <= 2) - min(shares[s] for s in shares if s <= 2) < 0.05, (
+    f"at seed {SEED}, scaling {REWEIGHT_WORD!r} by 0-2 moved its colour share by 0.05 or more ({shares}): the text says it "
+    "hardly moves; it was measured at seeds 0-7")
 
 # %% [markdown]
 # ## 3. Edits of a real image
@@ -254,7 +323,8 @@ show(real_figure)
 show_table(lab.rows_markdown(real_rows))
 common.save_outputs(OUT, {"edits_real": real_figure}, {"edits_real": real_rows})
 real_colour_swap = next(row for row in real_rows if row["edit"] == f"{COLOUR_SWAP[0]} -> {COLOUR_SWAP[1]}")
-assert real_colour_swap["P2P iou"] > real_colour_swap["no P2P iou"], "P2P no longer helps the real colour swap: update the text"
+assert real_colour_swap["P2P iou"] > real_colour_swap["no P2P iou"], (
+    f"P2P did not keep the real image's object better than the prompt alone in the colour swap: {real_colour_swap}")
 
 # %% [markdown]
 # The same numbers as for the generated edits, against the reconstruction. In the colour swap P2P keeps the object
