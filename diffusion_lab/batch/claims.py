@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from .files import FileLockHeld, hold_file_lock
+
 CLAIM_FILE = ".claim"
 
 
@@ -36,11 +38,19 @@ def describe_holder(holder: dict) -> str:
             f"{holder.get('claimed', '?')})")
 
 
+def _parse_holder(text: str) -> dict:
+    try:
+        holder = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def _read_holder(handle) -> dict:
     try:
         handle.seek(0)
-        return json.loads(handle.read() or "{}")
-    except (OSError, ValueError):
+        return _parse_holder(handle.read())
+    except OSError:
         return {}
 
 
@@ -54,24 +64,10 @@ class RowClaim:
         self._handle = None
 
     def acquire(self) -> "RowClaim":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _read_holder(handle)
-                handle.close()
-                raise RowClaimed(self.folder.name, holder) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(self.owner))
-        handle.flush()
-        self._handle = handle
+            self._handle = hold_file_lock(self.path, json.dumps(self.owner))
+        except FileLockHeld as held:
+            raise RowClaimed(self.folder.name, _parse_holder(held.text)) from None
         return self
 
     def release(self) -> None:

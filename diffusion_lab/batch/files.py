@@ -84,6 +84,43 @@ class OutputLockedError(RuntimeError):
     """Another batch run holds the output folder."""
 
 
+class FileLockHeld(OSError):
+    """Another live process holds the flock of `path`; `text` is what that holder wrote into the file ('' if nothing)."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+        super().__init__(f"{path} is locked by another process")
+
+
+def hold_file_lock(path: Path, text: str):
+    """Take an exclusive, non-blocking flock on `path` (made if missing), write `text` into it (who holds it) and
+    return the open file: the lock lasts while it stays open and ends with the process, however it ends. Raises
+    FileLockHeld with the holder's text when a live process holds it. Where fcntl is missing (Windows) nothing is
+    locked and the file is only a note of who wrote it last."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                handle.seek(0)
+                held_by = handle.read()
+            except OSError:
+                held_by = ""
+            handle.close()
+            raise FileLockHeld(path, held_by) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()
+    return handle
+
+
 class RunLock:
     """An exclusive lock on an output folder (fcntl.flock on OUT/.batch.lock), released when the process ends,
     however it ends. Where fcntl is missing (Windows) the lock is advisory only (a pid file).
@@ -98,28 +135,14 @@ class RunLock:
         self._handle = None
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                handle.close()
-                raise OutputLockedError(
-                    f"another batch run (pid {owner}) is writing to {self.path.parent}; wait for it to finish, "
-                    "or choose another --out"
-                ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+            self._handle = hold_file_lock(self.path, str(os.getpid()))
+        except FileLockHeld as held:
+            owner = held.text.strip() or "unknown"
+            raise OutputLockedError(
+                f"another batch run (pid {owner}) is writing to {self.path.parent}; wait for it to finish, "
+                "or choose another --out"
+            ) from None
         return self
 
     def release(self) -> None:
