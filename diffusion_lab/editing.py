@@ -472,9 +472,11 @@ def edit_real(
         invert's options (e.g. inner_steps=5) are passed through. guidance_scale: None = the inversion's
         (7.5 for null-text); num_steps: steps of a new inversion (None: 50). A reused inversion keeps its own
         steps and settings: a different num_steps, or inversion options, raise EditError instead of being ignored.
-    source_cache: as for run_edit; editing the same Inversion again runs only the targets.
+    source_cache: as for run_edit; editing the same Inversion again runs only the targets. Unless it is False, a
+        new image's inversion is kept too (inversion.cached_invert): editing the same image, source prompt and
+        inversion settings again neither re-inverts nor recomputes the source branch.
     """
-    from .inversion import Inversion, invert
+    from .inversion import Inversion, cached_invert, invert
 
     is_inversion = isinstance(image_or_inversion, Inversion)
     if source_prompt is None:
@@ -493,7 +495,7 @@ def edit_real(
     else:
         num_steps = DEFAULT_REAL_EDIT_STEPS if num_steps is None else num_steps
         _check_steps(num_steps)
-        inversion = invert(
+        inversion = (invert if source_cache is False or source_cache is None else cached_invert)(
             pipe, image_or_inversion, source_prompt, method=inversion_method or DEFAULT_REAL_EDIT_INVERSION,
             num_steps=num_steps,
             guidance_scale=guidance_scale, progress=progress, **inversion_options,

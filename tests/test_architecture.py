@@ -39,7 +39,7 @@ APPLICATION_MODULES = ("diffusion_lab.demo", "diffusion_lab.__main__", "diffusio
 RUNTIME_TRICKS = ("diffusion_lab.runtime.traced_unet", "diffusion_lab.runtime.convolution_backend")
 # The inversion package bottom-up, as ARCHITECTURE.md lists it: a file imports only the files before it.
 INVERSION_FILES = ("methods", "step", "model", "fixed_point", "null_text", "direct", "edit_friendly", "latent_level",
-                   "result", "pipeline_level")
+                   "result", "pipeline_level", "cache")
 # The training package bottom-up, as ARCHITECTURE.md lists it: a file imports only the files before it.
 TRAINING_FILES = ("settings", "run_folder", "data", "vae", "locality", "text_encoder", "grounding", "batches", "ema",
                   "evaluation", "export", "unet")

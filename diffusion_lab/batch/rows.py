@@ -249,7 +249,7 @@ def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
     from ..attention.figures import edit_attention_figure
     from ..editing import PromptEdit, run_edit
     from ..images import load_image
-    from ..inversion import invert
+    from ..inversion import cached_invert
     from ..latents import image_size
     from ..models.defaults import inversion_guidance_for_edit
 
@@ -273,7 +273,9 @@ def edit_row(pipe, row: dict, model: str) -> tuple[dict, dict]:
     else:
         method = row["inversion"]["method"]
         tick = time.perf_counter()
-        inversion = invert(
+        # rows that share an image, source prompt and inversion settings invert it once per worker (and their
+        # edits then replay the same recorded source branch: editing.run_edit's source cache)
+        inversion = cached_invert(
             pipe, input_image, edit.source_prompt, method=method, num_steps=int(row["num_steps"]),
             guidance_scale=inversion_guidance_for_edit(method, guidance), progress=False, **row["inversion"]["options"],
         )

@@ -23,12 +23,13 @@ inversion needs from a model), fixed_point.py, null_text.py, direct.py, edit_fri
 latents), latent_level.py (`invert_with_model` / `reconstruct_with_model`: every method for any ConditionalModel,
 e.g. the exact `ClosedFormDenoiser` in pixel space, no VAE), result.py (`Inversion`, saved as safetensors + JSON),
 pipeline_level.py (`invert` and `reconstruct`: images and prompts in, with any Stable-Diffusion-architecture
-pipeline).
+pipeline), cache.py (`cached_invert`: each image, prompt and settings inverted once per process).
 
 Trajectories are stored in SAMPLING order, like `SamplingResult.trajectory`: latents[0] = z_T is the input of
 sampling step 0, latents[i] the input of step i, latents[-1] = z_0 the encoded image.
 """
 
+from .cache import InversionCache, cached_invert, default_inversion_cache
 from .direct import rectify_source_branch, source_rectifier
 from .edit_friendly import NoiseSpace, edit_friendly_noise_space
 from .fixed_point import FixedPointSettings, LatentTrajectory, anderson_extrapolation, invert_latents
@@ -42,8 +43,8 @@ from .step import ETA_ERROR, check_eta, ddim_inversion_step
 
 __all__ = [
     "ConditionalModel", "DEFAULT_ETA", "ETA_ERROR", "FORMAT_VERSION", "FixedPointSettings",
-    "Inversion", "LatentInversion", "LatentTrajectory", "METHODS", "NoiseSpace", "NullTextResult", "NullTextSettings",
-    "StepwiseGuidedDenoiser", "anderson_extrapolation", "check_eta", "ddim_inversion_step",
+    "Inversion", "InversionCache", "LatentInversion", "LatentTrajectory", "METHODS", "NoiseSpace", "NullTextResult", "NullTextSettings",
+    "StepwiseGuidedDenoiser", "anderson_extrapolation", "cached_invert", "check_eta", "default_inversion_cache", "ddim_inversion_step",
     "edit_friendly_noise_space", "invert", "invert_latents", "invert_with_model", "inversion_inputs",
     "optimize_null_text", "pipeline_name", "reconstruct", "reconstruct_with_model", "rectify_source_branch",
     "source_rectifier",

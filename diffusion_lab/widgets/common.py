@@ -27,6 +27,7 @@ from typing import Any, Callable, Hashable
 import numpy as np
 from PIL import Image
 
+from diffusion_lab.inversion.cache import InversionCache, cached_invert
 from diffusion_lab.models.defaults import SHAPES_TINY as BUILTIN
 from diffusion_lab.models.defaults import model_defaults  # noqa: F401  (the labs' common.model_defaults)
 
@@ -155,7 +156,7 @@ class ResultCache:
         self.hits = self.misses = 0
 
 
-INVERSIONS = ResultCache(max_items=24)
+INVERSIONS = InversionCache(max_items=24)  # the panels' inversions (inversion.cache: keyed by weights, pixels, settings)
 
 
 def image_key(image) -> Hashable:
@@ -168,15 +169,11 @@ def image_key(image) -> Hashable:
 
 def cached_inversion(pipe, image, prompt, method: str, num_steps: int, guidance_scale: float,
                      progress: bool = False, **options):
-    """inversion.invert(...) computed once per (pipeline, image, prompt, method, S, w, options)."""
-    from diffusion_lab.inversion import invert
-
-    key = (pipeline_key(pipe), image_key(image), prompt if isinstance(prompt, str) else tuple(prompt), method, int(num_steps), float(guidance_scale),
-           tuple(sorted(options.items())))
-    return INVERSIONS.get_or_compute(
-        key, lambda: invert(pipe, image, prompt, method=method, num_steps=int(num_steps),
-                            guidance_scale=float(guidance_scale), progress=progress, **options)
-    )
+    """inversion.invert(...) computed once per (weights, image, prompt, method, S, w, options): inversion.cached_invert
+    with the panels' cache."""
+    return cached_invert(pipe, image, prompt if isinstance(prompt, str) else list(prompt), method=method,
+                         num_steps=int(num_steps), guidance_scale=float(guidance_scale), cache=INVERSIONS,
+                         progress=progress, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------
