@@ -1,6 +1,6 @@
 """Lab 4's Prompt-to-Prompt panel, timed in a real Jupyter kernel: how long a lecturer waits after pressing Run.
 
-    python pipelines/bench_panel.py [--rounds 3] [--threads 1] [--model shapes-tiny] [--json out.json]
+    python pipelines/bench_panel.py [--rounds 3] [--threads 1] [--no-compare] [--model M] [--steps S] [--json out.json]
 
 Starts one IPython kernel (jupyter_client; it exits with this process: ipykernel polls its parent), builds the
 panel exactly as labs/04_prompt_to_prompt.ipynb does, with that notebook's parameters (read by papermill), and
@@ -82,7 +82,7 @@ panel = make_panel(real_image, real_prompt)
 warm_image, warm_prompt, _ = common.source_scene(pipe, P["REAL_SCENE_SEED"] + 1000, objects=objects,
                                                  background=wanted.background)
 warm_panel = make_panel(warm_image, warm_prompt)
-for warm_up in range(2):
+for warm_up in range({warm_ups}):
     plain_sample(10_000 + warm_up, report=False)
     for kind, seed, colour in (("generated", 10_000 + warm_up, "red"), ("generated", 10_000 + warm_up, "green"),
                                ("real image", 0, "red"), ("real image", 0, "green")):
@@ -141,15 +141,21 @@ def timing(lines: list[str]) -> dict:
     return json.loads(next(line for line in lines if line.startswith("TIMING "))[len("TIMING "):])
 
 
-def measure(rounds: int, threads: int, compare: bool, model: str | None) -> tuple[dict, str]:
+def measure(rounds: int, threads: int, compare: bool, model: str | None = None, steps: int | None = None,
+            warm_ups: int = 2) -> tuple[dict, str]:
+    """Per kind of press, its timings per round; and the kernel's READY line (steps, guidance, the real image's
+    caption). warm_ups: rounds of every kind of press on another image before anything is timed."""
     parameters = lab_parameters()
     if model:
         parameters["MODEL"] = model
+    if steps:
+        parameters["STEPS"] = steps
     source = parameters["SOURCE_PROMPT"]
     old_colour = parameters["COLOUR_SWAP"][0]
     kernel = Kernel(threads)
     try:
-        lines, _ = kernel.run(SETUP.format(parameters=json.dumps(parameters), threads=threads, compare=compare))
+        lines, _ = kernel.run(SETUP.format(parameters=json.dumps(parameters), threads=threads, compare=compare,
+                                                   warm_ups=warm_ups))
         ready = next(line for line in lines if line.startswith("READY"))
         results: dict[str, list[dict]] = {}
 
@@ -197,11 +203,12 @@ def main(argv=None) -> str:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the kernel")
     parser.add_argument("--no-compare", action="store_true", help="turn the panel's 'also without P2P' off")
     parser.add_argument("--model", default=None, help="the lab's MODEL parameter unless given")
+    parser.add_argument("--steps", type=int, default=None, help="the lab's STEPS parameter unless given")
     parser.add_argument("--json", type=Path, default=None, help="also write every timing here")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    results, ready = measure(args.rounds, args.threads, not args.no_compare, args.model)
+    results, ready = measure(args.rounds, args.threads, not args.no_compare, args.model, args.steps)
     text = "\n".join(table(results, ready, args.rounds, args.threads, not args.no_compare))
     print(text)
     if args.json:

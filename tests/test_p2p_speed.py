@@ -179,3 +179,17 @@ def test_bench_speed_p2p_measures_before_and_after_with_the_ratios(tiny, import_
     assert any(line.startswith("after: fresh edit / (2 x sample) = ") and "repeated edit / sample = " in line
                for line in lines)
     assert os.environ["DIFFUSION_LAB_TRACED_UNET"] == "1" and os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] == "auto"
+
+
+def test_bench_panel_presses_run_in_a_real_kernel_and_replays_what_it_can(import_script):
+    """The panel benchmark in a kernel (4 steps): a second press on the same source replays it (the edit and its
+    comparison without control: 2 sources), the real image is inverted at its first press only."""
+    bench = import_script("pipelines/bench_panel.py")
+    results, ready = bench.measure(rounds=1, threads=1, compare=True, steps=4, warm_ups=0)
+    assert ready.split()[1] == "4"
+    assert [values[0]["source_replayed"] for values in results.values()] == [0, 0, 0, 2, 2]
+    assert [values[0]["inverted"] for values in results.values()] == [1, 0, 0, 0, 0]
+    assert all(values[0]["cpu_s"] > 0 and values[0]["round_trip_s"] >= values[0]["panel_s"] > 0
+               for values in results.values())
+    lines = bench.table(results, ready, 1, 1, True)
+    assert lines[-1].startswith("| real image, another word |") and len(lines) == 4 + len(results)
