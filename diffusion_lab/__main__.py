@@ -2,7 +2,7 @@
 
     python -m diffusion_lab demo [--out outputs/demo]   headless tour: shapes world, samplers, built-in model,
                                                          then the four labs run by papermill (outputs/labs)
-    python -m diffusion_lab lab                          JupyterLab on labs/
+    python -m diffusion_lab lab [--dir DIR]              JupyterLab on labs/ (a clone) or DIR / the current folder
     python -m diffusion_lab batch MANIFEST --out DIR     batch editing through papermill (README: Batch editing)
     python -m diffusion_lab course build --out DIR       student / instructor / autograder versions of the labs
     python -m diffusion_lab course grade --submissions DIR --out scores.csv   grade submitted labs (README: Teaching)
@@ -17,21 +17,31 @@ import sys
 from pathlib import Path
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+def labs_folder(folder: str | os.PathLike | None = None) -> Path:
+    """Where `lab` opens JupyterLab: `folder` if given, else the clone's labs/, else (an installed package, e.g. the
+    student bundle's wheel) the current folder."""
+    from .checkout import checkout_root
+
+    if folder is not None:
+        path = Path(folder)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--dir {folder}: no such folder; give the folder that holds the lab notebooks")
+        return path
+    root = checkout_root()
+    return root / "labs" if root is not None else Path.cwd()
 
 
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def lab_command(port: int | None = None, allow_root: bool = False) -> tuple[list[str], dict]:
+def lab_command(port: int | None = None, allow_root: bool = False, folder=None) -> tuple[list[str], dict]:
     """The JupyterLab command line and environment of `python -m diffusion_lab lab`. Its kernels inherit the
     environment: TRANSFORMERS_VERBOSITY=error silences transformers' "requires torchvision" warning in every
     lab's first cell, as the headless runs do (set it yourself to see transformers' warnings)."""
     from .batch.kernels import jupyter_server_arguments
 
-    command = [sys.executable, "-m", "jupyter", "lab", str(_repo_root() / "labs"), *jupyter_server_arguments()]
+    command = [sys.executable, "-m", "jupyter", "lab", str(labs_folder(folder)), *jupyter_server_arguments()]
     if port:
         command += ["--port", str(port)]
     if allow_root:
@@ -62,7 +72,9 @@ def main(argv=None) -> int:
     demo.add_argument("--labs-out", default="outputs/labs", help="where the executed labs, figures and metrics go")
     demo.add_argument("--quick-labs", action="store_true", help="smaller lab experiments (about 2 minutes for all four)")
     demo.add_argument("--no-labs", action="store_true", help="skip running the labs")
-    lab = sub.add_parser("lab", help="open JupyterLab on labs/")
+    lab = sub.add_parser("lab", help="open JupyterLab on labs/ (in a clone) or on the current folder")
+    lab.add_argument("--dir", default=None, help="the folder to open (default: the clone's labs/, or the current "
+                                                 "folder when the package is installed, e.g. from the student bundle)")
     lab.add_argument("--port", type=int, default=None)
     lab.add_argument("--allow-root", action="store_true",
                      help="let JupyterLab run as root (containers); it refuses to otherwise")
@@ -94,7 +106,11 @@ def main(argv=None) -> int:
             print("error: you are root, and JupyterLab refuses to run as root; run as another user, or pass "
                   "--allow-root (e.g. in a container): python -m diffusion_lab lab --allow-root", file=sys.stderr)
             return 2
-        command, env = lab_command(port=args.port, allow_root=args.allow_root)
+        try:
+            command, env = lab_command(port=args.port, allow_root=args.allow_root, folder=args.dir)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return subprocess.call(command, env=env)
     if args.command == "batch":
         from .batch.runner import run_from_args

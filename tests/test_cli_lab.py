@@ -32,3 +32,30 @@ def test_the_torchvision_warning_is_silenced_by_the_lab_environment():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "torchvision" not in done.stderr
+
+
+def test_an_installed_package_uses_the_current_folder_not_site_packages(tmp_path):
+    """The package alone (as a wheel installs it: no pyproject.toml or labs/ beside it) opens JupyterLab on the current
+    folder and writes a lab's outputs under it, not next to site-packages; in a clone, labs/ and <repo>/outputs."""
+    import shutil
+    from pathlib import Path
+
+    from diffusion_lab.checkout import checkout_root
+
+    assert checkout_root() == Path(cli.__file__).resolve().parent.parent  # this clone
+    assert cli.labs_folder() == checkout_root() / "labs" and cli.labs_folder(tmp_path) == tmp_path
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(cli.__file__).resolve().parent, site / "diffusion_lab",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
+    work = tmp_path / "student"
+    work.mkdir()
+    code = ("import os, diffusion_lab.__main__ as cli, diffusion_lab.checkout as c, diffusion_lab.widgets.common as w;"
+            "os.environ.pop('DIFFUSION_LAB_OUT', None);"
+            "print(c.checkout_root(), cli.labs_folder(), w.lab_out_dir(None, 'lab1'), sep='|')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    root, labs, out = done.stdout.strip().splitlines()[-1].split("|")
+    assert root == "None" and Path(labs) == work and Path(out) == work / "outputs" / "labs" / "lab1"
+    assert (work / "outputs" / "labs" / "lab1").is_dir()
+    assert cli.main(["lab", "--dir", str(tmp_path / "missing")]) == 2

@@ -27,11 +27,11 @@ from typing import Any, Callable, Hashable
 import numpy as np
 from PIL import Image
 
+from diffusion_lab.checkout import default_outputs_dir
 from diffusion_lab.inversion.cache import InversionCache, cached_invert
 from diffusion_lab.models.defaults import SHAPES_TINY as BUILTIN
 from diffusion_lab.models.defaults import model_defaults  # noqa: F401  (the labs' common.model_defaults)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_ENV = "DIFFUSION_LAB_OUT"
 
 _PIPELINES: dict[tuple, Any] = {}
@@ -268,11 +268,12 @@ def image_row(images, labels=None, columns: int | None = None, scale: int = 2) -
 
 
 def lab_out_dir(out_dir: str | os.PathLike | None, lab_name: str) -> Path:
-    """OUT_DIR of a lab: the parameter if given, else $DIFFUSION_LAB_OUT/<lab>, else <repo>/outputs/labs/<lab>."""
+    """OUT_DIR of a lab: the parameter if given, else $DIFFUSION_LAB_OUT/<lab>, else <repo>/outputs/labs/<lab> in a
+    clone, or outputs/labs/<lab> in the current folder when the package is installed (checkout.default_outputs_dir)."""
     if out_dir:
         path = Path(out_dir)
     else:
-        path = Path(os.environ.get(OUT_ENV, REPO_ROOT / "outputs" / "labs")) / lab_name
+        path = Path(os.environ.get(OUT_ENV, default_outputs_dir() / "labs")) / lab_name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
