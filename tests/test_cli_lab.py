@@ -59,3 +59,8 @@ def test_an_installed_package_uses_the_current_folder_not_site_packages(tmp_path
     assert root == "None" and Path(labs) == work and Path(out) == work / "outputs" / "labs" / "lab1"
     assert (work / "outputs" / "labs" / "lab1").is_dir()
     assert cli.main(["lab", "--dir", str(tmp_path / "missing")]) == 2
+    # the course is built from a clone (labs/src holds the solutions): an install says so instead of a traceback
+    done = subprocess.run([sys.executable, "-m", "diffusion_lab", "course", "build", "--out", str(work / "course")],
+                          cwd=work, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 2 and "built from a clone" in done.stderr and "Traceback" not in done.stderr

@@ -47,7 +47,10 @@ def lab_names(sources: Path = SOURCES) -> list[str]:
     """The labs' stems (01_naive_noising, ...), from the sources."""
     names = sorted(path.stem for path in Path(sources).glob("[0-9][0-9]_*.py"))
     if not names:
-        raise FileNotFoundError(f"no lab sources (NN_name.py) in {sources}")
+        raise FileNotFoundError(
+            f"no lab sources (NN_name.py) in {sources}: the course is built from a clone of the repository (its "
+            "labs/src holds the solutions and hidden checks, which the installed package does not ship); run "
+            "`python -m diffusion_lab course ...` in the clone, or pass --autograder DIR to `course grade`")
     return names
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -217,9 +218,15 @@ def add_arguments(parser) -> None:
 def run_from_args(args) -> int:
     import tempfile
 
-    from .build import build_course, build_nbgrader
+    from .build import SOURCES, build_course, build_nbgrader, lab_names
     from .classroom import grade_folder, results_folder
 
+    if args.course_command == "build" or (args.course_command == "grade" and not args.autograder):
+        try:
+            lab_names(SOURCES)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.course_command == "build":
         out = build_course(args.out, wheel=not args.no_wheel)
         print(f"Course written to {out.resolve()}:")
