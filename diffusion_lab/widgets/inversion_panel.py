@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusion_lab.shapes.edits import SHAPE_SWAPS, swap_shape  # noqa: F401  (lab 3's edit prompts)
+
 from .common import ImageView, Panel, cached_inversion, markdown_table, slider
 
 # DDIM paper (Song et al. 2021), Table 2: reconstruction MSE per dimension on CIFAR10 ([0, 1] pixels), eta = 0.
@@ -31,20 +33,6 @@ METHODS = {
     "fixed_point": ("fixed_point", None, "fixed-point", "fixed-point"),
     "direct": ("direct", None, "direct (source rectified)", "direct"),
 }
-
-
-SHAPE_SWAPS = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle", "cross": "circle"}
-
-
-def swap_shape(prompt: str) -> str:
-    """The prompt with its first shape word swapped (circle <-> square, triangle <-> star, cross -> circle): an edit
-    prompt for any shapes caption (unchanged when it names no shape)."""
-    words = prompt.split()
-    for index, word in enumerate(words):
-        if word in SHAPE_SWAPS:
-            words[index] = SHAPE_SWAPS[word]
-            break
-    return " ".join(words)
 
 
 def _uint8(images) -> np.ndarray:
