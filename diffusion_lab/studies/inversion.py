@@ -358,3 +358,23 @@ def basin_fix_claims(study: dict) -> list[dict]:
                            "evidence": f"back in {fixed} (scenes {study['scene_seeds']}); gap "
                                        f"{study['methods'][name]['gap']}"})
     return claims
+
+
+def method_example_lines(study: dict, count: int) -> list[str]:
+    """Where the worked examples (the first `count` scenes of a `method_study`) depart from what a method usually
+    does: "scene s: <method> ... : this draw is one of the x% (k/n) where it does". [] when every example is typical."""
+    lines = []
+    for name, m in study["methods"].items():
+        for index in range(min(count, m["n"])):
+            seed, gap = study["scene_seeds"][index], float(study["vae"][index] - m["psnr"][index])
+            outcomes = [("keeps", gap < KEEPS_DB, f"keeps its reconstruction (gap {gap:.1f} dB)",
+                         f"loses its reconstruction (gap {gap:.1f} dB)")]
+            if "edited" in m:
+                outcomes.append(("edit_made", bool(m["edited"][index]), "makes the edit", "does not make the edit"))
+            for key, happened, yes, no in outcomes:
+                r = m[key]
+                share = r if happened else rate([False] * r.successes + [True] * (r.n - r.successes))
+                if share.value < 0.5:
+                    lines.append(f"worked example scene {seed}: {name} {yes if happened else no}: this draw is one "
+                                 f"of the {share} of the scenes where it {'does' if happened else 'does not'}")
+    return lines

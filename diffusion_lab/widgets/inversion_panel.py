@@ -242,3 +242,22 @@ class InversionPanel(Panel):
             f"reconstruction PSNR {value:.2f} dB; inversion took {result['seconds']:.2f} s "
             f"({'from the cache' if result['seconds'] < 0.05 else 'computed'})"
         )
+
+
+def method_study_figure(study: dict, inputs, vae_images, count: int):
+    """The worked examples of a `studies.inversion.method_study` (its first `count` scenes): per scene the input,
+    the VAE round trip, each method's reconstruction, then each method's edit (when the study made edits)."""
+    from diffusion_lab.viz import image_grid
+
+    methods = {name: m for name, m in study["methods"].items() if m["n"] >= count}
+    columns = [list(inputs[:count]), list(vae_images[:count])]
+    labels = ["input", "VAE"]
+    for name, m in methods.items():
+        columns.append(list(m["reconstructions"][:count]))
+        labels.append(name)
+    for name, m in methods.items():
+        if "edits" in m:
+            columns.append(list(m["edits"][:count]))
+            labels.append("edit " + name)
+    grid = [columns[c][r] for r in range(count) for c in range(len(columns))]
+    return image_grid(grid, columns=len(columns), labels=labels * count, scale=2)
