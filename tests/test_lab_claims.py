@@ -172,6 +172,8 @@ def test_the_marginal_check_catches_a_sampler_off_the_marginal():
     rows = [posterior._marginal_row("t", label, draws, x_0, alpha_bar, 0)
             for label, draws in (("eta=0", right), (posterior.SIGMA_HAT, right))]
     assert [c["holds"] for c in posterior.marginal_claims(rows)] == [True, False]  # sigma-hat must be too noisy
+    shifted = right + 0.02 * x_0  # sigma-hat's mean coefficient off by chance (SEED 27): its std claim still holds
+    assert posterior._marginal_row("t", posterior.SIGMA_HAT, shifted * 1.05, x_0, alpha_bar, 0)["too_noisy"]
 
 
 def _method_study(gaps: dict, n=8):
