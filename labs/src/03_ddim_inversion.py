@@ -226,7 +226,16 @@ for name, method in guidance_study["methods"].items():
 # first `NUM_IMAGES` scenes of the study (the worked examples).
 #
 # What `python pipelines/claims.py --labs 3m` measured at N = 64 (scenes 11-74, $w = 7.5$, $S = 20$):
-# LAB3_METHOD_CLAIMS_TEXT
+# DDIM inverted at $w = 1$ and at $w$ come back 8.2 dB (95% CI 6.7-9.9) and 11.9 dB (10.1-13.8) below the VAE round
+# trip and keep the reconstruction in 12% (8/64; 95% CI 6-23%) and 3% (2/64; 1-11%) of the scenes. Fixed-point
+# inversion, each guided step solved at $w$, does not repair it either: 9.2 dB (7.6-10.8), keeps 16% (10/64; 9-26%).
+# Null-text and negative-prompt come back 0.82 dB (0.55-1.22) and 0.92 dB (0.72-1.19) below it and keep the
+# reconstruction in 94% (60/64; 85-98%) of the scenes each; null-text gains 7.4 dB (6.1-8.9) over DDIM inverted at
+# $w = 1$, scene by scene. Edit-friendly is exact (0.00 dB; 64/64 within 2 dB). The shape swap is made in 97%
+# (62/64; 89-99%) of the scenes from DDIM's $w = 1$ pivot, 92% (59/64; 83-97%) from null-text, 89% (57/64; 79-95%)
+# from negative-prompt, 83% (53/64; 72-90%) from edit-friendly, 59% (38/64; 47-71%) from DDIM inverted at $w$ and
+# 53% (34/64; 41-65%) from fixed-point; the object stays in place in 75-84% of every method's edits except
+# edit-friendly's, 56% (36/64; 44-68%). Null-text ran on all 64 scenes there.
 #
 # The check: guidance costs both DDIM rows more than 2 dB on average (the interval of the mean gap above 2 dB);
 # null-text and negative-prompt repair it (their gap below DDIM inverted at $w = 1$'s, paired per scene: the
@@ -334,7 +343,11 @@ else:
 # wrong-basin scenes found, a small n (`diffusion_lab.studies.inversion.basin_fix_specs`).
 #
 # What `python pipelines/claims.py --labs 3m` measured (DDIM at $w = 1$, $S = 20$, scenes from 11 on):
-# LAB3_BASIN_FIX_TEXT
+# searching scenes 11-266, DDIM lands in another basin for 3 of the 256 (scenes 30, 156 and 157; mean gap
+# 11.2 dB, 95% CI 7.3-18.9). Fixed-point and edit-friendly inversion at $w = 1$ bring back all 3 (3/3; 95% CI
+# 44-100%; gaps -0.01 and 0.00 dB), and so does null-text at $w = 7.5$ (3/3; gap 1.34 dB, 1.18-1.56);
+# negative-prompt brings back none (0/3): it is DDIM at $w = 1$ again. With n = 3 the rates say "each of the three",
+# not "always".
 
 # %%
 fix_scenes = basin_study["missed_scenes"] or ([basin_scene] if basin_scene is not None else [])
