@@ -135,7 +135,8 @@ common.save_outputs(OUT, {"sigma_S10": sigma_10, "sigma_S50": sigma_50})
 # errors the mean coefficient and the std lie from their targets. The check allows 4 standard errors per number
 # (a correct sampler fails one of the 18 comparisons by chance with probability about 0.1%, whatever `SEED` is), and
 # asks sigma-hat's std to lie above its target by more than that
-# (`diffusion_lab.studies.posterior.marginal_study`).
+# (`diffusion_lab.studies.posterior.marginal_study`). `python pipelines/claims.py --labs 2` ran this check at
+# `SEED` = 0, 1, ..., 63: both parts pass at all 64 (95% CI 94-100%).
 
 # %%
 # NBVAL_CHECK_OUTPUT
