@@ -204,3 +204,21 @@ def test_the_method_claims_can_fail():
     wrong_basins = _method_study({"DDIM (w=1)": 7.0, "fixed-point (w=1)": 0.1, "null-text (w=7.5)": 6.0}, n=2)
     fixes = {c["claim"].split(" brings")[0]: c["holds"] for c in inversion.basin_fix_claims(wrong_basins)}
     assert fixes == {"fixed-point (w=1)": True, "null-text (w=7.5)": False}
+
+
+def test_the_sampler_study_samples_as_lab_2s_table():
+    """studies.posterior (layers 0-1 only) keeps its own copy of the table's samplers and sampling call: the same
+    settings, and the same images as widgets.posterior_panel.sample_images for the same prompts, x_T and seed."""
+    from diffusion_lab.generation import initial_noise
+    from diffusion_lab.models import load_pipeline
+    from diffusion_lab.studies import posterior
+    from diffusion_lab.widgets import posterior_panel
+
+    assert posterior.SAMPLERS == posterior_panel.SETTINGS
+    pipe = load_pipeline("shapes-tiny")
+    prompts = posterior.study_prompts(2, seed=5)
+    x_T = initial_noise(pipe, 2, 5)
+    for _, eta, variance in posterior.SAMPLERS[3:]:
+        ours = posterior.sample_with_sampler(pipe, prompts, 3, eta, variance, x_T, 5)
+        table = posterior_panel.sample_images(pipe, prompts, 3, eta, variance, 1.0, 5, x_T=x_T)
+        assert np.array_equal(ours, table)
