@@ -215,8 +215,9 @@ def method_study(pipe, draws, specs: dict, num_steps: int, vae: np.ndarray | Non
                  seed: int = 0, inner_steps: int | None = None, limits: dict | None = None) -> dict:
     """Each method of `specs` ({name: (method, inverted for w, sampled at w, options)}, `method_specs` /
     `basin_fix_specs`) inverts the scenes with their captions at S = `num_steps` (`inversion.invert`, one batch per
-    method; edit-friendly draws x_t from `seed` + b), then samples back at its sampling w: the reconstruction, and with `edits` the caption with its shape swapped
-    (`shapes.swap_shape`), scored by the analyzer against the edited scene (`shapes.scoring.score_scene_edit`).
+    method; edit-friendly draws x_t from `seed` + b), then samples back at its sampling w: the reconstruction, and
+    with `edits` the caption with its shape swapped (`shapes.swap_shape`), scored by the analyzer against the edited
+    scene (`shapes.scoring.score_scene_edit`).
     `limits` {name: k} runs a method on the first k scenes only (null-text is expensive); `inner_steps`: null-text's.
 
     Returns dict(num_steps, scene_seeds, vae, methods {name: dict(n, w, psnr (k,), reconstructions and, with edits,
@@ -247,7 +248,8 @@ def method_study(pipe, draws, specs: dict, num_steps: int, vae: np.ndarray | Non
         reconstructions = reconstruct(pipe, inversion, guidance_scale=sample_w, output_type="uint8", progress=False)
         psnr = psnr_per_image(reconstructions, inputs[:k])
         gap = vae[:k] - psnr
-        result = {"n": k, "w": sample_w, "psnr": psnr, "reconstructions": reconstructions, "gap": mean(gap, "dB"), "keeps": rate(gap < KEEPS_DB),
+        result = {"n": k, "w": sample_w, "psnr": psnr, "reconstructions": reconstructions, "gap": mean(gap, "dB"),
+                  "keeps": rate(gap < KEEPS_DB),
                   "wrong_basin": rate(gap > WRONG_BASIN_DB)}
         if edits:
             targets = [edit_scene(d.scene, "shape", SHAPE_SWAPS[d.scene.objects[0].shape]).target for d in subset]
