@@ -48,6 +48,61 @@ def lab1(pipe, n: int, quick: bool) -> dict:
     }
 
 
+LAB2_DEFAULTS = dict(steps=[10, 50, 100], set_size=6, reference_count=128, seed=0, marginal_draws=2000,
+                     marginal_steps=10)
+
+
+def lab2(pipe, n: int, quick: bool) -> dict:
+    """Lab 2: q_sigma keeps the marginals (at n seeds), and DDIM's Table 1 in the shapes world: sigma-hat's excess
+    noise per image at small and large S, the etas' spread, and how often the paper's orderings hold (per image:
+    noise; per set of 6 samples, the lab's table: Frechet distance)."""
+    from diffusion_lab.images import pil_to_tensor
+    from diffusion_lab.latents import image_size
+    from diffusion_lab.schedules import NoiseSchedule
+    from diffusion_lab.stats import rate
+    from diffusion_lab.studies import posterior as study_lib
+    from diffusion_lab.studies.scenes import scene_draws
+
+    settings = dict(LAB2_DEFAULTS)
+    if quick:
+        settings.update(steps=[10, 20], set_size=2, reference_count=32)
+    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
+    marginal_holds, tolerance = [], []
+    for draw in scene_draws(image_size(pipe), range(n)):  # lab 2's x_0 at SEED = 0, 1, ...: its scene, 16x16
+        rows = study_lib.marginal_study(schedule, pil_to_tensor(draw.image.resize((16, 16))),
+                                        settings["marginal_steps"], num_draws=settings["marginal_draws"],
+                                        seed=draw.scene_seed)
+        marginal_holds.append([c["holds"] for c in study_lib.marginal_claims(rows)])
+        tolerance.append(study_lib.marginal_family_error(rows))
+    kept, too_noisy = rate([h[0] for h in marginal_holds]), rate([h[1] for h in marginal_holds])
+    claims = [
+        {"claim": f"the marginal check passes at every SEED (q_sigma keeps q(x_(t-1) | x_0) within "
+                  f"{study_lib.MARGINAL_TOLERANCE_SE:g} Monte Carlo SE, {settings['marginal_draws']} draws)",
+         "holds": kept.successes == kept.n,
+         "evidence": f"passes at {kept} of the seeds (chance failure at most {max(tolerance):.1%} per seed)"},
+        {"claim": "sigma-hat's std exceeds the marginal's at every step, at every SEED",
+         "holds": too_noisy.successes == too_noisy.n, "evidence": f"at {too_noisy} of the seeds"},
+    ]
+    study = study_lib.sampler_study(pipe, n, settings["steps"], seed=settings["seed"], set_size=settings["set_size"],
+                                    reference_count=settings["reference_count"])
+    claims += study_lib.sampler_claims(study, intervals=not quick)
+    table = [{"study": f"noise per image, N = {n}", **row} for row in study_lib.noise_rows(study)]
+    table += [{"study": f"orderings, N = {n}", **row} for row in study_lib.order_rows(study)]
+    return {
+        "title": f"Lab 2: the generalized posterior and DDIM's Table 1 in the shapes world (captions from seed "
+                 f"{settings['seed']}, guidance 1)",
+        "table": table, "claims": claims,
+        "numbers": {"n": n, "marginal": {"kept": kept.as_dict(), "too_noisy": too_noisy.as_dict()},
+                    "set_size": study["set_size"], "sets": study["sets"],
+                    "noise": {s: {k: v.as_dict() for k, v in m.items()} for s, m in study["noise"].items()},
+                    "gap": {s: {k: v.as_dict() for k, v in m.items()} for s, m in study["gap"].items()},
+                    "noisiest": {s: r.as_dict() for s, r in study["noisiest"].items()},
+                    "order": {s: {k: v.as_dict() for k, v in m.items()} for s, m in study["order"].items()},
+                    "fd_order": {s: {k: v.as_dict() for k, v in m.items()} for s, m in study["fd_order"].items()},
+                    "eta_spread": {s: study_lib.eta_spread(study, s) for s in study["steps"]}},
+    }
+
+
 LAB3_DEFAULTS = dict(first_scene=11, steps=[10, 20, 50, 100], basin_steps=[20, 50], largest_guidance=7.5,
                      guidance_steps=20, friendly_steps=20, friendly_guidance=3.5, friendly_eta=1.0, seed=11)
 
@@ -117,6 +172,49 @@ def lab3(pipe, n: int, quick: bool) -> dict:
     }
 
 
+LAB3_METHOD_DEFAULTS = dict(first_scene=11, num_steps=20, guidance=7.5, inner_steps=10, null_text_n=None,
+                            basin_steps=20, basin_search=256, basin_count=8, seed=11)
+
+
+def lab3_methods(pipe, n: int, quick: bool) -> dict:
+    """Lab 3's method table as rates (scenes 11, 12, ...): every inversion method at w = 7.5 and S = 20 (the lab's
+    study), its gap to the VAE round trip, how often it keeps the reconstruction and how often its shape-swap edit is
+    made; and, for the wrong-basin scenes of DDIM at w = 1 found among scenes 11.. (up to basin_count), which
+    methods bring them back."""
+    from diffusion_lab.latents import image_size
+    from diffusion_lab.studies import inversion as study_lib
+    from diffusion_lab.studies.scenes import scene_draws
+
+    settings = dict(LAB3_METHOD_DEFAULTS)
+    if quick:
+        settings.update(num_steps=10, inner_steps=2, basin_steps=10, basin_search=8, basin_count=1)
+    draws = scene_draws(image_size(pipe), range(settings["first_scene"], settings["first_scene"] + n), num_objects=1)
+    limits = {"null-text": settings["null_text_n"]} if settings["null_text_n"] else None
+    study = study_lib.method_study(pipe, draws, study_lib.method_specs(settings["guidance"]), settings["num_steps"],
+                                   seed=settings["seed"], inner_steps=settings["inner_steps"], limits=limits)
+    title = f"methods at w = {settings['guidance']:g}, S = {settings['num_steps']}"
+    table = [{"study": title, **row} for row in study_lib.method_rows(study)]
+    claims = study_lib.method_claims(study, intervals=not quick, keep_rates=True)
+    search = study_lib.find_wrong_basins(pipe, image_size(pipe), settings["first_scene"], settings["basin_steps"],
+                                         max(n, settings["basin_search"]), settings["basin_count"])
+    numbers = {"n": n, "methods": {name: {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in m.items()
+                                          if k in ("n", "w", "gap", "keeps", "wrong_basin", "edit_made", "layout_kept",
+                                                   "seconds")} for name, m in study["methods"].items()},
+               "wrong_basin_search": search}
+    if search["scene_seeds"]:
+        fix = study_lib.method_study(pipe, scene_draws(image_size(pipe), search["scene_seeds"]),
+                                     study_lib.basin_fix_specs(settings["guidance"]), settings["basin_steps"],
+                                     edits=False, seed=settings["seed"], inner_steps=settings["inner_steps"])
+        table += [{"study": f"DDIM's wrong basins (w = 1, S = {settings['basin_steps']}; scenes {search['scene_seeds']}"
+                            f" of {search['searched']} searched)", **row} for row in study_lib.basin_fix_rows(fix)]
+        claims += study_lib.basin_fix_claims(fix)
+        numbers["basin_fix"] = {name: {"gap": m["gap"].as_dict(), "back": study_lib.fixed_rate(fix, name).as_dict()}
+                                for name, m in fix["methods"].items()}
+    return {"title": f"Lab 3: the inversion methods under guidance, and DDIM's wrong basins (scenes "
+                     f"{settings['first_scene']}..{settings['first_scene'] + n - 1})",
+            "table": table, "claims": claims, "numbers": numbers}
+
+
 LAB4_DEFAULTS = dict(source_prompt="a large blue square on a gray background",
                      swaps=[("square", "triangle"), ("blue", "red")],
                      blend_prompt="a large red circle and a small blue square on a gray background",
@@ -173,7 +271,7 @@ def lab4(pipe, n: int, quick: bool) -> dict:
             "table": table, "claims": claims, "numbers": numbers}
 
 
-STUDIES = {"1": lab1, "3": lab3, "4": lab4}
+STUDIES = {"1": lab1, "2": lab2, "3": lab3, "3m": lab3_methods, "4": lab4}
 
 
 def markdown(results: dict) -> str:

@@ -4,6 +4,7 @@ their checks can fail; `pipelines/claims.py --quick` prints every claim with its
 
 import json
 
+import numpy as np
 import pytest
 
 from diffusion_lab.stats import rate
@@ -15,6 +16,8 @@ from diffusion_lab.studies import naive_noising as tradeoff_study
 NON_DEFAULT_RUNS = [
     ("01", {"SCENE_SEED": 5, "SEED": 7}),
     ("01", {"SCENE_SEED": 42, "SEED": 1}),
+    ("02", {"SEED": 3}),
+    ("02", {"SEED": 42}),
     ("03", {"SEED": 0}),
     ("03", {"SEED": 42}),
     ("04", {"SEED": 2}),  # the object stays without P2P; refine's source is already green
@@ -112,3 +115,110 @@ def test_papermill_sees_every_parameter(lab):
     assigned = {target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
                 for target in node.targets}
     assert assigned == set(papermill.inspect_notebook(str(REPO / "labs" / f"{lab}.ipynb")))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lab 2 (studies/posterior.py) and lab 3's method table (studies/inversion.py): the checks can fail
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _sampler_study(gap_small, gap_large, eta_step, n=24, seed=0):
+    """A hand-made lab 2 study: per-image noise of the five samplers at S = 10 and 50; the etas rise by `eta_step`
+    each, sigma-hat lies `gap` above eta = 1 (plus per-image scatter); FD per set mirrors the noise."""
+    from diffusion_lab.studies import posterior
+
+    rng = np.random.default_rng(seed)
+    noise = {}
+    for s, gap in ((10, gap_small), (50, gap_large)):
+        base = 0.03 + 0.005 * rng.standard_normal(n)
+        values = {label: base + i * eta_step + 0.0005 * rng.standard_normal(n)
+                  for i, label in enumerate(posterior.PAPER_ORDER)}
+        values[posterior.SIGMA_HAT] = values[posterior.DDPM] + gap + 0.001 * rng.standard_normal(n)
+        noise[s] = values
+    fd = {s: {label: list(v.reshape(4, -1).mean(axis=1)) for label, v in values.items()} for s, values in noise.items()}
+    return posterior.summarize(noise, fd, set_size=n // 4, seed=seed)
+
+
+def test_the_sampler_claims_can_fail():
+    from diffusion_lab.studies import posterior
+
+    shapes_world = posterior.sampler_claims(_sampler_study(0.015, 0.001, 0.0))
+    assert [c["holds"] for c in shapes_world] == [True, True, True]
+    cifar_like = posterior.sampler_claims(_sampler_study(0.015, 0.001, 0.004))  # the etas spread as on CIFAR10
+    assert [c["holds"] for c in cifar_like] == [True, False, True]
+    no_sigma_hat = posterior.sampler_claims(_sampler_study(-0.002, 0.0, 0.0))  # sigma-hat as clean as the etas
+    assert not no_sigma_hat[0]["holds"] and not no_sigma_hat[2]["holds"]
+    study = _sampler_study(0.015, 0.001, 0.0)
+    assert study["fd_order"][10]["sigma-hat last"].successes == 4 and study["sets"] == 4
+    table = {"steps": [10], "fd": {label: [0.1] for label in study["noise"][10]}}
+    table["fd"][posterior.SIGMA_HAT] = [0.05]  # this draw ranks sigma-hat first: one of the 0% of the sets
+    lines = posterior.example_against_study(study, table)
+    assert any("does not rank sigma-hat last: this draw is one of the 0% (0/4" in line for line in lines)
+
+
+def test_the_marginal_check_catches_a_sampler_off_the_marginal():
+    """The marginal check passes for q_sigma at any seed and fails when the draws' std is 2% off the marginal's."""
+    import torch
+
+    from diffusion_lab.studies import posterior
+
+    x_0 = torch.linspace(-1, 1, 48, dtype=torch.float64)
+    alpha_bar = torch.tensor(0.5, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(2000, 48, generator=generator, dtype=torch.float64)
+    right = alpha_bar.sqrt() * x_0 + (1 - alpha_bar).sqrt() * noise
+    assert posterior._marginal_row("t", "eta=1", right, x_0, alpha_bar, 0)["kept"]
+    assert not posterior._marginal_row("t", "eta=1", right * 1.02, x_0, alpha_bar, 0)["kept"]
+    rows = [posterior._marginal_row("t", label, draws, x_0, alpha_bar, 0)
+            for label, draws in (("eta=0", right), (posterior.SIGMA_HAT, right))]
+    assert [c["holds"] for c in posterior.marginal_claims(rows)] == [True, False]  # sigma-hat must be too noisy
+    shifted = right + 0.02 * x_0  # sigma-hat's mean coefficient off by chance (SEED 27): its std claim still holds
+    assert posterior._marginal_row("t", posterior.SIGMA_HAT, shifted * 1.05, x_0, alpha_bar, 0)["too_noisy"]
+
+
+def _method_study(gaps: dict, n=8):
+    """A hand-made lab 3 method study: per method its gap to a 33 dB VAE round trip, the same on every scene but a
+    +-0.2 dB scatter (+-0.01 dB for a gap under 0.1 dB)."""
+    from diffusion_lab.studies import inversion
+
+    vae = np.full(n, 33.0)
+    methods = {}
+    for name, gap in gaps.items():
+        psnr = vae - gap + (0.2 if gap >= 0.1 else 0.01) * np.resize([1.0, -1.0], n)
+        methods[name] = {"n": n, "w": 7.5, "psnr": psnr, "gap": inversion.mean(vae - psnr, "dB"),
+                         "keeps": rate(vae - psnr < inversion.KEEPS_DB)}
+    return {"num_steps": 20, "scene_seeds": list(range(n)), "vae": vae, "methods": methods}
+
+
+def test_the_method_claims_can_fail():
+    from diffusion_lab.studies import inversion
+
+    usual = {"DDIM inverted at w=1": 9.0, "DDIM inverted at w": 10.0, "null-text": 1.0, "negative-prompt": 1.2,
+             "edit-friendly": 0.0}
+    claims = inversion.method_claims(_method_study(usual), keep_rates=True)
+    assert all(c["holds"] for c in claims) and len(claims) == 8
+    no_failure = inversion.method_claims(_method_study({**usual, "DDIM inverted at w=1": 1.0}))
+    assert [c["holds"] for c in no_failure] == [False, True, False, False, True]  # no repair without a failure
+    inexact = inversion.method_claims(_method_study({**usual, "edit-friendly": 0.3}))
+    assert not inexact[-1]["holds"]
+    wrong_basins = _method_study({"DDIM (w=1)": 7.0, "fixed-point (w=1)": 0.1, "null-text (w=7.5)": 6.0}, n=2)
+    fixes = {c["claim"].split(" brings")[0]: c["holds"] for c in inversion.basin_fix_claims(wrong_basins)}
+    assert fixes == {"fixed-point (w=1)": True, "null-text (w=7.5)": False}
+
+
+def test_the_sampler_study_samples_as_lab_2s_table():
+    """studies.posterior (layers 0-1 only) keeps its own copy of the table's samplers and sampling call: the same
+    settings, and the same images as widgets.posterior_panel.sample_images for the same prompts, x_T and seed."""
+    from diffusion_lab.generation import initial_noise
+    from diffusion_lab.models import load_pipeline
+    from diffusion_lab.studies import posterior
+    from diffusion_lab.widgets import posterior_panel
+
+    assert posterior.SAMPLERS == posterior_panel.SETTINGS
+    pipe = load_pipeline("shapes-tiny")
+    prompts = posterior.study_prompts(2, seed=5)
+    x_T = initial_noise(pipe, 2, 5)
+    for _, eta, variance in posterior.SAMPLERS[3:]:
+        ours = posterior.sample_with_sampler(pipe, prompts, 3, eta, variance, x_T, 5)
+        table = posterior_panel.sample_images(pipe, prompts, 3, eta, variance, 1.0, 5, x_T=x_T)
+        assert np.array_equal(ours, table)

@@ -13,7 +13,8 @@ from diffusion_lab.models.tiny_random import build_tiny_random_pipeline
 from diffusion_lab.widgets import common
 from diffusion_lab.widgets.inversion_panel import InversionPanel, swap_shape
 from diffusion_lab.widgets.naive_noising_panel import ForwardProcessPanel, NaiveEditPanel
-from diffusion_lab.widgets.posterior_panel import SamplerPanel, caption_accuracy, marginal_check, schedule_of
+from diffusion_lab.studies.posterior import marginal_study
+from diffusion_lab.widgets.posterior_panel import SamplerPanel, caption_accuracy, schedule_of
 from diffusion_lab.widgets.prompt_to_prompt import PromptToPromptPanel, examples, score_edit
 
 PROMPT = "a large red circle on a gray background"
@@ -98,7 +99,7 @@ def test_lab_out_dir_follows_the_environment(tmp_path, monkeypatch):
 
 def test_marginal_check_keeps_the_marginals_for_every_eta(pipe):
     x_0 = torch.linspace(-1, 1, 64)
-    rows = marginal_check(schedule_of(pipe), x_0, num_steps=10, num_draws=4000, seed=0)
+    rows = marginal_study(schedule_of(pipe), x_0, num_steps=10, num_draws=4000, seed=0)
     for row in rows:
         assert row["mean coef"] == pytest.approx(row["target coef"], abs=0.05)
         if row["sampler"] != "sigma-hat":

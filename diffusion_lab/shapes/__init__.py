@@ -12,7 +12,7 @@ from .captions import (
     vocabulary,
     word_owners,
 )
-from .edits import SCENE_EDIT_KINDS, SceneEdit, edit_scene
+from .edits import SCENE_EDIT_KINDS, SHAPE_SWAPS, SceneEdit, edit_scene, swap_shape
 from .render import Render, render, render_image, shape_coverage
 from .scene import (
     BACKGROUNDS,

@@ -101,3 +101,19 @@ def edit_scene(
         if kind in ("colour", "shape"):
             break  # cannot happen: same footprint class; fall through to the error
     raise ValueError(f"could not apply a {kind} edit without overlap; try another object or scene")
+
+
+# The shape swap of lab 3's edits (a prompt-swap edit of any one-object caption): circle <-> square,
+# triangle <-> star, cross -> circle.
+SHAPE_SWAPS = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle", "cross": "circle"}
+
+
+def swap_shape(prompt: str) -> str:
+    """The prompt with its first shape word swapped (SHAPE_SWAPS): an edit prompt for any shapes caption (unchanged
+    when it names no shape)."""
+    words = prompt.split()
+    for index, word in enumerate(words):
+        if word in SHAPE_SWAPS:
+            words[index] = SHAPE_SWAPS[word]
+            break
+    return " ".join(words)

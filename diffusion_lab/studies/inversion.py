@@ -178,3 +178,205 @@ def edit_friendly_study(pipe, draws, num_steps: int, guidance_scale: float, eta:
     return {"eta": float(eta), "exact": rate(np.abs(vae - psnr) < EXACT_DB), "gap": mean(vae - psnr, "dB"),
             "noise_std": mean(per_scene), "psnr": psnr}
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lab 3's method table as rates: every inversion method at (S, w), reconstruction and edit, over a sample
+# ----------------------------------------------------------------------------------------------------------
+
+KEEPS_DB = 2.0  # "keeps the reconstruction" under guidance: within this of the scene's VAE round trip (at S = 20
+#                null-text and negative-prompt come within about 1 dB, DDIM inverted at w = 1 or at w lies ~9 dB below)
+
+
+def method_specs(guidance_scale: float, eta: float = 1.0) -> dict:
+    """The methods of lab 3's table at sampling guidance w: {name: (invert method, guidance it inverts for, guidance
+    it samples with, options)}.
+    DDIM is inverted at w = 1 (a naive editor's pivot) and at w; fixed-point solves each guided step; null-text and
+    negative-prompt invert at the w = 1 pivot for sampling at w; edit-friendly records its noise maps at w (`eta`)."""
+    w = float(guidance_scale)
+    return {"DDIM inverted at w=1": ("ddim", 1.0, w, {}), "DDIM inverted at w": ("ddim", w, w, {}),
+            "fixed-point": ("fixed_point", w, w, {}), "null-text": ("null_text", w, w, {}),
+            "negative-prompt": ("negative_prompt", w, w, {}),
+            "edit-friendly": ("edit_friendly", w, w, {"eta": float(eta)})}
+
+
+def basin_fix_specs(guidance_scale: float, eta: float = 1.0) -> dict:
+    """The methods asked to fix DDIM's wrong basins at w = 1 (where they are defined): DDIM itself, fixed-point and
+    edit-friendly at w = 1, and the two that need a w > 1 at `guidance_scale` on DDIM's own w = 1 pivot: null-text
+    (optimises every step back onto the pivot) and negative-prompt (samples with the prompt as the null text:
+    DDIM at w = 1 again, the control)."""
+    w = float(guidance_scale)
+    return {"DDIM (w=1)": ("ddim", 1.0, 1.0, {}), "fixed-point (w=1)": ("fixed_point", 1.0, 1.0, {}),
+            f"null-text (w={w:g})": ("null_text", w, w, {}), f"negative-prompt (w={w:g})": ("negative_prompt", w, w, {}),
+            "edit-friendly (w=1)": ("edit_friendly", 1.0, 1.0, {"eta": float(eta)})}
+
+
+def method_study(pipe, draws, specs: dict, num_steps: int, vae: np.ndarray | None = None, edits: bool = True,
+                 seed: int = 0, inner_steps: int | None = None, limits: dict | None = None) -> dict:
+    """Each method of `specs` ({name: (method, inverted for w, sampled at w, options)}, `method_specs` /
+    `basin_fix_specs`) inverts the scenes with their captions at S = `num_steps` (`inversion.invert`, one batch per
+    method; edit-friendly draws x_t from `seed` + b), then samples back at its sampling w: the reconstruction, and
+    with `edits` the caption with its shape swapped (`shapes.swap_shape`), scored by the analyzer against the edited
+    scene (`shapes.scoring.score_scene_edit`).
+    `limits` {name: k} runs a method on the first k scenes only (null-text is expensive); `inner_steps`: null-text's.
+
+    Returns dict(num_steps, scene_seeds, vae, methods {name: dict(n, w, psnr (k,), reconstructions and, with edits,
+    edits uint8 (k, H, W, 3), gap Mean (VAE - PSNR, dB), keeps
+    Rate (gap < KEEPS_DB), wrong_basin Rate (gap > WRONG_BASIN_DB), and with edits: edit_made Rate, layout_kept
+    Rate, edited (k,) bool, seconds (CPU))})."""
+    import time
+
+    from ..inversion import invert, reconstruct
+    from ..shapes import SHAPE_SWAPS, edit_scene, swap_shape
+    from ..shapes.scoring import score_scene_edit
+
+    vae = vae_psnr(pipe, draws) if vae is None else vae
+    inputs = inputs_uint8(draws)
+    methods = {}
+    for name, (method, invert_w, sample_w, options) in specs.items():
+        k = min(len(draws), (limits or {}).get(name, len(draws)))
+        subset = draws[:k]
+        extra = dict(options)
+        if method == "null_text" and inner_steps:
+            extra["inner_steps"] = int(inner_steps)
+        if method == "edit_friendly":
+            extra["seed"] = int(seed)
+        start = time.process_time()
+        inversion = invert(pipe, [d.image for d in subset], [d.prompt for d in subset], method=method,
+                           num_steps=int(num_steps), guidance_scale=float(invert_w), progress=False, **extra)
+        sample_w = float(sample_w)
+        reconstructions = reconstruct(pipe, inversion, guidance_scale=sample_w, output_type="uint8", progress=False)
+        psnr = psnr_per_image(reconstructions, inputs[:k])
+        gap = vae[:k] - psnr
+        result = {"n": k, "w": sample_w, "psnr": psnr, "reconstructions": reconstructions, "gap": mean(gap, "dB"),
+                  "keeps": rate(gap < KEEPS_DB),
+                  "wrong_basin": rate(gap > WRONG_BASIN_DB)}
+        if edits:
+            targets = [edit_scene(d.scene, "shape", SHAPE_SWAPS[d.scene.objects[0].shape]).target for d in subset]
+            edited = reconstruct(pipe, inversion, prompt=[swap_shape(d.prompt) for d in subset],
+                                 guidance_scale=sample_w, output_type="uint8", progress=False)  # (k, H, W, 3)
+            scores = [score_scene_edit([image], d.scene, target)[0] for image, d, target in zip(edited, subset, targets)]
+            result.update(edited=np.array([s["edited"] for s in scores]), edits=edited,
+                          edit_made=rate([s["edited"] for s in scores]),
+                          layout_kept=rate([s["layout_kept"] for s in scores]))
+        result["seconds"] = time.process_time() - start
+        methods[name] = result
+    return {"num_steps": int(num_steps), "scene_seeds": [d.scene_seed for d in draws], "vae": vae, "methods": methods}
+
+
+def method_rows(study: dict) -> list[dict]:
+    """One row per method: n, mean gap to the VAE round trip, how often it keeps the reconstruction (and, with
+    edits, how often the edit is made and the layout kept)."""
+    rows = []
+    for name, m in study["methods"].items():
+        row = {"method": name, "w": f"{m['w']:g}", "n": m["n"], "gap to VAE": str(m["gap"]),
+               f"keeps (within {KEEPS_DB:g} dB)": str(m["keeps"])}
+        if "edit_made" in m:
+            row.update({"edit made": str(m["edit_made"]), "layout kept": str(m["layout_kept"])})
+        rows.append(row)
+    return rows
+
+
+def method_claims(study: dict, intervals: bool = True, keep_rates: bool = False) -> list[dict]:
+    """Lab 3's method claims at (S, w), each dict(claim, holds, evidence): guidance costs both DDIM rows more than
+    KEEPS_DB on average (the mean gap's interval above it); null-text and negative-prompt repair it (their gap below
+    DDIM-inverted-at-w=1's, paired per scene: the interval of the gain above 0); edit-friendly is exact (mean gap
+    under EXACT_DB). With `keep_rates` (N = 64, pipelines/claims.py) also: null-text, negative-prompt and
+    edit-friendly keep the reconstruction within KEEPS_DB in most scenes (the rate's lower bound above 1/2).
+    QUICK (intervals False) compares the estimates. Methods the study did not run are skipped."""
+    methods, claims = study["methods"], []
+    pivot = methods.get("DDIM inverted at w=1")
+    for name in ("DDIM inverted at w=1", "DDIM inverted at w"):
+        if name in methods:
+            gap = methods[name]["gap"]
+            claims.append({"claim": f"{name}: guidance w = {methods[name]['w']:g} costs the reconstruction more than "
+                                    f"{KEEPS_DB:g} dB on average", "holds": (gap.low if intervals else gap.mean) > KEEPS_DB,
+                           "evidence": f"gap {gap}; keeps it in {methods[name]['keeps']}"})
+    for name in ("null-text", "negative-prompt"):
+        if name in methods and pivot is not None:
+            m = methods[name]
+            gain = mean(m["psnr"] - pivot["psnr"][: m["n"]], "dB")  # (k,): gap of DDIM minus gap of the method
+            claims.append({"claim": f"{name} repairs what guidance costs DDIM (its gap below DDIM inverted at w=1's, "
+                                    "paired per scene)", "holds": (gain.low if intervals else gain.mean) > 0,
+                           "evidence": f"gain {gain}; gap {m['gap']}; keeps it in {m['keeps']}"})
+    if "edit-friendly" in methods:
+        gap = methods["edit-friendly"]["gap"]
+        claims.append({"claim": f"edit-friendly inversion is exact (mean gap to the VAE under {EXACT_DB:g} dB)",
+                       "holds": abs(gap.high if intervals else gap.mean) < EXACT_DB, "evidence": f"gap {gap}"})
+    if keep_rates:
+        for name in ("null-text", "negative-prompt", "edit-friendly"):
+            if name in methods:
+                keeps = methods[name]["keeps"]
+                claims.append({"claim": f"{name} keeps the reconstruction (within {KEEPS_DB:g} dB of the VAE) in "
+                                        "most scenes", "holds": (keeps.low if intervals else keeps.value) > 0.5,
+                               "evidence": f"keeps it in {keeps}; gap {methods[name]['gap']}"})
+    return claims
+
+
+def basin_fix_rows(study: dict) -> list[dict]:
+    """For DDIM's wrong-basin scenes: per method, how often it brings the scene back (out of the wrong basin: gap
+    under WRONG_BASIN_DB; and within KEEPS_DB of the VAE)."""
+    return [{"method": name, "n": m["n"], "gap to VAE": str(m["gap"]),
+             f"back (gap < {WRONG_BASIN_DB:g} dB)": str(fixed_rate(study, name)),
+             f"within {KEEPS_DB:g} dB": str(m["keeps"])} for name, m in study["methods"].items()]
+
+
+def fixed_rate(study: dict, name: str):
+    """How often method `name` of a `method_study` on wrong-basin scenes brings the scene back (gap under
+    WRONG_BASIN_DB): a Rate over the scenes it ran on."""
+    m = study["methods"][name]
+    return rate(study["vae"][: m["n"]] - m["psnr"] < WRONG_BASIN_DB)
+
+
+def find_wrong_basins(pipe, image_size: int, first_scene: int, num_steps: int, max_scenes: int, count: int,
+                      batch: int = 16, num_objects: int | None = 1) -> dict:
+    """Search scenes first_scene, first_scene + 1, ... (at most `max_scenes`) for up to `count` scenes that DDIM
+    inversion at w = 1 and S carries into another basin (`find_wrong_basin` for several). Returns
+    dict(scene_seeds [found], gaps [dB], searched)."""
+    from .scenes import scene_draws
+
+    found, gaps, searched = [], [], 0
+    while searched < max_scenes and len(found) < count:
+        seeds = range(first_scene + searched, first_scene + min(max_scenes, searched + batch))
+        draws = scene_draws(image_size, seeds, num_objects=num_objects)
+        gap = vae_psnr(pipe, draws) - reconstruction_psnr(pipe, draws, "ddim", num_steps, 1.0, [1.0])[1.0]
+        for draw, g in zip(draws, gap):
+            if g > WRONG_BASIN_DB and len(found) < count:
+                found.append(draw.scene_seed)
+                gaps.append(float(g))
+        searched += len(draws)
+    return {"scene_seeds": found, "gaps": gaps, "searched": searched}
+
+
+def basin_fix_claims(study: dict) -> list[dict]:
+    """For DDIM's wrong-basin scenes (a `method_study` with `basin_fix_specs`): fixed-point, null-text and
+    edit-friendly bring every one back (gap under WRONG_BASIN_DB); the rate over the scenes, with its small n."""
+    claims = []
+    for name in study["methods"]:
+        if name.split(" (")[0] in ("fixed-point", "null-text", "edit-friendly"):
+            fixed = fixed_rate(study, name)
+            claims.append({"claim": f"{name} brings back every scene DDIM (w = 1, S = {study['num_steps']}) carried "
+                                    "into another basin", "holds": fixed.successes == fixed.n,
+                           "evidence": f"back in {fixed} (scenes {study['scene_seeds']}); gap "
+                                       f"{study['methods'][name]['gap']}"})
+    return claims
+
+
+def method_example_lines(study: dict, count: int) -> list[str]:
+    """Where the worked examples (the first `count` scenes of a `method_study`) depart from what a method usually
+    does: "scene s: <method> ... : this draw is one of the x% (k/n) where it does". [] when every example is typical."""
+    lines = []
+    for name, m in study["methods"].items():
+        for index in range(min(count, m["n"])):
+            seed, gap = study["scene_seeds"][index], float(study["vae"][index] - m["psnr"][index])
+            outcomes = [("keeps", gap < KEEPS_DB, f"keeps its reconstruction (gap {gap:.1f} dB)",
+                         f"loses its reconstruction (gap {gap:.1f} dB)")]
+            if "edited" in m:
+                outcomes.append(("edit_made", bool(m["edited"][index]), "makes the edit", "does not make the edit"))
+            for key, happened, yes, no in outcomes:
+                r = m[key]
+                share = r if happened else rate([False] * r.successes + [True] * (r.n - r.successes))
+                if share.value < 0.5:
+                    lines.append(f"worked example scene {seed}: {name} {yes if happened else no}: this draw is one "
+                                 f"of the {share} of the scenes where it {'does' if happened else 'does not'}")
+    return lines

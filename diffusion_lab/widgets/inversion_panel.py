@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusion_lab.shapes.edits import SHAPE_SWAPS, swap_shape  # noqa: F401  (lab 3's edit prompts)
+
 from .common import ImageView, Panel, cached_inversion, markdown_table, slider
 
 # DDIM paper (Song et al. 2021), Table 2: reconstruction MSE per dimension on CIFAR10 ([0, 1] pixels), eta = 0.
@@ -31,20 +33,6 @@ METHODS = {
     "fixed_point": ("fixed_point", None, "fixed-point", "fixed-point"),
     "direct": ("direct", None, "direct (source rectified)", "direct"),
 }
-
-
-SHAPE_SWAPS = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle", "cross": "circle"}
-
-
-def swap_shape(prompt: str) -> str:
-    """The prompt with its first shape word swapped (circle <-> square, triangle <-> star, cross -> circle): an edit
-    prompt for any shapes caption (unchanged when it names no shape)."""
-    words = prompt.split()
-    for index, word in enumerate(words):
-        if word in SHAPE_SWAPS:
-            words[index] = SHAPE_SWAPS[word]
-            break
-    return " ".join(words)
 
 
 def _uint8(images) -> np.ndarray:
@@ -254,3 +242,22 @@ class InversionPanel(Panel):
             f"reconstruction PSNR {value:.2f} dB; inversion took {result['seconds']:.2f} s "
             f"({'from the cache' if result['seconds'] < 0.05 else 'computed'})"
         )
+
+
+def method_study_figure(study: dict, inputs, vae_images, count: int):
+    """The worked examples of a `studies.inversion.method_study` (its first `count` scenes): per scene the input,
+    the VAE round trip, each method's reconstruction, then each method's edit (when the study made edits)."""
+    from diffusion_lab.viz import image_grid
+
+    methods = {name: m for name, m in study["methods"].items() if m["n"] >= count}
+    columns = [list(inputs[:count]), list(vae_images[:count])]
+    labels = ["input", "VAE"]
+    for name, m in methods.items():
+        columns.append(list(m["reconstructions"][:count]))
+        labels.append(name)
+    for name, m in methods.items():
+        if "edits" in m:
+            columns.append(list(m["edits"][:count]))
+            labels.append("edit " + name)
+    grid = [columns[c][r] for r in range(count) for c in range(len(columns))]
+    return image_grid(grid, columns=len(columns), labels=labels * count, scale=2)

@@ -1,14 +1,13 @@
 """Lab 2 panels and experiments: the generalized posterior q_sigma, eta, sigma-hat, and DDIM's Table 1.
 
-    rows = marginal_check(schedule, z_0)                       # q_sigma keeps q(x_{t-1} | x_0) for every eta
     figure = sigma_figure(schedule, num_steps=10)              # sigma_t(eta) and sigma-hat over the steps
     samples = sample_settings(pipe, prompts, (10, 50), SETTINGS)   # samples, side by side
     table = table1(pipe, steps=(10, 20, 50, 100, 1000), num_samples=16)   # FD + analyzer accuracy
     SamplerPanel(pipe)                                         # eta slider, S, sigma-hat, Run
 
-Every equation is diffusion_lab.posterior's (sigma_from_eta, sigma_hat, sample_generalized_posterior,
-forward_marginal_sample); sampling is sampling.sample with a TextConditionedDenoiser; the sample-quality
-distance is quality.frechet_distance in quality.shapes_features' documented 16-d feature space.
+The marginal check and the Table 1 claims as rates are diffusion_lab.studies.posterior's (marginal_study,
+sampler_study). Every equation is diffusion_lab.posterior's (sigma_from_eta, sigma_hat); sampling is
+sampling.sample with a TextConditionedDenoiser; the sample-quality distance is quality.frechet_distance in quality.shapes_features' documented 16-d feature space.
 """
 
 from __future__ import annotations
@@ -46,57 +45,6 @@ def schedule_of(pipe):
     from diffusion_lab.schedules import NoiseSchedule
 
     return NoiseSchedule.from_scheduler_config(pipe.scheduler)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The marginals are kept: a Monte Carlo check of q_sigma
-# ----------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def marginal_check(schedule, x_0: torch.Tensor, num_steps: int = 10, etas: Sequence[float] = (0.0, 0.5, 1.0),
-                   num_draws: int = 2000, seed: int = 0, pairs: Sequence[int] | None = None) -> list[dict]:
-    """Draw x_t ~ q(x_t | x_0), then x_{t-1} ~ q_sigma(x_{t-1} | x_t, x_0) with the TRUE x_0, and compare the
-    empirical marginal of x_{t-1} with q(x_{t-1} | x_0) = N(sqrt(alpha_bar_{t-1}) x_0, (1 - alpha_bar_{t-1}) I).
-
-    x_0: one example (C, H, W) or (1, C, H, W). For each (t, t_prev) of the S-step subsequence listed by `pairs`
-    (indices; default: first, middle, last) and each eta, and for sigma-hat: the measured mean coefficient
-    <E[x_{t-1}], x_0> / <x_0, x_0> and std of x_{t-1} - coefficient * x_0, next to their targets.
-    """
-    from diffusion_lab.posterior import (
-        forward_marginal_sample, sample_generalized_posterior, sigma_from_eta, sigma_hat,
-    )
-    from diffusion_lab.schedules import timestep_pairs
-
-    x_0 = x_0.reshape(1, -1).double()  # (1, D)
-    all_pairs = timestep_pairs(schedule.timesteps(num_steps))
-    chosen = [all_pairs[i] for i in (pairs if pairs is not None else (0, len(all_pairs) // 2, len(all_pairs) - 1))]
-    generator = torch.Generator().manual_seed(seed)
-    variants = [(f"eta={eta:g}", sigma_from_eta, eta) for eta in etas] + [("sigma-hat", None, None)]
-    rows = []
-    for t, t_prev in chosen:
-        alpha_bar_t, alpha_bar_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-        x_0_batch = x_0.expand(num_draws, -1)
-        x_t = forward_marginal_sample(x_0_batch, alpha_bar_t, generator=generator)  # (N, D)
-        for label, sigma_fn, eta in variants:
-            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype)
-            if sigma_fn is None:  # sigma-hat keeps the eta = 1 mean and adds the larger noise
-                x_prev = sample_generalized_posterior(
-                    x_t, x_0_batch, alpha_bar_t, alpha_bar_prev, sigma_hat(alpha_bar_t, alpha_bar_prev), noise,
-                    mean_sigma_t=sigma_from_eta(alpha_bar_t, alpha_bar_prev, 1.0),
-                )
-            else:
-                sigma = sigma_fn(alpha_bar_t, alpha_bar_prev, eta)
-                x_prev = sample_generalized_posterior(x_t, x_0_batch, alpha_bar_t, alpha_bar_prev, sigma, noise)
-            mean = x_prev.mean(0)
-            coefficient = float((mean @ x_0[0]) / (x_0[0] @ x_0[0]))
-            spread = float((x_prev - coefficient * x_0).std())
-            rows.append({
-                "t -> t_prev": f"{t} -> {t_prev}", "sampler": label,
-                "mean coef": coefficient, "target coef": float(alpha_bar_prev.sqrt()),
-                "std": spread, "target std": float((1 - alpha_bar_prev).sqrt()),
-            })
-    return rows
 
 
 def sigma_figure(schedule, num_steps: int = 10, etas: Sequence[float] = (0.2, 0.5, 1.0)):

@@ -46,7 +46,7 @@ INTERACTIVE = True          # show the panels; False: headless, figures + metric
 MODEL = "shapes-tiny"       # built-in model; on a GPU e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SEED = 11                   # first scene of the sample: scenes SEED, SEED + 1, ... (the first NUM_IMAGES are the
                             # worked examples); also the seed of edit-friendly inversion's noise
-STEPS = None                # S of the method comparison (None: the model's default, 50)
+STEPS = None                # S of the interactive panel and of edit-friendly's section (None: the model's default, 50)
 GUIDANCE = None             # None: 7.5, the guidance null-text and negative-prompt inversion were made for
 NUM_IMAGES = 3              # worked examples (rendered scenes), inverted as one batch
 STUDY_SIZE = 16             # N: scenes of the studies of how often each claim holds (the examples are the first)
@@ -56,6 +56,9 @@ BASIN_SEARCH = 48           # scenes searched after the sample for a wrong-basin
 GUIDANCE_SWEEP = [1.0, 2.5, 5.0, 7.5]
 SWEEP_STEPS = 20            # S of the guidance sweep
 NULL_TEXT_INNER_STEPS = 10  # Adam steps per timestep of null-text inversion (the paper's N)
+METHOD_STEPS = 20           # S of the method study and its figure (null-text costs ~15 s CPU a scene at S 50)
+METHOD_STUDY_SIZE = 8       # N of the method study: the first scenes of the sample (worked examples: its first)
+NULL_TEXT_STUDY_SIZE = 4    # null-text on the first scenes of the method study only (its optimisation is the cost)
 DEVICE = None               # None: cpu for shapes-tiny, the GPU for Stable Diffusion; or "cuda", "cpu", "mps"
 THREADS = None              # CPU threads of torch (None: half the cores, at most 4)
 OUT_DIR = None              # None: outputs/labs/03_ddim_inversion
@@ -80,8 +83,14 @@ pipe = common.get_pipeline(MODEL, device=DEVICE)
 
 from diffusion_lab.widgets import inversion_panel as lab
 if QUICK:
-    NUM_IMAGES, STEPS_SWEEP, GUIDANCE_SWEEP, SWEEP_STEPS, STEPS, NULL_TEXT_INNER_STEPS = 2, [10, 20], [1.0, 7.5], 10, 20, 3
+    NUM_IMAGES, STEPS_SWEEP, GUIDANCE_SWEEP, SWEEP_STEPS, STEPS = 2, [10, 20], [1.0, 7.5], 10, 20
     STUDY_SIZE, BASIN_STEPS, BASIN_SEARCH = 4, 10, 8
+    METHOD_STUDY_SIZE, NULL_TEXT_STUDY_SIZE = 3, 2
+if not NUM_IMAGES <= NULL_TEXT_STUDY_SIZE <= METHOD_STUDY_SIZE <= STUDY_SIZE:
+    raise ValueError(f"NUM_IMAGES = {NUM_IMAGES}, NULL_TEXT_STUDY_SIZE = {NULL_TEXT_STUDY_SIZE}, METHOD_STUDY_SIZE = "
+                     f"{METHOD_STUDY_SIZE}, STUDY_SIZE = {STUDY_SIZE}: the worked examples are the first scenes of the "
+                     "method study, null-text runs on its first scenes, and the method study on the sample's first: "
+                     "choose NUM_IMAGES <= NULL_TEXT_STUDY_SIZE <= METHOD_STUDY_SIZE <= STUDY_SIZE")
 if not 1 <= NUM_IMAGES <= STUDY_SIZE:
     raise ValueError(f"NUM_IMAGES = {NUM_IMAGES}: the worked examples are the first scenes of the study's sample, so "
                      f"choose 1 <= NUM_IMAGES <= STUDY_SIZE = {STUDY_SIZE} (or raise STUDY_SIZE)")
@@ -205,21 +214,56 @@ for name, method in guidance_study["methods"].items():
 # %% [markdown]
 # ## 4. The repair: null-text and negative-prompt inversion, side by side
 #
-# At $w$ = `GUIDANCE`, $S$ = `STEPS`: one row per image — input, VAE, each method's reconstruction, then each
-# method's **edit** (the same inversion sampled with the prompt's shape swapped). An inversion is only useful for
-# editing if it reconstructs *and* stays editable.
+# At $w$ = `GUIDANCE` every method inverts the first `METHOD_STUDY_SIZE` scenes of the sample and samples them back,
+# and samples them again with the caption's shape swapped (the **edit**; `diffusion_lab.shapes.swap_shape`)
+# (`diffusion_lab.studies.inversion.method_study`). An inversion is only useful for editing if it reconstructs
+# *and* stays editable. Per method: the mean gap to each scene's VAE round trip (95% bootstrap interval), how often
+# it **keeps the reconstruction** (within 2 dB of the VAE round trip) and how often its **edit is made** (the
+# analyzer finds the swapped shape with the caption's colour, size and background) and the **layout kept** (the
+# object within the analyzer's tolerance of where it was), rates with 95% Wilson intervals. To fit a lab's time, the
+# study runs at $S$ = `METHOD_STEPS` (20, not `STEPS` = 50: null-text costs about 15 s of CPU per scene at
+# $S = 50$) and null-text on the first `NULL_TEXT_STUDY_SIZE` scenes only (its n says so); the figure shows the
+# first `NUM_IMAGES` scenes of the study (the worked examples).
+#
+# What `python pipelines/claims.py --labs 3m` measured at N = 64 (scenes 11-74, $w = 7.5$, $S = 20$):
+# DDIM inverted at $w = 1$ and at $w$ come back 8.2 dB (95% CI 6.7-9.9) and 11.9 dB (10.1-13.8) below the VAE round
+# trip and keep the reconstruction in 12% (8/64; 95% CI 6-23%) and 3% (2/64; 1-11%) of the scenes. Fixed-point
+# inversion, each guided step solved at $w$, does not repair it either: 9.2 dB (7.6-10.8), keeps 16% (10/64; 9-26%).
+# Null-text and negative-prompt come back 0.82 dB (0.55-1.22) and 0.92 dB (0.72-1.19) below it and keep the
+# reconstruction in 94% (60/64; 85-98%) of the scenes each; null-text gains 7.4 dB (6.1-8.9) over DDIM inverted at
+# $w = 1$, scene by scene. Edit-friendly is exact (0.00 dB; 64/64 within 2 dB). The shape swap is made in 97%
+# (62/64; 89-99%) of the scenes from DDIM's $w = 1$ pivot, 92% (59/64; 83-97%) from null-text, 89% (57/64; 79-95%)
+# from negative-prompt, 83% (53/64; 72-90%) from edit-friendly, 59% (38/64; 47-71%) from DDIM inverted at $w$ and
+# 53% (34/64; 41-65%) from fixed-point; the object stays in place in 75-84% of every method's edits except
+# edit-friendly's, 56% (36/64; 44-68%). Null-text ran on all 64 scenes there.
+#
+# The check: guidance costs both DDIM rows more than 2 dB on average (the interval of the mean gap above 2 dB);
+# null-text and negative-prompt repair it (their gap below DDIM inverted at $w = 1$'s, paired per scene: the
+# interval of the gain above 0); edit-friendly is exact (mean gap under 0.1 dB). A QUICK run checks the estimates.
 
 # %%
-comparison = lab.method_comparison(pipe, images, prompts, GUIDANCE, STEPS, target_prompts=targets,
-                                   inner_steps=NULL_TEXT_INNER_STEPS, vae=vae)
-show(comparison["figure"])
+method_study = inversion_study.method_study(
+    pipe, sample[:METHOD_STUDY_SIZE], inversion_study.method_specs(GUIDANCE), METHOD_STEPS,
+    sample_vae[:METHOD_STUDY_SIZE], seed=SEED, inner_steps=NULL_TEXT_INNER_STEPS,
+    limits={"null-text": NULL_TEXT_STUDY_SIZE})
+comparison_figure = lab.method_study_figure(method_study, inversion_study.inputs_uint8(sample), vae["images"],
+                                            NUM_IMAGES)
+show(comparison_figure)
+show_table(common.markdown_table(inversion_study.method_rows(method_study)))
+common.save_outputs(OUT, {"methods": comparison_figure}, {"method_study": {
+    name: {k: v.as_dict() for k, v in m.items() if k in ("gap", "keeps", "edit_made", "layout_kept")}
+    for name, m in method_study["methods"].items()}})
+for line in inversion_study.method_example_lines(method_study, NUM_IMAGES):
+    print(line)
+for claim in inversion_study.method_claims(method_study, intervals=not QUICK):
+    print(f"{'holds' if claim['holds'] else 'DOES NOT HOLD'}: {claim['claim']} ({claim['evidence']})")
+    assert claim["holds"], f"{claim['claim']}: {claim['evidence']} (try a larger METHOD_STUDY_SIZE)"
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 
-show_table(lab.rows_markdown(comparison["rows"]))  # seconds: wall time of each inversion on this machine (about 0 when
-# the same inversion was cached by an earlier cell)
-common.save_outputs(OUT, {"methods": comparison["figure"]}, {"methods": comparison["rows"]})
+print("CPU seconds per method (inversion, reconstruction and edit):",
+      {name: round(m["seconds"], 1) for name, m in method_study["methods"].items()})
 
 # %% [markdown]
 # ### Try it: method, $S$, $w$ and an edit prompt (inversions are cached: change only the edit prompt and rerun)
@@ -288,6 +332,35 @@ else:
         print(f"  {name:12s} {row['psnr']:5.1f} dB, objects found: {row['objects']}")
     common.save_outputs(OUT, {"wrong_basin": wrong_basin["figure"]},
                         {"wrong_basin": {"scene": basin_scene, **{k: v["psnr"] for k, v in wrong_basin["rows"].items()}}})
+
+# %% [markdown]
+# **Which methods bring a wrong basin back?** Every scene DDIM carried into another basin here (those of the sample,
+# or the example found by the search) is inverted again by the other methods at $S$ = `BASIN_STEPS`: fixed-point and
+# edit-friendly at $w = 1$, where DDIM failed; null-text and negative-prompt at $w$ = `GUIDANCE` on DDIM's own
+# $w = 1$ pivot. Null-text optimises each step's $\varnothing_t$ so that sampling lands on the pivot again, so it
+# corrects the drift step by step; negative-prompt samples with the prompt as the null text, which at any $w$ *is*
+# DDIM at $w = 1$ again: the control. "Back" means the gap to the VAE round trip is under 5 dB; the rate is over the
+# wrong-basin scenes found, a small n (`diffusion_lab.studies.inversion.basin_fix_specs`).
+#
+# What `python pipelines/claims.py --labs 3m` measured (DDIM at $w = 1$, $S = 20$, scenes from 11 on):
+# searching scenes 11-266, DDIM lands in another basin for 3 of the 256 (scenes 30, 156 and 157; mean gap
+# 11.2 dB, 95% CI 7.3-18.9). Fixed-point and edit-friendly inversion at $w = 1$ bring back all 3 (3/3; 95% CI
+# 44-100%; gaps -0.01 and 0.00 dB), and so does null-text at $w = 7.5$ (3/3; gap 1.34 dB, 1.18-1.56);
+# negative-prompt brings back none (0/3): it is DDIM at $w = 1$ again. With n = 3 the rates say "each of the three",
+# not "always".
+
+# %%
+fix_scenes = basin_study["missed_scenes"] or ([basin_scene] if basin_scene is not None else [])
+if fix_scenes:
+    basin_fix = inversion_study.method_study(pipe, scene_draws(image_size(pipe), fix_scenes),
+                                             inversion_study.basin_fix_specs(GUIDANCE), BASIN_STEPS, edits=False,
+                                             seed=SEED, inner_steps=NULL_TEXT_INNER_STEPS)
+    show_table(common.markdown_table(inversion_study.basin_fix_rows(basin_fix)))
+    common.save_outputs(OUT, metrics={"basin_fix": {"scenes": fix_scenes, **{
+        name: inversion_study.fixed_rate(basin_fix, name).as_dict() for name in basin_fix["methods"]}}})
+    for claim in inversion_study.basin_fix_claims(basin_fix):
+        print(f"{'holds' if claim['holds'] else 'DOES NOT HOLD'}: {claim['claim']} ({claim['evidence']})")
+        assert claim["holds"], f"{claim['claim']}: {claim['evidence']}"
 
 # %% [markdown]
 # ## 5. Edit-friendly DDPM inversion: the bridge from lab 2's $\sigma_t$
