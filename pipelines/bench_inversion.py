@@ -24,7 +24,8 @@ instead compares null-text inversion's loops on the same renders at S = 50, w = 
 first value if given), interleaved scene by scene in one process (the order alternates): the paper's loop as
 diffusion-lab ran it before (NullTextSettings.paper(), autograd through the eager UNet:
 DIFFUSION_LAB_TRACED_UNET=inference), the paper's loop on today's runtime (gradients through the traced UNet), and
-the default (NullTextSettings(), gradients traced). Per image: CPU seconds of the process (time.process_time) and
+the default (NullTextSettings(), gradients traced; --inner-steps / --null-text-lr change it, to measure a
+variant). Per image: CPU seconds of the process (time.process_time) and
 wall seconds of `invert` (no VAE), UNet calls (forwards with autograd, backward passes, forwards without), the
 reconstruction's PSNR and its gap to the image's own VAE round trip; per round the ratio of CPU times and the
 worst per-image gap difference (default - paper), checked against --gap-tolerance. Writes null_text_compare.md/json.
@@ -281,8 +282,9 @@ def null_text_calls(inversion) -> dict:
 
 
 def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompts: list[str], vae_psnr: list[float],
-                      steps: int, guidance: float, rounds: int) -> list[dict]:
-    """One row per (round, scene, loop) of NULL_TEXT_LOOPS, interleaved scene by scene."""
+                      steps: int, guidance: float, rounds: int, default_options: dict | None = None) -> list[dict]:
+    """One row per (round, scene, loop) of NULL_TEXT_LOOPS, interleaved scene by scene; `default_options`: invert's
+    null-text keywords for the default loop (e.g. inner_steps, to measure a variant)."""
     from diffusion_lab.metrics import psnr as psnr_of
 
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
@@ -292,8 +294,9 @@ def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompt
         settings, traced = NULL_TEXT_LOOPS[loop]
         os.environ["DIFFUSION_LAB_TRACED_UNET"] = traced
         cpu, wall = time.process_time(), time.perf_counter()
+        options = (default_options or {}) if loop == "default" else {}
         inversion = invert(pipe, None, prompts[index], "null_text", num_steps, guidance,
-                           latents=latents[index : index + 1], null_text_settings=settings, progress=False)
+                           latents=latents[index : index + 1], null_text_settings=settings, progress=False, **options)
         return inversion, time.process_time() - cpu, time.perf_counter() - wall
 
     rows = []
@@ -462,7 +465,9 @@ def null_text_compare_main(args, parser) -> str:
     vae_psnr = [float(v) for v in np.ravel(psnr(decode_latents(pipe, latents, "uint8"), originals))]
     print(f"null-text loops on {len(scenes)} held-out renders of {args.model}, S = {steps}, w = {guidance:g}, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
-    rows = compare_null_text(pipe, originals, latents, prompts, vae_psnr, steps, guidance, args.rounds)
+    default_options = {name: value for name, value in (("inner_steps", args.inner_steps),
+                                                       ("learning_rate", args.null_text_lr)) if value is not None}
+    rows = compare_null_text(pipe, originals, latents, prompts, vae_psnr, steps, guidance, args.rounds, default_options)
     header = (f"Null-text inversion, paper's loop against the default, {args.model}, {len(scenes)} held-out renders "
               f"(seeds {args.seed}...{args.seed + len(scenes) - 1}), S = {steps}, w = {guidance:g}, "
               f"{torch.get_num_threads()} thread(s), interleaved scene by scene; gap = PSNR of the image's VAE round "

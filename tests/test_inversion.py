@@ -18,6 +18,7 @@ from diffusion_lab.inversion import (
     FixedPointSettings,
     Inversion,
     LatentInversion,
+    NullTextSettings,
     anderson_extrapolation,
     ddim_inversion_step,
     invert,
@@ -194,7 +195,7 @@ def test_null_text_loss_decreases_and_fixes_guided_reconstruction(schedule):
     error = lambda inversion: _max_error(reconstruct_with_model(model, inversion, progress=False).sample, x_0)  # noqa: E731
     null_text, ddim, negative = run("null_text"), run("ddim"), run("negative_prompt")
     losses = null_text.diagnostics["null_text_losses"]  # (S, inner_steps)
-    assert losses.shape == (20, 10)
+    assert losses.shape == (20, NullTextSettings().inner_steps)
     first, best = losses[:, 0], torch.nan_to_num(losses, nan=math.inf).min(dim=1).values
     assert (best <= first).all() and best.sum() < 0.7 * first.sum()
     assert len(null_text.unconditional) == 20 and null_text.unconditional[0].shape == (2, 1, 16)
@@ -255,7 +256,7 @@ def _papers_loop(model, pivot, timesteps, text, null, guidance_scale, inner_step
 def test_the_papers_null_text_loop_is_one_argument_away(pipe, image):
     """NullTextSettings.paper() (invert(..., null_text_settings="paper")) is the paper's loop, as before the faster
     default: the same embeddings as an independent re-implementation of `null_optimization`."""
-    from diffusion_lab.inversion import NullTextSettings, optimize_null_text
+    from diffusion_lab.inversion import optimize_null_text
 
     model = ConditionalModel.from_pipeline(pipe)
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
@@ -273,8 +274,6 @@ def test_the_papers_null_text_loop_is_one_argument_away(pipe, image):
 def test_check_first_stops_before_a_step_it_does_not_need(schedule):
     """The default checks the threshold before each Adam step: a step already below it costs one forward and keeps
     its embedding; the paper's loop takes one Adam step there. The last 10% of the steps have a tighter threshold."""
-    from diffusion_lab.inversion import NullTextSettings
-
     model, x_0, prompt = _shifted_model(schedule)
     null = torch.zeros(1, 1, 16)
     timesteps = schedule.timesteps(10)
