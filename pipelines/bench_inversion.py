@@ -311,7 +311,8 @@ def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompt
                     with torch.no_grad():
                         reconstructed = sample(inversion.denoiser(pipe), inversion.z_T, schedule, inversion.timesteps,
                                                progress=False).sample
-                    value = float(np.ravel(psnr_of(decode_latents(pipe, reconstructed, "uint8"), originals[index : index + 1]))[0])
+                    decoded = decode_latents(pipe, reconstructed, "uint8")
+                    value = float(np.ravel(psnr_of(decoded, originals[index : index + 1]))[0])
                     rows.append({"round": round_index, "scene": index, "loop": loop, "cpu_s": cpu, "wall_s": wall,
                                  **null_text_calls(inversion), "psnr": value, "gap": vae_psnr[index] - value})
                 print(f"  round {round_index + 1} scene {index}: " + ", ".join(
@@ -336,18 +337,20 @@ def null_text_comparison_report(rows: list[dict], header: str, tolerance: float)
         for scene in scenes:
             for loop in NULL_TEXT_LOOPS:
                 r = got[scene, loop]
-                lines.append(f"| {scene} | {loop} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['forwards_with_autograd']} | "
-                             f"{r['backward']} | {r['forwards']} | {r['psnr']:.2f} | {r['gap']:.3f} |")
+                lines.append(f"| {scene} | {loop} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | "
+                             f"{r['forwards_with_autograd']} | {r['backward']} | {r['forwards']} | {r['psnr']:.2f} | "
+                             f"{r['gap']:.3f} |")
         total = {loop: sum(got[s, loop]["cpu_s"] for s in scenes) for loop in NULL_TEXT_LOOPS}
         ratios = {base: [got[s, base]["cpu_s"] / got[s, "default"]["cpu_s"] for s in scenes]
                   for base in ("paper, before", "paper")}
         differences = [got[s, "default"]["gap"] - got[s, "paper, before"]["gap"] for s in scenes]
         worst = max(differences)
-        lines += ["", f"CPU s per image: " + ", ".join(f"{loop} {total[loop] / len(scenes):.2f}" for loop in NULL_TEXT_LOOPS)]
+        lines += ["", "CPU s per image: " + ", ".join(f"{loop} {total[loop] / len(scenes):.2f}"
+                                                     for loop in NULL_TEXT_LOOPS)]
         for base, values in ratios.items():
             lines.append(f"{base} / default, CPU time: {total[base] / total['default']:.2f} overall, per image "
                          f"{min(values):.2f} to {max(values):.2f}")
-        lines.append(f"gap to VAE, mean: " + ", ".join(
+        lines.append("gap to VAE, mean: " + ", ".join(
             f"{loop} {np.mean([got[s, loop]['gap'] for s in scenes]):.3f} dB" for loop in NULL_TEXT_LOOPS))
         lines.append(f"[{'PASS' if worst <= tolerance else 'FAIL'}] per image, gap(default) <= gap(paper) + "
                      f"{tolerance:g} dB: worst difference {worst:+.3f} dB (scene {scenes[differences.index(worst)]})")

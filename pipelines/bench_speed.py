@@ -168,7 +168,8 @@ def time_p2p(pipe, rounds: int, steps: int, guidance: float, null_text: bool = F
                  ("repeated edit, before", before_again), ("plain sample, after", sample("after")),
                  ("fresh edit, after", after_fresh), ("repeated edit, after", after_again)]
         if null_text:
-            order += [("null-text inversion, before", inversion("before")), ("null-text inversion, after", inversion("after"))]
+            order += [("null-text inversion, before", inversion("before")),
+                      ("null-text inversion, after", inversion("after"))]
             if round_index % 2:  # alternate which loop runs first
                 order[-2:] = order[-1:-3:-1]
         for name, fn in order:

@@ -188,7 +188,8 @@ def _null_text_settings(pipe, settings: str | NullTextSettings | None) -> NullTe
     if isinstance(settings, NullTextSettings):
         return replace(settings)
     if settings is not None and not isinstance(settings, str):
-        raise TypeError(f"null_text_settings must be 'fast', 'paper' or a NullTextSettings, got {type(settings).__name__}")
+        raise TypeError("null_text_settings must be 'fast', 'paper' or a NullTextSettings, "
+                        f"got {type(settings).__name__}")
     defaults = model_defaults(pipe)
     null_text = NullTextSettings.preset(defaults.null_text_settings if settings is None else settings)
     if settings is None and defaults.null_text_learning_rate is not None:

@@ -157,12 +157,15 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     control = getattr(unet, CONTROL_ATTRIBUTE, None)
     if control is not None and getattr(control, "removed", False):
         control = None
-    if not traces.small or (control is None and not traces.stock_attention()) or (differentiable and control is not None):
+    if not traces.small or (control is None and not traces.stock_attention()):
+        return _eager(unet, sample, t, encoder_hidden_states)
+    if differentiable and control is not None:  # autograd through a controller's effects: eager
         return _eager(unet, sample, t, encoder_hidden_states)
     names, inputs, control_key = (), (), None
     if control is not None:
         control.before_graph_call(sample)  # the controller's key depends on the latent size it observes
-        traceable = setting in ("1", "inference") and control.runtime_traceable(traces.attention_modules, traces.stock_processors)
+        traceable = setting in ("1", "inference") and control.runtime_traceable(traces.attention_modules,
+                                                                                traces.stock_processors)
         control_key = control.trace_key() if traceable else None
         if control_key is None:
             return _eager(unet, sample, t, encoder_hidden_states)
