@@ -17,6 +17,18 @@ printed), results.json (every number, PSNR per image too), psnr.png (PSNR agains
 guidance, the VAE ceiling dashed) and examples.png (a few scenes: render, VAE, each method at the largest S and w).
 Expensive cells (null-text at S = 200 on a CPU) can be left out with --exclude or chosen with --cells: patterns
 METHOD:S:W where any part may be '*'.
+
+    python pipelines/bench_inversion.py --null-text-compare [--compare-scenes 6] [--rounds 2] [--threads 1]
+
+instead compares null-text inversion's loops on the same renders at S = 50, w = 7.5 (--steps / --guidance: their
+first value if given), interleaved scene by scene in one process (the order alternates): the paper's loop as
+diffusion-lab ran it before (NullTextSettings.paper(), autograd through the eager UNet:
+DIFFUSION_LAB_TRACED_UNET=inference), the paper's loop on today's runtime (gradients through the traced UNet), and
+the default (NullTextSettings(), gradients traced; --inner-steps / --null-text-lr change it, to measure a
+variant). Per image: CPU seconds of the process (time.process_time) and
+wall seconds of `invert` (no VAE), UNet calls (forwards with autograd, backward passes, forwards without), the
+reconstruction's PSNR and its gap to the image's own VAE round trip; per round the ratio of CPU times and the
+worst per-image gap difference (default - paper), checked against --gap-tolerance. Writes null_text_compare.md/json.
 """
 
 from __future__ import annotations
@@ -239,6 +251,113 @@ def example_grid(originals: np.ndarray, vae: np.ndarray, examples: dict[str, tup
     canvas.save(path)
 
 
+NULL_TEXT_LOOPS = {  # name: (invert's null_text_settings, DIFFUSION_LAB_TRACED_UNET)
+    "paper, before": ("paper", "inference"),
+    "paper": ("paper", "1"),
+    "default": ("fast", "1"),
+}
+
+
+def null_text_calls(inversion) -> dict:
+    """UNet calls of a null-text inversion (batch 1), counted from its losses and settings: the w = 1 pivot's
+    forwards, the conditional forward of each step, forwards with autograd (one per recorded loss), backward
+    passes (one per Adam step) and the forward of the sampling step after each inner loop (batch 2 in the paper's
+    loop; none where check_first stopped on a forward that already gave it)."""
+    from diffusion_lab.inversion import NullTextSettings
+
+    losses = inversion.diagnostics["null_text_losses"]  # (S, inner_steps)
+    settings = NullTextSettings(**{k: v for k, v in inversion.settings.items()
+                                   if k in NullTextSettings.__dataclass_fields__})
+    steps = losses.shape[0]
+    recorded = (~torch.isnan(losses)).sum(dim=1)  # (S,)
+    stopped_before_a_step = 0
+    if settings.check_first:
+        for i in range(steps):
+            last = float(losses[i, int(recorded[i]) - 1])
+            stopped_before_a_step += last < settings.threshold(i, steps)
+    forwards_with_autograd = int(recorded.sum())
+    return {"forwards_with_autograd": forwards_with_autograd,
+            "backward": forwards_with_autograd - stopped_before_a_step,
+            "forwards": 2 * steps + (steps - stopped_before_a_step)}
+
+
+def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompts: list[str], vae_psnr: list[float],
+                      steps: int, guidance: float, rounds: int, default_options: dict | None = None) -> list[dict]:
+    """One row per (round, scene, loop) of NULL_TEXT_LOOPS, interleaved scene by scene; `default_options`: invert's
+    null-text keywords for the default loop (e.g. inner_steps, to measure a variant)."""
+    from diffusion_lab.metrics import psnr as psnr_of
+
+    schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
+    previous = os.environ.get("DIFFUSION_LAB_TRACED_UNET")
+
+    def run(index: int, loop: str, num_steps: int = steps):
+        settings, traced = NULL_TEXT_LOOPS[loop]
+        os.environ["DIFFUSION_LAB_TRACED_UNET"] = traced
+        cpu, wall = time.process_time(), time.perf_counter()
+        options = (default_options or {}) if loop == "default" else {}
+        inversion = invert(pipe, None, prompts[index], "null_text", num_steps, guidance,
+                           latents=latents[index : index + 1], null_text_settings=settings, progress=False, **options)
+        return inversion, time.process_time() - cpu, time.perf_counter() - wall
+
+    rows = []
+    try:
+        for loop in NULL_TEXT_LOOPS:  # warm-up: every trace made (the first image of a session pays ~1 s for it)
+            run(0, loop, 10)
+        for round_index in range(rounds):
+            for index in range(len(prompts)):
+                order = list(NULL_TEXT_LOOPS) if (round_index + index) % 2 == 0 else list(NULL_TEXT_LOOPS)[::-1]
+                for loop in order:
+                    inversion, cpu, wall = run(index, loop)
+                    with torch.no_grad():
+                        reconstructed = sample(inversion.denoiser(pipe), inversion.z_T, schedule, inversion.timesteps,
+                                               progress=False).sample
+                    decoded = decode_latents(pipe, reconstructed, "uint8")
+                    value = float(np.ravel(psnr_of(decoded, originals[index : index + 1]))[0])
+                    rows.append({"round": round_index, "scene": index, "loop": loop, "cpu_s": cpu, "wall_s": wall,
+                                 **null_text_calls(inversion), "psnr": value, "gap": vae_psnr[index] - value})
+                print(f"  round {round_index + 1} scene {index}: " + ", ".join(
+                    f"{r['loop']} {r['cpu_s']:.2f} s {r['gap']:.3f} dB" for r in rows[-len(order):]), flush=True)
+    finally:
+        if previous is None:
+            os.environ.pop("DIFFUSION_LAB_TRACED_UNET", None)
+        else:
+            os.environ["DIFFUSION_LAB_TRACED_UNET"] = previous
+    return rows
+
+
+def null_text_comparison_report(rows: list[dict], header: str, tolerance: float) -> str:
+    """Per round: a table per image and loop, the CPU-time ratios and the worst per-image gap difference."""
+    lines = [header, ""]
+    for round_index in sorted({r["round"] for r in rows}):
+        got = {(r["scene"], r["loop"]): r for r in rows if r["round"] == round_index}
+        scenes = sorted({scene for scene, _ in got})
+        lines += [f"Round {round_index + 1}:", "",
+                  "| scene | loop | CPU (s) | wall (s) | forwards with autograd | backward | other forwards | PSNR (dB) | "
+                  "gap to VAE (dB) |", "|---|---|---|---|---|---|---|---|---|"]
+        for scene in scenes:
+            for loop in NULL_TEXT_LOOPS:
+                r = got[scene, loop]
+                lines.append(f"| {scene} | {loop} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | "
+                             f"{r['forwards_with_autograd']} | {r['backward']} | {r['forwards']} | {r['psnr']:.2f} | "
+                             f"{r['gap']:.3f} |")
+        total = {loop: sum(got[s, loop]["cpu_s"] for s in scenes) for loop in NULL_TEXT_LOOPS}
+        ratios = {base: [got[s, base]["cpu_s"] / got[s, "default"]["cpu_s"] for s in scenes]
+                  for base in ("paper, before", "paper")}
+        differences = [got[s, "default"]["gap"] - got[s, "paper, before"]["gap"] for s in scenes]
+        worst = max(differences)
+        lines += ["", "CPU s per image: " + ", ".join(f"{loop} {total[loop] / len(scenes):.2f}"
+                                                     for loop in NULL_TEXT_LOOPS)]
+        for base, values in ratios.items():
+            lines.append(f"{base} / default, CPU time: {total[base] / total['default']:.2f} overall, per image "
+                         f"{min(values):.2f} to {max(values):.2f}")
+        lines.append("gap to VAE, mean: " + ", ".join(
+            f"{loop} {np.mean([got[s, loop]['gap'] for s in scenes]):.3f} dB" for loop in NULL_TEXT_LOOPS))
+        lines.append(f"[{'PASS' if worst <= tolerance else 'FAIL'}] per image, gap(default) <= gap(paper) + "
+                     f"{tolerance:g} dB: worst difference {worst:+.3f} dB (scene {scenes[differences.index(worst)]})")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes-tiny", help="'shapes-tiny', a diffusers folder, or a hub id")
@@ -260,7 +379,15 @@ def main(argv=None) -> str:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     parser.add_argument("--out", default="outputs/bench_inversion")
     parser.add_argument("--quick", action="store_true", help="tiny run: 2 scenes, S in {2, 4}, w in {1, 7.5}")
+    parser.add_argument("--null-text-compare", action="store_true",
+                        help="compare null-text's loops (paper, default) per image instead (see above)")
+    parser.add_argument("--compare-scenes", type=int, default=6, help="--null-text-compare: held-out scenes")
+    parser.add_argument("--rounds", type=int, default=2, help="--null-text-compare: rounds over the scenes")
+    parser.add_argument("--gap-tolerance", type=float, default=0.05,
+                        help="--null-text-compare: dB by which the default's gap may exceed the paper's per image")
     args = parser.parse_args(argv)
+    if args.null_text_compare:
+        return null_text_compare_main(args, parser)
     if args.quick:
         args.scenes, args.steps, args.guidance = 2, [2, 4], [1.0, 7.5]
         args.inner_steps = args.inner_steps or 2
@@ -321,6 +448,38 @@ def main(argv=None) -> str:
         example_grid(originals, vae, examples, out / "examples.png")
     print(text)
     print(f"written to {out.resolve()}")
+    return text
+
+
+def null_text_compare_main(args, parser) -> str:
+    steps = args.steps[0] if args.steps != parser.get_default("steps") else 50
+    guidance = args.guidance[0] if args.guidance != parser.get_default("guidance") else 7.5
+    if args.quick:
+        args.compare_scenes, args.rounds, steps = 2, 1, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.model, device=args.device, dtype="float32")
+    scenes = [random_scene(args.seed + i) for i in range(args.compare_scenes)]
+    originals = np.stack([render(scene, size=image_size(pipe)).image for scene in scenes])
+    prompts = [caption(scene) for scene in scenes]
+    latents = encode_images(pipe, originals)
+    vae_psnr = [float(v) for v in np.ravel(psnr(decode_latents(pipe, latents, "uint8"), originals))]
+    print(f"null-text loops on {len(scenes)} held-out renders of {args.model}, S = {steps}, w = {guidance:g}, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
+    default_options = {name: value for name, value in (("inner_steps", args.inner_steps),
+                                                       ("learning_rate", args.null_text_lr)) if value is not None}
+    rows = compare_null_text(pipe, originals, latents, prompts, vae_psnr, steps, guidance, args.rounds, default_options)
+    header = (f"Null-text inversion, paper's loop against the default, {args.model}, {len(scenes)} held-out renders "
+              f"(seeds {args.seed}...{args.seed + len(scenes) - 1}), S = {steps}, w = {guidance:g}, "
+              f"{torch.get_num_threads()} thread(s), interleaved scene by scene; gap = PSNR of the image's VAE round "
+              "trip - PSNR of the reconstruction")
+    text = null_text_comparison_report(rows, header, args.gap_tolerance)
+    (out / "null_text_compare.md").write_text(text)
+    (out / "null_text_compare.json").write_text(json.dumps({"model": args.model, "steps": steps, "guidance": guidance,
+                                                            "vae_psnr": vae_psnr, "rows": rows}, indent=2))
+    print(text)
     return text
 
 

@@ -9,9 +9,11 @@ and Prompt-to-Prompt against its limit.
 source edited again with another word, each "before" (the controlled UNet eager, no source cache: what diffusion-lab
 did before the traced controlled path and the recorded source, DIFFUSION_LAB_TRACED_UNET=plain, source_cache=False)
 and "after" (the defaults; before also ran every 16x16 call on native convolutions, after runs traced calls of 2 rows or more
-on oneDNN); with --null-text also one null-text inversion per round (a held-out render), and it
-prints the ratios fresh / (2 x sample) and repeated / sample: the limits are 1 and 1 (the control costs nothing, a
-repeated edit runs only its target).
+on oneDNN); with --null-text also one null-text inversion of a held-out render per round, before (the paper's
+loop, NullTextSettings.paper(), with gradients through the eager UNet) and after (the default loop, gradients
+through the traced UNet; per-image fidelity of both: bench_inversion.py --null-text-compare), and it prints the
+ratios fresh / (2 x sample) and repeated / sample (the limits are 1 and 1: the control costs nothing, a repeated
+edit runs only its target) and null-text before / after.
 
 For the traced UNet (diffusion_lab/runtime/traced_unet.py: what plain sampling on a CPU uses) and the eager one, and for
 each CPU convolution backend (auto = what diffusion-lab picks, onednn = PyTorch's default, native = PyTorch's own
@@ -135,20 +137,24 @@ def time_p2p(pipe, rounds: int, steps: int, guidance: float, null_text: bool = F
             text_to_image(pipe, [source], num_steps=steps, guidance_scale=guidance, progress=False)
         return run
 
-    def inversion():
+    def inversion(mode: str):
+        """Null-text inversion of the round's held-out render: the paper's loop before, the default after."""
         from diffusion_lab.inversion import invert
         from diffusion_lab.latents import image_size
         from diffusion_lab.shapes import caption, random_scene, render
 
-        scene = random_scene(1_000_000 + len(results["null-text inversion"]))
-        invert(pipe, render(scene, size=image_size(pipe)).image, caption(scene), method="null_text", num_steps=steps,
-               progress=False)
+        def run():
+            use(mode)
+            scene = random_scene(1_000_000 + len(results[f"null-text inversion, {mode}"]))
+            invert(pipe, render(scene, size=image_size(pipe)).image, caption(scene), method="null_text",
+                   num_steps=steps, null_text_settings="paper" if mode == "before" else None, progress=False)
+        return run
 
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in (
         "plain sample, before", "fresh edit, before", "repeated edit, before", "plain sample, after",
         "fresh edit, after", "repeated edit, after")}
     if null_text:
-        results["null-text inversion"] = []
+        results["null-text inversion, before"], results["null-text inversion, after"] = [], []
     with torch.inference_mode():
         for _ in range(CALLS_BEFORE_TRACING // steps + 2):  # warm-up: every graph traced
             sample("after")()
@@ -162,9 +168,12 @@ def time_p2p(pipe, rounds: int, steps: int, guidance: float, null_text: bool = F
                  ("repeated edit, before", before_again), ("plain sample, after", sample("after")),
                  ("fresh edit, after", after_fresh), ("repeated edit, after", after_again)]
         if null_text:
-            order.append(("null-text inversion", inversion))
+            order += [("null-text inversion, before", inversion("before")),
+                      ("null-text inversion, after", inversion("after"))]
+            if round_index % 2:  # alternate which loop runs first
+                order[-2:] = order[-1:-3:-1]
         for name, fn in order:
-            with torch.inference_mode() if name != "null-text inversion" else torch.no_grad():
+            with torch.inference_mode() if not name.startswith("null-text") else torch.no_grad():
                 results[name].append(_clocked(fn))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {v[-1][0]:.2f}" for n, v in results.items()), flush=True)
     use("after")
@@ -186,6 +195,10 @@ def p2p_table(results: dict, model: str, steps: int, guidance: float, rounds: in
         lines.append(f"{when}: fresh edit / (2 x sample) = {fresh[0] / (2 * sample[0]):.2f} CPU "
                      f"({fresh[1] / (2 * sample[1]):.2f} wall); repeated edit / sample = {again[0] / sample[0]:.2f} CPU "
                      f"({again[1] / sample[1]:.2f} wall)")
+    if "null-text inversion, before" in median:
+        before, after = median["null-text inversion, before"], median["null-text inversion, after"]
+        lines.append(f"null-text inversion, paper's loop before / default after = {before[0] / after[0]:.2f} CPU "
+                     f"({before[1] / after[1]:.2f} wall)")
     return lines
 
 
@@ -203,7 +216,8 @@ def main(argv=None) -> str:
     parser.add_argument("--out", default="outputs/bench_speed.md")
     parser.add_argument("--p2p", action="store_true", help="Prompt-to-Prompt against its limit (see above) instead")
     parser.add_argument("--rounds", type=int, default=5, help="--p2p: interleaved rounds")
-    parser.add_argument("--null-text", action="store_true", help="--p2p: also one null-text inversion per round")
+    parser.add_argument("--null-text", action="store_true",
+                        help="--p2p: also one null-text inversion per round, the paper's loop and the default")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

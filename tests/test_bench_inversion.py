@@ -32,3 +32,19 @@ def test_quick_run_writes_the_table_and_psnr_per_image(bench, tmp_path):
         assert len(per_image) == 2 and np.mean(per_image) == pytest.approx(row["psnr"]["mean"], abs=1e-3)
     assert "[PASS] edit-friendly reconstruction = VAE ceiling" in text
     assert (tmp_path / "results.md").read_text() == text and (tmp_path / "psnr.png").exists()
+
+
+def test_null_text_comparison_states_the_ratio_and_the_worst_per_image_gap(bench):
+    """--null-text-compare's report: CPU-time ratios paper / default, and PASS only if EVERY image's gap with the
+    default is within the tolerance of its gap with the paper's loop (a mean would hide one worse image)."""
+    def row(scene, loop, cpu, gap):
+        return {"round": 0, "scene": scene, "loop": loop, "cpu_s": cpu, "wall_s": cpu, "forwards_with_autograd": 1,
+                "backward": 1, "forwards": 1, "psnr": 30.0 - gap, "gap": gap}
+
+    rows = [row(0, "paper, before", 12.0, 0.30), row(0, "paper", 9.0, 0.30), row(0, "default", 4.0, 0.10),
+            row(1, "paper, before", 9.0, 0.05), row(1, "paper", 7.0, 0.05), row(1, "default", 3.0, 0.09)]
+    text = bench.null_text_comparison_report(rows, "header", 0.05)
+    assert "paper, before / default, CPU time: 3.00 overall, per image 3.00 to 3.00" in text
+    assert "paper / default, CPU time: 2.29 overall" in text
+    assert "[PASS] per image, gap(default) <= gap(paper) + 0.05 dB: worst difference +0.040 dB (scene 1)" in text
+    assert "[FAIL]" in bench.null_text_comparison_report(rows, "header", 0.03)

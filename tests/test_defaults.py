@@ -59,14 +59,18 @@ def test_generation_and_editing_share_the_models_default_guidance():
 
 def test_invert_takes_its_defaults_from_the_models_defaults(monkeypatch):
     """invert(guidance_scale=None) inverts for models.defaults.inversion_guidance(method, pipe), and null-text's
-    learning rate is the model's ModelDefaults.null_text_learning_rate (NullTextSettings keeps the paper's 1e-2)."""
+    loop is the model's ModelDefaults.null_text_settings ("fast" for shapes-tiny, the paper's for Stable Diffusion)
+    with its null_text_learning_rate where set."""
     import dataclasses
 
     from diffusion_lab.inversion import METHODS, NullTextSettings, invert
     from diffusion_lab.models import defaults
 
     assert set(defaults.INVERSION_GUIDANCE) == set(METHODS)  # every method has a default guidance, and only they
-    assert NullTextSettings().learning_rate == model_defaults(SHAPES_TINY).null_text_learning_rate == 1e-2
+    assert NullTextSettings.paper().learning_rate == 1e-2 and NullTextSettings().learning_rate == 0.1
+    assert model_defaults(SHAPES_TINY).null_text_settings == "fast"
+    assert model_defaults(STABLE_DIFFUSION).null_text_settings == "paper"
+    assert model_defaults(SHAPES_TINY).null_text_learning_rate is None  # the settings' own rate
     pipe = build_tiny_random_pipeline()
     size = pipe.unet.config.sample_size
     latents = torch.randn(1, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
@@ -81,3 +85,7 @@ def test_invert_takes_its_defaults_from_the_models_defaults(monkeypatch):
     explicit = invert(pipe, None, "a cat", method="null_text", num_steps=1, guidance_scale=2.0, latents=latents,
                       inner_steps=1, learning_rate=0.2, progress=False)
     assert explicit.guidance_scale == 2.0 and explicit.settings["learning_rate"] == 0.2
+    assert inversion.settings["check_first"] is False  # the tiny random pipeline is Stable Diffusion: the paper's
+    fast = invert(pipe, None, "a cat", method="null_text", num_steps=1, latents=latents, null_text_settings="fast",
+                  progress=False)
+    assert fast.settings == {**dataclasses.asdict(NullTextSettings()), "eta": 0.0, "prediction_type": "epsilon"}

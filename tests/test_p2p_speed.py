@@ -171,13 +171,16 @@ def test_bench_speed_p2p_measures_before_and_after_with_the_ratios(tiny, import_
     monkeypatch.setattr(bench, "CALLS_BEFORE_TRACING", 2)  # warm-up length only
     for name, default in (("DIFFUSION_LAB_TRACED_UNET", "1"), ("DIFFUSION_LAB_CPU_CONVOLUTIONS", "auto")):
         monkeypatch.setenv(name, os.environ.get(name, default))  # the bench sets them: restored after the test
-    results = bench.time_p2p(tiny, rounds=1, steps=2, guidance=5.0)
+    monkeypatch.setattr("diffusion_lab.shapes.caption", lambda scene: "a red circle")  # the tiny tokenizer: 16 tokens
+    results = bench.time_p2p(tiny, rounds=1, steps=2, guidance=5.0, null_text=True)
     assert set(results) == {"plain sample, before", "fresh edit, before", "repeated edit, before",
-                            "plain sample, after", "fresh edit, after", "repeated edit, after"}
+                            "plain sample, after", "fresh edit, after", "repeated edit, after",
+                            "null-text inversion, before", "null-text inversion, after"}
     assert all(len(values) == 1 and values[0][0] > 0 and values[0][1] > 0 for values in results.values())
     lines = bench.p2p_table(results, "tiny", 2, 5.0, 1)
     assert any(line.startswith("after: fresh edit / (2 x sample) = ") and "repeated edit / sample = " in line
                for line in lines)
+    assert any(line.startswith("null-text inversion, paper's loop before / default after = ") for line in lines)
     assert os.environ["DIFFUSION_LAB_TRACED_UNET"] == "1" and os.environ["DIFFUSION_LAB_CPU_CONVOLUTIONS"] == "auto"
 
 

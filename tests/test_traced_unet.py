@@ -85,3 +85,26 @@ def test_a_failing_trace_falls_back_to_eager_with_one_warning(unet_and_inputs, m
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             unet_sample(unet, x, 500, text)  # no second warning
+
+
+def test_differentiated_calls_are_traced_with_the_eager_gradients(unet_and_inputs, monkeypatch):
+    """With autograd on (null-text inversion's inner loop) a plain call runs a trace that is not frozen: the same
+    output and the same gradient in the text embeddings as the eager UNet; =inference leaves them eager."""
+    unet, x, text = unet_and_inputs
+
+    def output_and_gradient():
+        embeddings = text.clone().requires_grad_(True)
+        output = unet_sample(unet, x, 500, embeddings)
+        (gradient,) = torch.autograd.grad(output.square().sum(), [embeddings])
+        return output.detach(), gradient
+
+    monkeypatch.setenv("DIFFUSION_LAB_TRACED_UNET", "inference")
+    for _ in range(CALLS_BEFORE_TRACING + 1):
+        eager_output, eager_gradient = output_and_gradient()
+    assert not _traces(unet).graphs
+    monkeypatch.setenv("DIFFUSION_LAB_TRACED_UNET", "1")
+    for _ in range(CALLS_BEFORE_TRACING + 1):
+        output, gradient = output_and_gradient()
+    assert len(_traces(unet).graphs) == 1 and next(iter(_traces(unet).graphs))[-1] is True  # the differentiable key
+    assert torch.allclose(output, eager_output, atol=1e-5)
+    assert torch.allclose(gradient, eager_gradient, atol=1e-5, rtol=1e-4)

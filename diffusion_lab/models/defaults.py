@@ -57,7 +57,9 @@ class ModelDefaults:
     tuned_self_replace_steps: the self_replace_steps the P2P benchmark measured best for this model (README,
         "How long P2P injects the source's self-attention"); not applied by default, so every stored number
         stays the one of P2P's own default;
-    null_text_learning_rate: Adam's learning rate of null-text inversion (the paper's 1e-2);
+    null_text_settings: the null-text inversion loop `invert` runs by default: "fast" (NullTextSettings(), measured
+        on shapes-tiny: README, "Null-text inversion, faster") or "paper" (NullTextSettings.paper(), Mokady et al.);
+    null_text_learning_rate: Adam's learning rate of null-text inversion (None: that of null_text_settings);
     tuned_null_text_learning_rate: the rate the inversion benchmark measured best at few steps (README,
         "Inversion fidelity"); pass it as `invert(..., learning_rate=...)`.
     """
@@ -72,7 +74,8 @@ class ModelDefaults:
     cross_replace_steps: float = CROSS_REPLACE_STEPS
     self_replace_steps: float = SELF_REPLACE_STEPS
     tuned_self_replace_steps: float | None = None
-    null_text_learning_rate: float = 1e-2
+    null_text_settings: str = "paper"
+    null_text_learning_rate: float | None = None
     tuned_null_text_learning_rate: float | None = None
 
     def as_dict(self) -> dict:
@@ -88,7 +91,7 @@ class ModelDefaults:
 _FAMILY_DEFAULTS = {
     SHAPES_TINY: ModelDefaults(
         SHAPES_TINY, image_size=64, guidance_scale=5.0, tuned_self_replace_steps=0.6,
-        tuned_null_text_learning_rate=0.1,
+        tuned_null_text_learning_rate=0.1, null_text_settings="fast",
     ),
     STABLE_DIFFUSION: ModelDefaults(STABLE_DIFFUSION, image_size=512, guidance_scale=7.5),
 }

@@ -7,7 +7,8 @@ tricks that leave the numbers as they are (to ~1e-6):
     convolution_backend.py   PyTorch's native CPU convolution kernels instead of oneDNN for small latents
                              (DIFFUSION_LAB_CPU_CONVOLUTIONS=auto|onednn|native)
     traced_unet.py           a frozen TorchScript trace of a small UNet for CPU inference, also with a
-                             Prompt-to-Prompt controller registered (DIFFUSION_LAB_TRACED_UNET=1|plain|0)
+                             Prompt-to-Prompt controller registered, also with autograd on
+                             (DIFFUSION_LAB_TRACED_UNET=1|inference|plain|0)
 Benchmarks reset the trace with `forget_traces(unet)` (the first sample then pays for tracing) and read
 `CALLS_BEFORE_TRACING`. Measured speed-ups: README, "Speed" (`python pipelines/bench_speed.py`).
 """

@@ -7,7 +7,9 @@ and later calls run in the TorchScript interpreter (the speed-up: README, "Speed
 `python pipelines/bench_speed.py`).
 
 It is used only where it cannot change a result (outputs agree with the eager UNet to ~1e-6):
-- the UNet is on the CPU, autograd is off (torch.no_grad / torch.inference_mode), no extra UNet arguments;
+- the UNet is on the CPU, in eval mode, no extra UNet arguments;
+- with autograd on (null-text inversion differentiates the UNet in its text embeddings) only without a controller,
+  through a trace that is not frozen (autograd runs through the graph: gradients agree with the eager ones to ~1e-6);
 - every attention layer runs one of diffusers' stock processors, or a Prompt-to-Prompt controller registered with
   attention.register_attention_control whose class is marked traceable: the controller's per-step tensors (the
   replacement schedule's alpha, the edit's mappers, a replayed source's attention) are inputs of the graph and its
@@ -18,7 +20,7 @@ It is used only where it cannot change a result (outputs agree with the eager UN
 A trace is made only after `CALLS_BEFORE_TRACING` eager calls with the same weights and input sizes (tracing
 takes about a second), so short runs, tests and one-off calls never pay for it. The batch size may change
 between calls; the latent and text sizes are part of the key. Set DIFFUSION_LAB_TRACED_UNET=0 to turn it off
-(=plain: only calls without a controller).
+(=plain: only calls without a controller and without autograd; =inference: only calls without autograd).
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ _EAGER = object()  # the "trace" of a key whose tracing failed
 
 
 def traced_unet_setting() -> str:
-    """DIFFUSION_LAB_TRACED_UNET: "1" (default: plain and controlled calls), "plain" (only calls without an
-    attention controller, as before controlled calls were traced) or "0" (never)."""
+    """DIFFUSION_LAB_TRACED_UNET: "1" (default: plain, controlled and differentiated calls), "plain" (only calls
+    without an attention controller and without autograd, as before controlled calls were traced), "inference"
+    (only calls without autograd, as before null-text's gradients were traced) or "0" (never)."""
     value = os.environ.get("DIFFUSION_LAB_TRACED_UNET", "1").strip().lower()
-    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on", "", "plain"):
-        raise ValueError(f"DIFFUSION_LAB_TRACED_UNET={value!r}: use 1 (on), plain (only without a controller) or 0 (off)")
-    return "plain" if value == "plain" else "1" if value in ("1", "true", "yes", "on", "") else "0"
+    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on", "", "plain", "inference"):
+        raise ValueError(f"DIFFUSION_LAB_TRACED_UNET={value!r}: use 1 (on), plain (only without a controller or "
+                         "autograd), inference (only without autograd) or 0 (off)")
+    if value in ("plain", "inference"):
+        return value
+    return "1" if value in ("1", "true", "yes", "on", "") else "0"
 
 
 def traced_unet_enabled() -> bool:
@@ -115,7 +121,8 @@ def _traces(unet: nn.Module) -> _UNetTraces:
 
 
 def _trace(unet: nn.Module, sample: Tensor, timesteps: Tensor, embeddings: Tensor, wrapper: nn.Module | None = None,
-           inputs: tuple = ()) -> torch.jit.ScriptModule:
+           inputs: tuple = (), differentiable: bool = False) -> torch.jit.ScriptModule:
+    """The traced call; frozen (weights folded in) unless `differentiable` (autograd runs through it)."""
     was_training = unet.training
     unet.eval()
     try:
@@ -123,7 +130,7 @@ def _trace(unet: nn.Module, sample: Tensor, timesteps: Tensor, embeddings: Tenso
             warnings.simplefilter("ignore")  # TracerWarnings about shape checks that are constant for these sizes
             wrapper = _PositionalUNet(unet) if wrapper is None else wrapper
             traced = torch.jit.trace(wrapper, (sample, timesteps, embeddings, *inputs), check_trace=False)
-            return torch.jit.freeze(traced.eval())
+            return traced.eval() if differentiable else torch.jit.freeze(traced.eval())
     finally:
         unet.train(was_training)
 
@@ -142,7 +149,9 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     from diffusers import UNet2DConditionModel
 
     plain = isinstance(unet, UNet2DConditionModel) and not unet.training and not unet_kwargs
-    if not plain or torch.is_grad_enabled() or sample.device.type != "cpu" or not traced_unet_enabled():
+    setting = traced_unet_setting()
+    differentiable = torch.is_grad_enabled()
+    if not plain or sample.device.type != "cpu" or setting == "0" or (differentiable and setting != "1"):
         return _eager(unet, sample, t, encoder_hidden_states, **unet_kwargs)
     traces = _traces(unet)
     control = getattr(unet, CONTROL_ATTRIBUTE, None)
@@ -150,10 +159,13 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
         control = None
     if not traces.small or (control is None and not traces.stock_attention()):
         return _eager(unet, sample, t, encoder_hidden_states)
+    if differentiable and control is not None:  # autograd through a controller's effects: eager
+        return _eager(unet, sample, t, encoder_hidden_states)
     names, inputs, control_key = (), (), None
     if control is not None:
         control.before_graph_call(sample)  # the controller's key depends on the latent size it observes
-        traceable = traced_unet_setting() == "1" and control.runtime_traceable(traces.attention_modules, traces.stock_processors)
+        traceable = setting in ("1", "inference") and control.runtime_traceable(traces.attention_modules,
+                                                                                traces.stock_processors)
         control_key = control.trace_key() if traceable else None
         if control_key is None:
             return _eager(unet, sample, t, encoder_hidden_states)
@@ -165,7 +177,7 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
     timesteps = torch.as_tensor(t, device=sample.device)
     timesteps = timesteps.reshape(-1).expand(sample.shape[0]) if timesteps.numel() == 1 else timesteps
     key = (tuple(sample.shape[1:]), sample.dtype, tuple(encoder_hidden_states.shape[1:]), encoder_hidden_states.dtype,
-           timesteps.dtype, control_key)
+           timesteps.dtype, control_key, differentiable)
     if control is not None:
         key = (tuple(sample.shape),) + key  # the controller's batch layout is part of its operations
     graph = traces.graphs.get(key)
@@ -175,7 +187,7 @@ def unet_sample(unet: nn.Module, sample: Tensor, t: int | Tensor, encoder_hidden
             return _eager(unet, sample, t, encoder_hidden_states, traceable=True)
         try:
             wrapper = None if control is None else _ControlledPositionalUNet(unet, control, names)
-            graph = _trace(unet, sample, timesteps, encoder_hidden_states, wrapper, inputs)
+            graph = _trace(unet, sample, timesteps, encoder_hidden_states, wrapper, inputs, differentiable)
             if wrapper is not None:
                 traces.schemas[key] = wrapper.schema
         except Exception as error:  # a PyTorch without TorchScript, an untraceable UNet: stay eager, say so once
