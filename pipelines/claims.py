@@ -172,7 +172,8 @@ def lab3(pipe, n: int, quick: bool) -> dict:
     }
 
 
-LAB3_METHOD_DEFAULTS = dict(first_scene=11, num_steps=20, guidance=7.5, inner_steps=10, null_text_n=None,
+LAB3_METHOD_DEFAULTS = dict(first_scene=11, num_steps=20, guidance=7.5, inner_steps=10, null_text_settings="paper",
+                            null_text_n=None,
                             basin_steps=20, basin_search=256, basin_count=8, seed=11)
 
 
@@ -191,7 +192,8 @@ def lab3_methods(pipe, n: int, quick: bool) -> dict:
     draws = scene_draws(image_size(pipe), range(settings["first_scene"], settings["first_scene"] + n), num_objects=1)
     limits = {"null-text": settings["null_text_n"]} if settings["null_text_n"] else None
     study = study_lib.method_study(pipe, draws, study_lib.method_specs(settings["guidance"]), settings["num_steps"],
-                                   seed=settings["seed"], inner_steps=settings["inner_steps"], limits=limits)
+                                   seed=settings["seed"], inner_steps=settings["inner_steps"], limits=limits,
+                                   null_text_settings=settings["null_text_settings"])
     title = f"methods at w = {settings['guidance']:g}, S = {settings['num_steps']}"
     table = [{"study": title, **row} for row in study_lib.method_rows(study)]
     claims = study_lib.method_claims(study, intervals=not quick, keep_rates=True)
@@ -204,7 +206,8 @@ def lab3_methods(pipe, n: int, quick: bool) -> dict:
     if search["scene_seeds"]:
         fix = study_lib.method_study(pipe, scene_draws(image_size(pipe), search["scene_seeds"]),
                                      study_lib.basin_fix_specs(settings["guidance"]), settings["basin_steps"],
-                                     edits=False, seed=settings["seed"], inner_steps=settings["inner_steps"])
+                                     edits=False, seed=settings["seed"], inner_steps=settings["inner_steps"],
+                                     null_text_settings=settings["null_text_settings"])
         table += [{"study": f"DDIM's wrong basins (w = 1, S = {settings['basin_steps']}; scenes {search['scene_seeds']}"
                             f" of {search['searched']} searched)", **row} for row in study_lib.basin_fix_rows(fix)]
         claims += study_lib.basin_fix_claims(fix)

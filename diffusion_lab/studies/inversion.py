@@ -212,13 +212,15 @@ def basin_fix_specs(guidance_scale: float, eta: float = 1.0) -> dict:
 
 
 def method_study(pipe, draws, specs: dict, num_steps: int, vae: np.ndarray | None = None, edits: bool = True,
-                 seed: int = 0, inner_steps: int | None = None, limits: dict | None = None) -> dict:
+                 seed: int = 0, inner_steps: int | None = None, limits: dict | None = None,
+                 null_text_settings: str | None = None) -> dict:
     """Each method of `specs` ({name: (method, inverted for w, sampled at w, options)}, `method_specs` /
     `basin_fix_specs`) inverts the scenes with their captions at S = `num_steps` (`inversion.invert`, one batch per
     method; edit-friendly draws x_t from `seed` + b), then samples back at its sampling w: the reconstruction, and
     with `edits` the caption with its shape swapped (`shapes.swap_shape`), scored by the analyzer against the edited
     scene (`shapes.scoring.score_scene_edit`).
-    `limits` {name: k} runs a method on the first k scenes only (null-text is expensive); `inner_steps`: null-text's.
+    `limits` {name: k} runs a method on the first k scenes only (null-text is expensive); `inner_steps` and
+    `null_text_settings` ("paper" or "fast"; None: the model's default loop): null-text's.
 
     Returns dict(num_steps, scene_seeds, vae, methods {name: dict(n, w, psnr (k,), reconstructions and, with edits,
     edits uint8 (k, H, W, 3), gap Mean (VAE - PSNR, dB), keeps
@@ -237,6 +239,8 @@ def method_study(pipe, draws, specs: dict, num_steps: int, vae: np.ndarray | Non
         k = min(len(draws), (limits or {}).get(name, len(draws)))
         subset = draws[:k]
         extra = dict(options)
+        if method == "null_text" and null_text_settings:
+            extra["null_text_settings"] = null_text_settings
         if method == "null_text" and inner_steps:
             extra["inner_steps"] = int(inner_steps)
         if method == "edit_friendly":
