@@ -792,7 +792,8 @@ class AttentionReweight(AttentionEdit):
         return base * tensors["equalizer"].to(source)[:, None, None, :]
 
 
-MASK_STYLES = ("ours", "official")
+MASK_STYLES = ("ours", "official")  # LocalBlend's masks (its docstring); PromptEdit's blend_mask_style
+DEFAULT_MASK_STYLE = "ours"  # LocalBlend's and PromptEdit's default (LocalBlend's docstring says why)
 OFFICIAL_BLEND_RESOLUTIONS = (16,)  # the P2P repository blends with the 16x16 maps (down_cross[2:4] + up_cross[:3])
 
 
@@ -839,7 +840,7 @@ class LocalBlend:
         start_blend: float = 0.2,
         dilation: int = 1,
         resolutions: tuple[int, ...] | None = None,
-        mask_style: str = "ours",
+        mask_style: str = DEFAULT_MASK_STYLE,
     ):
         if mask_style not in MASK_STYLES:
             raise ValueError(f"mask_style must be one of {', '.join(MASK_STYLES)}, got {mask_style!r}")
