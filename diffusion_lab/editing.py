@@ -89,10 +89,10 @@ class PromptEdit:
     blend_words: a word or list of words; each prompt contributes the ones it contains to a local-blend mask,
         outside which the targets keep the source's latents (P2P's LocalBlend). None: no blending.
     blend_threshold: the local-blend mask is the words' normalised attention above this.
-    blend_mask_style: how the local-blend mask is built from the maps (LocalBlend's mask_style): "ours" (every
-        cross-attention layer upsampled bilinearly, averaged, thresholded, dilated by one latent pixel) or
-        "official" (the Prompt-to-Prompt repository's: the 16x16 maps only, max-pooled 3x3, nearest upsampling).
-        LocalBlend's docstring says which is the default and why.
+    blend_mask_style: how the local-blend mask is built from the maps (LocalBlend's mask_style): "official" (the
+        default: the Prompt-to-Prompt repository's, the 16x16 maps only, max-pooled 3x3, nearest upsampling) or
+        "ours" (every cross-attention layer upsampled bilinearly, averaged, thresholded, dilated by one latent
+        pixel; the default before, for edits saved then). LocalBlend's docstring says why.
     self_replace_max_resolution: the largest map side whose self-attention is injected; None chooses
         `auto_self_replace_resolution` of the latent side (P2P's 16x16 for 64x64 latents).
     attention_control: False runs the baseline: the same x_T, only the prompt changed; the maps are only

@@ -18,8 +18,9 @@ A row describes one Prompt-to-Prompt edit (diffusion_lab.editing.PromptEdit) of 
     self_replace_max_resolution,
     attention_control   the PromptEdit settings (see diffusion_lab.editing.PromptEdit). CSV cells hold YAML/JSON
                         for the structured ones ("[0.0, 0.8]", "{red: 2.0}"); reweight also reads "red:2; blue:0.5",
-                        blend_words "circle|square"; blend_mask_style is ours or official (the local-blend mask,
-                        attention.LocalBlend's mask_style; empty: PromptEdit's default)
+                        blend_words "circle|square"; blend_mask_style is official (the default: the
+                        Prompt-to-Prompt repository's local-blend mask) or ours (the mask of rows run before it
+                        was the default; attention.LocalBlend's mask_style)
     inversion           for an image or a scene: null_text (default), negative_prompt, direct, ddim or fixed_point
     inversion_options   e.g. {inner_steps: 5} (inner_steps, learning_rate, early_stop_epsilon,
                         fixed_point_iterations, fixed_point_tolerance, anderson_memory)
@@ -179,7 +180,8 @@ class Row:
         """What the row's key hashes: everything that changes its outputs (not its id, notes or the image's
         path: the image's content hash stands for the image). The local-blend mask style is left out where it
         changes nothing (no blend_words) and where it is "ours", the mask of every row before the setting existed,
-        so that the keys of finished rows stay the same."""
+        so that the keys of rows finished then stay theirs (a blended row that now takes the official default gets
+        a new key: its output changes)."""
         identity = {k: v for k, v in self.spec.items() if k not in ("id", "notes")}
         image = dict(identity["image"])
         image.pop("path", None)

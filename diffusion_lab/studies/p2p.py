@@ -80,7 +80,7 @@ def local_blend_study(pipe, source_prompt: str, old: str, new: str, blend_words:
     """`old` -> `new` with P2P for each seed, without local blend and with each mask over `blend_words`. Returns
     dict(records {mode: [per seed, with mask_area for the blends: the union mask's share of the latent]},
     outside_psnr {mode: Mean}, edit_made {mode: Rate}, gain {mask: Mean outside PSNR over no blend, paired},
-    area_ratio Mean of ours / official mask area)."""
+    area_ratio Mean of ours / official mask area, official_minus_ours Mean of the outside PSNR, paired)."""
     from ..editing import run_edit
 
     target = source_prompt.replace(old, new)
@@ -108,6 +108,7 @@ def local_blend_study(pipe, source_prompt: str, old: str, new: str, blend_words:
         "gain": {m: mean(outside[m] - outside["no blend"], "dB") for m in ("ours", "official")},
         "area": {m: mean(v) for m, v in areas.items()},
         "area_ratio": mean(areas["ours"] / np.maximum(areas["official"], 1e-9)),
+        "official_minus_ours": mean(outside["official"] - outside["ours"], "dB"),
     }
 
 
