@@ -331,9 +331,9 @@ assert (gain.low if not QUICK else gain.mean) > 0, f"local blend should keep mor
 # Over seeds (`diffusion_lab.studies.p2p.reweight_study`, the same scales, $S$ = `STUDY_STEPS`; scale 1 is the
 # unscaled source itself). At N = 64 (`python pipelines/claims.py`, $S$ = 20) the red share is 0.178, 0.180 and
 # 0.179 at scales 0, 1 and 2 (95% CIs within 0.001 of each): scales up to 2 move it by less than 0.05 in 100%
-# (64/64; 95% CI 94-100%) of the seeds, by TODO_SPREAD on average. It is higher at 2 than at 0 in 75% (48/64; 63-84%) of the
-# seeds, by about 0.0015: the word's share barely rises with its scale. At 4 the colour changes in 100% (94-100%):
-# the red share falls to 0.020 (0.017-0.023).
+# (64/64; 95% CI 94-100%) of the seeds, by 0.0029 (0.0026-0.0032) on average. It is higher at 2 than at 0 in 75%
+# (48/64; 63-84%) of the seeds, by about 0.0015: the word's share barely rises with its scale. At 4 the colour
+# changes in 100% (94-100%): the red share falls to 0.020 (0.017-0.023).
 
 # %%
 reweight_images, reweight_rows = measures.reweight_sweep(pipe, REWEIGHT_PROMPT, REWEIGHT_WORD, REWEIGHT_SCALES, SEED, STEPS,
