@@ -121,7 +121,8 @@ LAB4_DEFAULTS = dict(source_prompt="a large blue square on a gray background",
                      swaps=[("square", "triangle"), ("blue", "red")],
                      blend_prompt="a large red circle and a small blue square on a gray background",
                      blend_swap=("circle", "triangle"), num_steps=20, guidance_scale=5.0, first_seed=0,
-                     refine_prompts=("a large circle on a gray background", "a large green circle on a gray background"),
+                     refine_prompts=("a large circle on a gray background",
+                                     "a large green circle on a gray background"),
                      reweight_prompt="a large red circle on a gray background", reweight_word="red",
                      reweight_scales=[0.0, 1.0, 2.0, 4.0], real_first_scene=3, real_inversion="direct")
 

@@ -238,8 +238,8 @@ class PromptToPromptPanel(Panel):
                                         layout=widgets.Layout(width="360px"))
         from diffusion_lab.attention import DEFAULT_MASK_STYLE, MASK_STYLES
 
-        self.blend_mask = widgets.Dropdown(options=list(MASK_STYLES), value=DEFAULT_MASK_STYLE, description="blend mask",
-                                           layout=widgets.Layout(width="200px"))  # attention.LocalBlend's mask_style
+        self.blend_mask = widgets.Dropdown(options=list(MASK_STYLES), value=DEFAULT_MASK_STYLE,  # LocalBlend's
+                                           description="blend mask", layout=widgets.Layout(width="200px"))
         self.compare = widgets.Checkbox(value=True, description="also without P2P")
         self.method = widgets.Dropdown(options=["negative_prompt", "null_text", "direct", "ddim", "fixed_point"],
                                        value=inversion_method, description="inversion")
