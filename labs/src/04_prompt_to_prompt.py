@@ -312,6 +312,9 @@ if blend_scores["with local blend"]["outside_psnr"] < blend_scores["without loca
     losses = sum(r["outside_psnr"] < n["outside_psnr"] for r, n in zip(blend_study["records"][DEFAULT_MASK_STYLE],
                                                                        blend_study["records"]["no blend"]))
     print(f"this draw is one of the {losses}/{gain.n} seeds of the study where local blend did not gain")
+if blend_scores["with local blend"]["target_matched"] < 1.0:
+    made = blend_study["edit_made"][DEFAULT_MASK_STYLE]
+    print(f"the edit is not made in this draw with local blend: the study makes it in {made} of the seeds")
 assert (gain.low if not QUICK else gain.mean) > 0, f"local blend should keep more outside the edit: gain {gain}"
 
 # %% [markdown]
