@@ -52,7 +52,9 @@ from .attention import (
     AttentionReplace,
     AttentionReweight,
     AttentionStore,
+    DEFAULT_MASK_STYLE,
     LocalBlend,
+    MASK_STYLES,
     prompt_word_tokens,
     word_token_indices,
 )
@@ -87,6 +89,10 @@ class PromptEdit:
     blend_words: a word or list of words; each prompt contributes the ones it contains to a local-blend mask,
         outside which the targets keep the source's latents (P2P's LocalBlend). None: no blending.
     blend_threshold: the local-blend mask is the words' normalised attention above this.
+    blend_mask_style: how the local-blend mask is built from the maps (LocalBlend's mask_style): "official" (the
+        default: the Prompt-to-Prompt repository's, the 16x16 maps only, max-pooled 3x3, nearest upsampling) or
+        "ours" (every cross-attention layer upsampled bilinearly, averaged, thresholded, dilated by one latent
+        pixel; the default before, for edits saved then). LocalBlend's docstring says why.
     self_replace_max_resolution: the largest map side whose self-attention is injected; None chooses
         `auto_self_replace_resolution` of the latent side (P2P's 16x16 for 64x64 latents).
     attention_control: False runs the baseline: the same x_T, only the prompt changed; the maps are only
@@ -101,6 +107,7 @@ class PromptEdit:
     reweight: dict[str, float] | None = None
     blend_words: str | list[str] | None = None
     blend_threshold: float = 0.3
+    blend_mask_style: str = DEFAULT_MASK_STYLE
     self_replace_max_resolution: int | None = None
     attention_control: bool = True
 
@@ -158,6 +165,9 @@ class PromptEdit:
             raise EditError("edit='reweight' needs reweight={word: scale}, e.g. reweight={'red': 2.0}")
         if self.reweight:
             self._check_reweight(tokenizer)
+        if self.blend_mask_style not in MASK_STYLES:
+            raise EditError(f"blend_mask_style must be one of {', '.join(MASK_STYLES)} (the local-blend mask: ours "
+                            f"or the Prompt-to-Prompt repository's), got {self.blend_mask_style!r}")
         if self.blend_words:
             self._blend_words_per_prompt(tokenizer)
         if self.attention_control:
@@ -219,7 +229,8 @@ class PromptEdit:
         local_blend = None
         if self.blend_words:
             local_blend = LocalBlend(
-                tokenizer, self.prompts, self._blend_words_per_prompt(tokenizer), threshold=self.blend_threshold
+                tokenizer, self.prompts, self._blend_words_per_prompt(tokenizer), threshold=self.blend_threshold,
+                mask_style=self.blend_mask_style,
             )
         settings = dict(
             cross_replace_steps=self.cross_replace_steps,
@@ -434,8 +445,8 @@ def edit_generated(
     """Generate the source prompt from `seed` and edit it into every target prompt (one batch).
 
     edit_settings: PromptEdit's settings by name (cross_replace_steps, self_replace_steps, reweight, blend_words,
-    blend_threshold, self_replace_max_resolution, attention_control), with PromptEdit's defaults; run_edit
-    describes the sampling ones and `source_cache` (editing the same source again runs only the targets)."""
+    blend_threshold, blend_mask_style, self_replace_max_resolution, attention_control), with PromptEdit's defaults;
+    run_edit describes the sampling ones and `source_cache` (editing the same source again runs only the targets)."""
     prompt_edit = _prompt_edit(source_prompt, target_prompts, edit, edit_settings)
     return run_edit(
         pipe, prompt_edit, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale,

@@ -3,6 +3,9 @@ refine, reweight, local blend; generated and real), and how tests/data/p2p_refer
 
     PYTHONPATH=<a checkout of commit 5a0bb3a, before the traced controlled UNet and the recorded source>
     python tests/p2p_reference_cases.py tests/data/p2p_reference.npz
+
+The local-blend cases name blend_mask_style="ours": the reference holds our mask, the only one at 5a0bb3a (the
+default is now the official Prompt-to-Prompt mask); that commit's PromptEdit lacks the setting, so drop it there.
 """
 
 import sys
@@ -15,7 +18,7 @@ SOURCE = "a large red circle on a gray background"
 GENERATED = {
     "replace": dict(source_prompt=SOURCE, target_prompts=["a large blue circle on a gray background"]),
     "local_blend": dict(source_prompt=SOURCE, target_prompts=["a large red square on a gray background"],
-                        blend_words=["circle", "square"]),
+                        blend_words=["circle", "square"], blend_mask_style="ours"),
     "refine": dict(source_prompt="a red circle on a gray background", target_prompts=[SOURCE], edit="refine"),
     "reweight": dict(source_prompt=SOURCE, target_prompts=[SOURCE], edit="reweight", reweight={"red": 2.0}),
 }
@@ -54,7 +57,7 @@ def real_edit(prompt: str, name: str) -> dict | None:
         return None
     edit = dict(source_prompt=prompt, target_prompts=[prompt.replace(old, spec["target"], 1)])
     if spec["blend_words"]:
-        edit["blend_words"] = [old, spec["target"]]
+        edit["blend_words"], edit["blend_mask_style"] = [old, spec["target"]], "ours"
     return edit
 
 

@@ -364,7 +364,8 @@ def test_cross_replace_steps_per_word_and_pairs(pipe):
 
 def test_local_blend_mask_and_blend(pipe):
     prompts = ["a cat on a couch", "a dog on a couch"]
-    blend = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, start_blend=0.5, dilation=0)
+    blend = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, start_blend=0.5, dilation=0,
+                       mask_style="ours")
     controller = AttentionReplace(pipe.tokenizer, prompts, local_blend=blend)
     heads, tokens = 2, controller.tokens
     probabilities = torch.full((4, heads, 16, tokens), 1.0 / tokens)  # 4x4 maps, uniform
@@ -396,7 +397,8 @@ def test_local_blend_mask_and_blend(pipe):
 
 def test_local_blend_in_the_loop_keeps_source_outside_the_mask(pipe):
     prompts = ["a cat on a couch", "a dog on a couch"]
-    blend = LocalBlend(pipe.tokenizer, prompts, words=("cat", "dog"), threshold=0.9, start_blend=0.0, dilation=0)
+    blend = LocalBlend(pipe.tokenizer, prompts, words=("cat", "dog"), threshold=0.9, start_blend=0.0, dilation=0,
+                       mask_style="ours")
     controller = AttentionReplace(pipe.tokenizer, prompts, local_blend=blend)
     with register_attention_control(pipe.unet, controller):
         edited = sample(pipe, prompts, controller)
@@ -414,7 +416,7 @@ def test_local_blend_official_mask_is_the_p2p_repository_mask(pipe):
     prompts = ["a cat on a couch", "a dog on a couch"]
     official = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, mask_style="official",
                           resolutions=(4,))
-    ours = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, dilation=1)
+    ours = LocalBlend(pipe.tokenizer, prompts, words=(("cat",), ("dog",)), threshold=0.5, dilation=1, mask_style="ours")
     controller = AttentionReplace(pipe.tokenizer, prompts, local_blend=official)
     heads, tokens = 2, controller.tokens
     probabilities = torch.full((4, heads, 16, tokens), 1.0 / tokens)  # 4x4 maps, uniform

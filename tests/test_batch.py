@@ -239,6 +239,34 @@ def test_row_key_depends_on_content_and_model_not_on_id_or_path(tmp_path):
     assert row_key(Row(1, "a", spec), "m1") != row_key(Row(1, "a", {**spec, "seed": 1}), "m1")
 
 
+def test_blend_mask_style_is_a_validated_column_and_keeps_old_keys(tmp_path, tokenizer):
+    """blend_mask_style (PromptEdit's, LocalBlend's mask_style) is an optional manifest column: a bad value is a
+    clear row error; "ours" (the mask of every row before the column existed) and a row without blend_words keep
+    the keys they had; a blended row that takes the default (official) mask gets the official mask's key."""
+    blend = "blend_words: [circle, square]"
+    manifest = write(tmp_path / "m.yaml", f"""
+rows:
+  - {{id: default, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], {blend}}}
+  - {{id: ours, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], {blend}, blend_mask_style: Ours}}
+  - {{id: official, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], {blend}, blend_mask_style: official}}
+  - {{id: no-blend, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], blend_mask_style: ours}}
+  - {{id: plain, source_prompt: {SOURCE}, target_prompts: [{SQUARE}]}}
+  - {{id: bad, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], {blend}, blend_mask_style: paper}}
+""")
+    valid, invalid = validate_manifest(read_manifest(manifest), tokenizer, 50, 5.0)
+    assert [bad.id for bad in invalid] == ["bad"]
+    assert "blend_mask_style 'paper' is not a local-blend mask; choose one of ours, official" in invalid[0].message
+    rows = {row.id: row for row in valid}
+    assert rows["default"].spec["edit"]["blend_mask_style"] == "official"
+    assert rows["ours"].spec["edit"]["blend_mask_style"] == "ours"
+    keys = {name: row_key(row, "m") for name, row in rows.items()}
+    before = {name: {**row.spec, "edit": {k: v for k, v in row.spec["edit"].items() if k != "blend_mask_style"}}
+              for name, row in rows.items()}  # the rows as specs were before the column existed (our mask)
+    assert keys["ours"] == row_key(Row(1, "ours", before["ours"]), "m")
+    assert keys["no-blend"] == keys["plain"] == row_key(Row(1, "plain", before["plain"]), "m")
+    assert keys["default"] == keys["official"] != keys["ours"]
+
+
 def test_model_fingerprint_follows_the_weights(tmp_path):
     folder = tmp_path / "model"
     (folder / "unet").mkdir(parents=True)

@@ -118,6 +118,22 @@ def test_local_blend_keeps_the_source_outside_the_words_region(pipe):
     assert not torch.equal(result.latents[1][:, ~outside], result.latents[0][:, ~outside])
 
 
+def test_blend_mask_style_reaches_the_local_blend(pipe):
+    """PromptEdit's blend_mask_style is LocalBlend's mask_style (it was reachable only by building a LocalBlend by
+    hand); edit_generated passes it by name, and the official mask blends the latents with its own mask."""
+    from diffusion_lab.attention import DEFAULT_MASK_STYLE
+
+    assert PromptEdit("a red circle", ["a red square"]).blend_mask_style == DEFAULT_MASK_STYLE
+    settings = dict(blend_words=["circle", "square"], blend_threshold=0.98, source_cache=False)
+    official = generate(pipe, "a red circle", ["a red square"], blend_mask_style="official", **settings)
+    ours = generate(pipe, "a red circle", ["a red square"], blend_mask_style="ours", **settings)
+    assert official.controller.local_blend.mask_style == "official" and ours.controller.local_blend.mask_style == "ours"
+    mask = official.controller.local_blend.mask(official.controller, (16, 16))  # (prompts, 1, 16, 16)
+    assert not torch.equal(mask, ours.controller.local_blend.mask(ours.controller, (16, 16)))
+    outside = ~(mask[1] | mask[0])[0]  # (16, 16)
+    assert outside.any() and torch.equal(official.latents[1][:, outside], official.latents[0][:, outside])
+
+
 def test_maps_for_figures_are_kept_on_request(pipe):
     result = generate(pipe, "a red circle", ["a blue circle"], store_self_attention=True, per_step_resolutions=(8,))
     assert result.controller.kept_steps == list(range(STEPS))
@@ -210,6 +226,8 @@ def test_edit_real_checks_the_edit_before_inverting(pipe, unet_calls):
         ({"target_prompts": []}, r"at least one target prompt"),
         ({"cross_replace_steps": {"tiger": 0.5}}, r"'tiger', which is not a word of any target prompt"),
         ({"self_replace_steps": 1.5}, r"self_replace_steps must satisfy"),
+        ({"blend_words": ["cat", "dog"], "blend_mask_style": "paper"},
+         r"blend_mask_style must be one of ours, official .*got 'paper'"),
     ],
 )
 def test_clear_errors_before_any_unet_call(pipe, unet_calls, settings, message):

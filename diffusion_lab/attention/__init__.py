@@ -13,7 +13,9 @@ from .controllers import (
     AttentionReplace,
     AttentionReweight,
     AttentionStore,
+    DEFAULT_MASK_STYLE,
     LocalBlend,
+    MASK_STYLES,
 )
 from .maps import cross_attention_per_word, normalize_map, self_attention_components, upsample_map
 from .source_branch import SourceBranch, SourceBranchCache, default_source_cache, source_branch_bytes
@@ -41,7 +43,9 @@ __all__ = [
     "ControlledAttentionProcessor",
     "SourceBranch",
     "SourceBranchCache",
+    "DEFAULT_MASK_STYLE",
     "LocalBlend",
+    "MASK_STYLES",
     "cross_attention_per_word",
     "default_source_cache",
     "max_tokens",

@@ -14,10 +14,13 @@ A row describes one Prompt-to-Prompt edit (diffusion_lab.editing.PromptEdit) of 
     edit                replace (word swap: prompts of equal token counts), refine (phrase added), reweight
                         (needs reweight), local_blend (a word swap that keeps the source outside the region of
                         blend_words); any edit may also set blend_words
-    cross_replace_steps, self_replace_steps, reweight, blend_words, blend_threshold, self_replace_max_resolution,
+    cross_replace_steps, self_replace_steps, reweight, blend_words, blend_threshold, blend_mask_style,
+    self_replace_max_resolution,
     attention_control   the PromptEdit settings (see diffusion_lab.editing.PromptEdit). CSV cells hold YAML/JSON
                         for the structured ones ("[0.0, 0.8]", "{red: 2.0}"); reweight also reads "red:2; blue:0.5",
-                        blend_words "circle|square"
+                        blend_words "circle|square"; blend_mask_style is official (the default: the
+                        Prompt-to-Prompt repository's local-blend mask) or ours (the mask of rows run before it
+                        was the default; attention.LocalBlend's mask_style)
     inversion           for an image or a scene: null_text (default), negative_prompt, direct, ddim or fixed_point
     inversion_options   e.g. {inner_steps: 5} (inner_steps, learning_rate, early_stop_epsilon,
                         fixed_point_iterations, fixed_point_tolerance, anderson_memory)
@@ -175,11 +178,18 @@ class Row:
 
     def identity(self) -> dict:
         """What the row's key hashes: everything that changes its outputs (not its id, notes or the image's
-        path: the image's content hash stands for the image)."""
+        path: the image's content hash stands for the image). The local-blend mask style is left out where it
+        changes nothing (no blend_words) and where it is "ours", the mask of every row before the setting existed,
+        so that the keys of rows finished then stay theirs (a blended row that now takes the official default gets
+        a new key: its output changes)."""
         identity = {k: v for k, v in self.spec.items() if k not in ("id", "notes")}
         image = dict(identity["image"])
         image.pop("path", None)
         identity["image"] = image
+        edit = dict(identity["edit"])
+        if not edit.get("blend_words") or edit.get("blend_mask_style") == "ours":
+            edit.pop("blend_mask_style", None)
+        identity["edit"] = edit
         return identity
 
 
@@ -629,6 +639,8 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
             value = _as_text_list(name, value, separators="|, \t")
         elif name == "blend_threshold":
             value = _bounded(name, _as_float(name, value))
+        elif name == "blend_mask_style":
+            value = _as_mask_style(value)
         elif name == "self_replace_max_resolution":
             value = _bounded(name, _as_int(name, value))
         elif name == "attention_control":
@@ -680,6 +692,17 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
     except (TypeError, ValueError) as error:
         raise RowError(f"the row's values must be plain text and finite numbers: {error}") from None
     return spec
+
+
+def _as_mask_style(value) -> str:
+    from ..attention import MASK_STYLES
+
+    style = _as_text("blend_mask_style", value).strip().lower()
+    if style not in MASK_STYLES:
+        raise RowError(f"blend_mask_style {value!r} is not a local-blend mask; choose one of {', '.join(MASK_STYLES)} "
+                       "(ours: every cross-attention layer, bilinear, dilated by one latent pixel; official: the "
+                       "Prompt-to-Prompt repository's 16x16 maps, max-pooled, nearest upsampling)")
+    return style
 
 
 def _resolve_image(values: dict, merged: dict, base_dir: Path, allow_outside: bool = False) -> dict:

@@ -785,7 +785,8 @@ def check_local_blend_mask(student: Callable, pipe, num_steps: int = 10) -> bool
     store = result.controller
     latent_size = tuple(result.latents.shape[-2:])
     for threshold, dilation in ((0.3, 1), (0.5, 0), (0.2, 2)):
-        blend = LocalBlend(pipe.tokenizer, prompts, (("circle",), ("square",)), threshold=threshold, dilation=dilation)
+        blend = LocalBlend(pipe.tokenizer, prompts, (("circle",), ("square",)), threshold=threshold, dilation=dilation,
+                           mask_style="ours")  # the exercise's mask: ours (bilinear, every layer, dilated)
         expected = blend.mask(store, latent_size)
         word_maps = _word_maps_per_layer(store, blend.word_columns)
         mask = _call(name, student, [m.clone() for m in word_maps], latent_size, threshold, dilation)

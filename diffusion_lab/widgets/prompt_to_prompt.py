@@ -236,6 +236,10 @@ class PromptToPromptPanel(Panel):
         self.self_steps = slider("self-attn steps", 0.4, 0.0, 1.0, 0.05)
         self.blend_words = widgets.Text(value="", description="local blend words", placeholder="e.g. circle square",
                                         layout=widgets.Layout(width="360px"))
+        from diffusion_lab.attention import DEFAULT_MASK_STYLE, MASK_STYLES
+
+        self.blend_mask = widgets.Dropdown(options=list(MASK_STYLES), value=DEFAULT_MASK_STYLE,  # LocalBlend's
+                                           description="blend mask", layout=widgets.Layout(width="200px"))
         self.compare = widgets.Checkbox(value=True, description="also without P2P")
         self.method = widgets.Dropdown(options=["negative_prompt", "null_text", "direct", "ddim", "fixed_point"],
                                        value=inversion_method, description="inversion")
@@ -253,7 +257,7 @@ class PromptToPromptPanel(Panel):
             self.source_prompt, self.target_prompt,
             widgets.HBox([self.edit, self.reweight_word, self.reweight_scale]),
             widgets.HBox([self.cross_steps, self.self_steps]),
-            widgets.HBox([self.blend_words, self.compare]),
+            widgets.HBox([self.blend_words, self.blend_mask, self.compare]),
             widgets.HBox([self.steps, self.guidance]),
             widgets.HBox([self.button, self.progress.widget]),
             self.images.widget, self.numbers, self.maps.widget, self.log,
@@ -267,7 +271,8 @@ class PromptToPromptPanel(Panel):
         blend = self.blend_words.value.replace(",", " ").split() or None
         return {"source_prompt": self.source_prompt.value.strip(), "target_prompts": [self.target_prompt.value.strip()],
                 "edit": self.edit.value, "cross_replace_steps": float(self.cross_steps.value),
-                "self_replace_steps": float(self.self_steps.value), "reweight": reweight, "blend_words": blend}
+                "self_replace_steps": float(self.self_steps.value), "reweight": reweight, "blend_words": blend,
+                "blend_mask_style": self.blend_mask.value}
 
     def compute(self) -> None:
         from diffusion_lab.attention.figures import word_attention_figure
