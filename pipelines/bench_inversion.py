@@ -419,7 +419,7 @@ def main(argv=None) -> str:
                         help="--null-text-compare: multiply the default loop's early-stop threshold (epsilon and "
                              "growth) by this, to measure a variant")
     parser.add_argument("--final-threshold-scale", type=float, default=None,
-                        help="--null-text-compare: the default loop's final_threshold_scale (0.25; relative to the "
+                        help="--null-text-compare: the default loop's final_threshold_scale (1/6; relative to the "
                              "scaled threshold)")
     parser.add_argument("--final-fraction", type=float, default=None,
                         help="--null-text-compare: the default loop's final_fraction (0.1)")

@@ -60,7 +60,8 @@ def test_null_text_variant_scales_the_default_thresholds_and_leaves_the_defaults
     variant = bench.default_loop_variant(1.5, 1 / 6)
     for step in range(45):  # before the final 10% of S = 50: 1.5x the default's threshold
         assert variant.threshold(step, 50) == pytest.approx(1.5 * defaults.threshold(step, 50))
-    assert variant.threshold(49, 50) == pytest.approx(0.5 * NullTextSettings.paper().threshold(49, 50))
+    unscaled = defaults.early_stop_epsilon + defaults.early_stop_growth * 49 / 50
+    assert variant.threshold(49, 50) == pytest.approx(1.5 * unscaled / 6)  # the final scale replaced, not multiplied
     assert variant.inner_steps == defaults.inner_steps and variant.check_first
     assert bench.default_loop_variant(final_fraction=0.2).final_fraction == 0.2
     assert NullTextSettings() == defaults  # the defaults themselves untouched
