@@ -24,8 +24,8 @@ instead compares null-text inversion's loops on the same renders at S = 50, w = 
 first value if given), interleaved scene by scene in one process (the order alternates): the paper's loop as
 diffusion-lab ran it before (NullTextSettings.paper(), autograd through the eager UNet:
 DIFFUSION_LAB_TRACED_UNET=inference), the paper's loop on today's runtime (gradients through the traced UNet), and
-the default (NullTextSettings(), gradients traced; --inner-steps / --null-text-lr change it, to measure a
-variant). Per image: CPU seconds of the process (time.process_time) and
+the default (NullTextSettings(), gradients traced; --inner-steps / --null-text-lr / --null-text-threshold-scale /
+--final-threshold-scale / --final-fraction change it, to measure a variant). Per image: CPU seconds of the process (time.process_time) and
 wall seconds of `invert` (no VAE), UNet calls (forwards with autograd, backward passes, forwards without), the
 reconstruction's PSNR and its gap to the image's own VAE round trip; per round the ratio of CPU times and the
 worst per-image gap difference (default - paper), checked against --gap-tolerance. Writes null_text_compare.md/json.
@@ -282,9 +282,11 @@ def null_text_calls(inversion) -> dict:
 
 
 def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompts: list[str], vae_psnr: list[float],
-                      steps: int, guidance: float, rounds: int, default_options: dict | None = None) -> list[dict]:
+                      steps: int, guidance: float, rounds: int, default_options: dict | None = None,
+                      default_settings=None) -> list[dict]:
     """One row per (round, scene, loop) of NULL_TEXT_LOOPS, interleaved scene by scene; `default_options`: invert's
-    null-text keywords for the default loop (e.g. inner_steps, to measure a variant)."""
+    null-text keywords for the default loop (e.g. inner_steps, to measure a variant); `default_settings`: a
+    NullTextSettings the "default" row runs instead of the defaults (a variant, see default_loop_variant)."""
     from diffusion_lab.metrics import psnr as psnr_of
 
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
@@ -292,6 +294,8 @@ def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompt
 
     def run(index: int, loop: str, num_steps: int = steps):
         settings, traced = NULL_TEXT_LOOPS[loop]
+        if loop == "default" and default_settings is not None:
+            settings = default_settings
         os.environ["DIFFUSION_LAB_TRACED_UNET"] = traced
         cpu, wall = time.process_time(), time.perf_counter()
         options = (default_options or {}) if loop == "default" else {}
@@ -323,6 +327,32 @@ def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompt
         else:
             os.environ["DIFFUSION_LAB_TRACED_UNET"] = previous
     return rows
+
+
+def default_loop_variant(threshold_scale: float | None = None, final_threshold_scale: float | None = None,
+                         final_fraction: float | None = None):
+    """The default NullTextSettings with its thresholds changed, to measure a variant without editing the defaults:
+    early_stop_epsilon and early_stop_growth multiplied by `threshold_scale` (so the threshold of every step scales
+    by it), final_threshold_scale (relative to that scaled threshold) and final_fraction replaced. None where
+    nothing changes (the defaults)."""
+    from diffusion_lab.inversion import NullTextSettings
+
+    if threshold_scale is None and final_threshold_scale is None and final_fraction is None:
+        return None
+    defaults = NullTextSettings()
+    scale = 1.0 if threshold_scale is None else threshold_scale
+    for name, value in (("threshold scale", threshold_scale), ("final threshold scale", final_threshold_scale)):
+        if value is not None and not value > 0:
+            raise ValueError(f"the {name} must be > 0, got {value}")
+    if final_fraction is not None and not 0 <= final_fraction <= 1:
+        raise ValueError(f"the final fraction must be in [0, 1], got {final_fraction}")
+    changes = {"early_stop_epsilon": defaults.early_stop_epsilon * scale,
+               "early_stop_growth": defaults.early_stop_growth * scale}
+    if final_threshold_scale is not None:
+        changes["final_threshold_scale"] = final_threshold_scale
+    if final_fraction is not None:
+        changes["final_fraction"] = final_fraction
+    return NullTextSettings.preset("fast", **changes)
 
 
 def null_text_comparison_report(rows: list[dict], header: str, tolerance: float) -> str:
@@ -385,6 +415,14 @@ def main(argv=None) -> str:
     parser.add_argument("--rounds", type=int, default=2, help="--null-text-compare: rounds over the scenes")
     parser.add_argument("--gap-tolerance", type=float, default=0.05,
                         help="--null-text-compare: dB by which the default's gap may exceed the paper's per image")
+    parser.add_argument("--null-text-threshold-scale", type=float, default=None,
+                        help="--null-text-compare: multiply the default loop's early-stop threshold (epsilon and "
+                             "growth) by this, to measure a variant")
+    parser.add_argument("--final-threshold-scale", type=float, default=None,
+                        help="--null-text-compare: the default loop's final_threshold_scale (1/6; relative to the "
+                             "scaled threshold)")
+    parser.add_argument("--final-fraction", type=float, default=None,
+                        help="--null-text-compare: the default loop's final_fraction (0.1)")
     args = parser.parse_args(argv)
     if args.null_text_compare:
         return null_text_compare_main(args, parser)
@@ -470,8 +508,12 @@ def null_text_compare_main(args, parser) -> str:
           f"{torch.get_num_threads()} thread(s)", flush=True)
     default_options = {name: value for name, value in (("inner_steps", args.inner_steps),
                                                        ("learning_rate", args.null_text_lr)) if value is not None}
-    rows = compare_null_text(pipe, originals, latents, prompts, vae_psnr, steps, guidance, args.rounds, default_options)
-    header = (f"Null-text inversion, paper's loop against the default, {args.model}, {len(scenes)} held-out renders "
+    variant = default_loop_variant(args.null_text_threshold_scale, args.final_threshold_scale, args.final_fraction)
+    rows = compare_null_text(pipe, originals, latents, prompts, vae_psnr, steps, guidance, args.rounds, default_options,
+                             variant)
+    described = "" if variant is None and not default_options else (
+        f" (\"default\" is a variant: {variant or 'the defaults'}, {default_options or 'no other changes'})")
+    header = (f"Null-text inversion, paper's loop against the default{described}, {args.model}, {len(scenes)} held-out renders "
               f"(seeds {args.seed}...{args.seed + len(scenes) - 1}), S = {steps}, w = {guidance:g}, "
               f"{torch.get_num_threads()} thread(s), interleaved scene by scene; gap = PSNR of the image's VAE round "
               "trip - PSNR of the reconstruction")

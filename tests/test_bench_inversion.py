@@ -48,3 +48,23 @@ def test_null_text_comparison_states_the_ratio_and_the_worst_per_image_gap(bench
     assert "paper / default, CPU time: 2.29 overall" in text
     assert "[PASS] per image, gap(default) <= gap(paper) + 0.05 dB: worst difference +0.040 dB (scene 1)" in text
     assert "[FAIL]" in bench.null_text_comparison_report(rows, "header", 0.03)
+
+
+def test_null_text_variant_scales_the_default_thresholds_and_leaves_the_defaults_alone(bench):
+    """--null-text-threshold-scale / --final-threshold-scale / --final-fraction: a variant of the default loop for
+    the compare, every step's threshold scaled; no flag, no variant; out-of-range values refused."""
+    from diffusion_lab.inversion import NullTextSettings
+
+    defaults = NullTextSettings()
+    assert bench.default_loop_variant() is None
+    variant = bench.default_loop_variant(1.5, 1 / 6)
+    for step in range(45):  # before the final 10% of S = 50: 1.5x the default's threshold
+        assert variant.threshold(step, 50) == pytest.approx(1.5 * defaults.threshold(step, 50))
+    unscaled = defaults.early_stop_epsilon + defaults.early_stop_growth * 49 / 50
+    assert variant.threshold(49, 50) == pytest.approx(1.5 * unscaled / 6)  # the final scale replaced, not multiplied
+    assert variant.inner_steps == defaults.inner_steps and variant.check_first
+    assert bench.default_loop_variant(final_fraction=0.2).final_fraction == 0.2
+    assert NullTextSettings() == defaults  # the defaults themselves untouched
+    for bad in ({"threshold_scale": 0.0}, {"final_threshold_scale": -1.0}, {"final_fraction": 1.5}):
+        with pytest.raises(ValueError, match="must be"):
+            bench.default_loop_variant(**bad)

@@ -48,10 +48,10 @@ class NullTextSettings:
     inner_steps: int = 6
     learning_rate: float = 0.1
     learning_rate_decay: float = 0.5
-    early_stop_epsilon: float = 2e-5
-    early_stop_growth: float = 2e-3
+    early_stop_epsilon: float = 3e-5
+    early_stop_growth: float = 3e-3
     final_fraction: float = 0.1
-    final_threshold_scale: float = 0.25
+    final_threshold_scale: float = 1 / 6  # the last 10%: half the paper's threshold
     check_first: bool = True
 
     @classmethod
@@ -118,7 +118,7 @@ def optimize_null_text(
     numbers and one change of order: at most 6 Adam steps per timestep with a 10x larger learning rate (0.1: the
     paper's 1e-2 barely moves the loss per step on shapes-tiny, so z_bar drifts off the pivot and every later step
     runs all its Adam steps), a threshold
-    twice the paper's for the first 90% of the steps and half the paper's for the last 10% (the last step's loss
+    3x the paper's for the first 90% of the steps and half the paper's for the last 10% (the last step's loss
     is the reconstruction's error), and the threshold checked before each Adam step, whose forward then also
     serves the sampling step. Why these numbers: README, "Null-text inversion, faster"
     (`python pipelines/bench_inversion.py --null-text-compare`).
