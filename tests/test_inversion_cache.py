@@ -41,6 +41,19 @@ def _image(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
+def test_the_image_digest_depends_on_the_pixels_only(tmp_path):
+    from diffusion_lab.inversion.cache import content_digest
+
+    image = Image.fromarray(_image(16))
+    assert content_digest(image) == content_digest(image.copy()) == content_digest(np.asarray(image).copy())
+    other = image.copy()
+    other.putpixel((0, 0), (0, 0, 0) if image.getpixel((0, 0)) != (0, 0, 0) else (1, 1, 1))
+    assert content_digest(other) != content_digest(image)
+    image.save(tmp_path / "a.png")
+    assert content_digest(str(tmp_path / "a.png")) == content_digest(tmp_path / "a.png")
+    assert content_digest([image, other]) != content_digest([other, image])
+
+
 def test_the_key_is_the_pixels_the_prompt_the_settings_and_the_weights(tiny):
     cache = InversionCache(max_items=3)
     image = _image(32)

@@ -58,25 +58,6 @@ def test_rounded_and_tables_are_stable():
     assert table.splitlines()[2] == "| 1.235 | z |"
 
 
-def test_result_cache_computes_once():
-    cache = common.ResultCache(max_items=2)
-    calls = []
-    for _ in range(3):
-        assert cache.get_or_compute("k", lambda: calls.append(1) or 42) == 42
-    assert len(calls) == 1 and cache.hits == 2
-    cache.get_or_compute("a", lambda: 1)
-    cache.get_or_compute("b", lambda: 2)
-    assert "k" not in cache and len(cache) == 2  # least recently used went first
-
-
-def test_image_key_depends_on_pixels_only(scene):
-    image = scene[0]
-    assert common.image_key(image) == common.image_key(image.copy())
-    other = image.copy()
-    other.putpixel((0, 0), (0, 0, 0))
-    assert common.image_key(other) != common.image_key(image)
-
-
 def test_save_outputs_writes_pngs_and_merges_metrics(tmp_path, scene):
     common.save_outputs(tmp_path, {"a": scene[0]}, {"x": 1.234567})
     common.save_outputs(tmp_path, metrics={"y": [0.5]})

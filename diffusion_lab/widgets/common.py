@@ -20,9 +20,8 @@ import math
 import os
 import time
 import warnings
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -90,11 +89,6 @@ def get_pipeline(model: str = BUILTIN, device: str | None = None, dtype: str | N
     return pipe
 
 
-def pipeline_key(pipe) -> Hashable:
-    """A key that identifies a pipeline object in result caches."""
-    return id(pipe)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Source images: the shapes world stands in for "a real image"
 # ----------------------------------------------------------------------------------------------------------
@@ -124,47 +118,7 @@ def load_source_image(pipe, path: str | os.PathLike):
 # ----------------------------------------------------------------------------------------------------------
 
 
-class ResultCache:
-    """A small LRU cache of expensive results (inversions, generations), keyed by their settings."""
-
-    def __init__(self, max_items: int = 16):
-        self.max_items = max_items
-        self._items: OrderedDict = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        value = compute()
-        self._items[key] = value
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-        return value
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.hits = self.misses = 0
-
-
 INVERSIONS = InversionCache(max_items=24)  # the panels' inversions (inversion.cache: keyed by weights, pixels, settings)
-
-
-def image_key(image) -> Hashable:
-    """A content key for an image (PIL, array) or a list of them: equal pixels give equal keys."""
-    if isinstance(image, (list, tuple)):
-        return tuple(image_key(i) for i in image)
-    array = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
-    return (array.shape, hash(array.tobytes()))
 
 
 def cached_inversion(pipe, image, prompt, method: str, num_steps: int, guidance_scale: float,
