@@ -28,7 +28,11 @@ the default (NullTextSettings(), gradients traced; --inner-steps / --null-text-l
 --final-threshold-scale / --final-fraction change it, to measure a variant). Per image: CPU seconds of the process (time.process_time) and
 wall seconds of `invert` (no VAE), UNet calls (forwards with autograd, backward passes, forwards without), the
 reconstruction's PSNR and its gap to the image's own VAE round trip; per round the ratio of CPU times and the
-worst per-image gap difference (default - paper), checked against --gap-tolerance. Writes null_text_compare.md/json.
+worst per-image gap difference (default - paper), checked against --gap-tolerance. With --paper-sensitivity
+[FACTOR ...] (default 0.99 1.01) the first round also runs the paper's loop with its learning rate times each factor:
+how far the paper's own per-image gap moves under a change that leaves its method alone, the paired mean
+difference default - paper with a bootstrap interval, and a check that each image's default gap is at most the
+paper's largest over those learning rates. Writes null_text_compare.md/json.
 """
 
 from __future__ import annotations
@@ -283,17 +287,26 @@ def null_text_calls(inversion) -> dict:
 
 def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompts: list[str], vae_psnr: list[float],
                       steps: int, guidance: float, rounds: int, default_options: dict | None = None,
-                      default_settings=None) -> list[dict]:
+                      default_settings=None, sensitivity: tuple[float, ...] = ()) -> list[dict]:
     """One row per (round, scene, loop) of NULL_TEXT_LOOPS, interleaved scene by scene; `default_options`: invert's
     null-text keywords for the default loop (e.g. inner_steps, to measure a variant); `default_settings`: a
-    NullTextSettings the "default" row runs instead of the defaults (a variant, see default_loop_variant)."""
+    NullTextSettings the "default" row runs instead of the defaults (a variant, see default_loop_variant).
+    `sensitivity`: factors f of the paper's learning rate; in the first round each scene also runs the paper's loop
+    as "paper, before" runs it but with learning rate f * 1e-2 (rows with loop "paper, lr x{f}"): how far the
+    paper's own per-image gap moves under a change that leaves its method alone."""
+    from diffusion_lab.inversion import NullTextSettings
     from diffusion_lab.metrics import psnr as psnr_of
+
+    loops = dict(NULL_TEXT_LOOPS)
+    papers_rate, traced_before = NullTextSettings.paper().learning_rate, NULL_TEXT_LOOPS["paper, before"][1]
+    for factor in sensitivity:
+        loops[sensitivity_loop(factor)] = (NullTextSettings.paper(learning_rate=factor * papers_rate), traced_before)
 
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler)
     previous = os.environ.get("DIFFUSION_LAB_TRACED_UNET")
 
     def run(index: int, loop: str, num_steps: int = steps):
-        settings, traced = NULL_TEXT_LOOPS[loop]
+        settings, traced = loops[loop]
         if loop == "default" and default_settings is not None:
             settings = default_settings
         os.environ["DIFFUSION_LAB_TRACED_UNET"] = traced
@@ -310,6 +323,8 @@ def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompt
         for round_index in range(rounds):
             for index in range(len(prompts)):
                 order = list(NULL_TEXT_LOOPS) if (round_index + index) % 2 == 0 else list(NULL_TEXT_LOOPS)[::-1]
+                if round_index == 0:  # gaps repeat between rounds: the paper's sensitivity once, after the timed loops
+                    order += [sensitivity_loop(factor) for factor in sensitivity]
                 for loop in order:
                     inversion, cpu, wall = run(index, loop)
                     with torch.no_grad():
@@ -327,6 +342,44 @@ def compare_null_text(pipe, originals: np.ndarray, latents: torch.Tensor, prompt
         else:
             os.environ["DIFFUSION_LAB_TRACED_UNET"] = previous
     return rows
+
+
+def sensitivity_loop(factor: float) -> str:
+    """The name of the paper's loop run with its learning rate times `factor`."""
+    return f"paper, lr x{factor:g}"
+
+
+def paper_sensitivity_report(rows: list[dict], sensitivity: tuple[float, ...], resamples: int = 10_000) -> list[str]:
+    """Per image (first round): how far the paper's gap moves when its learning rate is multiplied by each factor,
+    the paired difference default - paper with a bootstrap interval, and the check that each image's gap with the
+    default is at most the largest gap of the paper's loop over learning rates x1 and x each factor."""
+    got = {(r["scene"], r["loop"]): r["gap"] for r in rows if r["round"] == 0}
+    scenes = sorted({scene for scene, _ in got})
+    paper = np.array([got[s, "paper, before"] for s in scenes])
+    default = np.array([got[s, "default"] for s in scenes])
+    perturbed = np.array([[got[s, sensitivity_loop(f)] for s in scenes] for f in sensitivity])  # (factors, N)
+    moves = (perturbed - paper).ravel()
+    difference = default - paper
+    generator = np.random.default_rng(0)
+    means = difference[generator.integers(0, len(scenes), (resamples, len(scenes)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    envelope = np.max(np.vstack([paper, perturbed]), axis=0)
+    excess = default - envelope
+    worst = int(np.argmax(excess))
+    factors = ", ".join(f"x{f:g}" for f in sensitivity)
+    return [
+        f"The paper's loop's own sensitivity ({len(scenes)} images, its learning rate {factors}): its gap moves by "
+        f"{np.median(np.abs(moves)):.3f} dB (median), at most {np.max(np.abs(moves)):.3f} dB, and is larger than "
+        f"at x1 in {int((moves > 0).sum())} of {moves.size}; mean gap "
+        + ", ".join(f"x{f:g} {row.mean():.3f}" for f, row in zip(sensitivity, perturbed)) + f", x1 {paper.mean():.3f} dB",
+        f"Paired, default - paper (before): mean {difference.mean():+.3f} dB (95% bootstrap {low:+.3f} to "
+        f"{high:+.3f}), the default's gap larger on {int((difference > 0).sum())} of {len(scenes)} images, by at most "
+        f"{difference.max():+.3f} dB",
+        f"[{'PASS' if excess.max() <= 0 else 'FAIL'}] per image, gap(default) <= the paper's largest gap over its "
+        f"learning rate x1, {factors}: worst {excess[worst]:+.3f} dB (scene {scenes[worst]}), above it on "
+        f"{int((excess > 0).sum())} of {len(scenes)}",
+        "",
+    ]
 
 
 def default_loop_variant(threshold_scale: float | None = None, final_threshold_scale: float | None = None,
@@ -355,8 +408,11 @@ def default_loop_variant(threshold_scale: float | None = None, final_threshold_s
     return NullTextSettings.preset("fast", **changes)
 
 
-def null_text_comparison_report(rows: list[dict], header: str, tolerance: float) -> str:
-    """Per round: a table per image and loop, the CPU-time ratios and the worst per-image gap difference."""
+def null_text_comparison_report(rows: list[dict], header: str, tolerance: float,
+                                sensitivity: tuple[float, ...] = ()) -> str:
+    """Per round: a table per image and loop, the CPU-time ratios and the worst per-image gap difference; with
+    `sensitivity` (factors of the paper's learning rate, rows from compare_null_text) also the paper's own
+    sensitivity and the per-image check against it (paper_sensitivity_report)."""
     lines = [header, ""]
     for round_index in sorted({r["round"] for r in rows}):
         got = {(r["scene"], r["loop"]): r for r in rows if r["round"] == round_index}
@@ -385,6 +441,8 @@ def null_text_comparison_report(rows: list[dict], header: str, tolerance: float)
         lines.append(f"[{'PASS' if worst <= tolerance else 'FAIL'}] per image, gap(default) <= gap(paper) + "
                      f"{tolerance:g} dB: worst difference {worst:+.3f} dB (scene {scenes[differences.index(worst)]})")
         lines.append("")
+    if sensitivity:
+        lines += paper_sensitivity_report(rows, sensitivity)
     return "\n".join(lines)
 
 
@@ -415,6 +473,9 @@ def main(argv=None) -> str:
     parser.add_argument("--rounds", type=int, default=2, help="--null-text-compare: rounds over the scenes")
     parser.add_argument("--gap-tolerance", type=float, default=0.05,
                         help="--null-text-compare: dB by which the default's gap may exceed the paper's per image")
+    parser.add_argument("--paper-sensitivity", type=float, nargs="*", default=None, metavar="FACTOR",
+                        help="--null-text-compare: also run the paper's loop with its learning rate times each "
+                             "FACTOR (no FACTOR: 0.99 1.01) and check each image's default gap against the largest")
     parser.add_argument("--null-text-threshold-scale", type=float, default=None,
                         help="--null-text-compare: multiply the default loop's early-stop threshold (epsilon and "
                              "growth) by this, to measure a variant")
@@ -509,18 +570,22 @@ def null_text_compare_main(args, parser) -> str:
     default_options = {name: value for name, value in (("inner_steps", args.inner_steps),
                                                        ("learning_rate", args.null_text_lr)) if value is not None}
     variant = default_loop_variant(args.null_text_threshold_scale, args.final_threshold_scale, args.final_fraction)
+    sensitivity = tuple(args.paper_sensitivity or (0.99, 1.01)) if args.paper_sensitivity is not None else ()
+    if any(not f > 0 for f in sensitivity):
+        parser.error(f"--paper-sensitivity factors must be > 0, got {list(sensitivity)}")
     rows = compare_null_text(pipe, originals, latents, prompts, vae_psnr, steps, guidance, args.rounds, default_options,
-                             variant)
+                             variant, sensitivity)
     described = "" if variant is None and not default_options else (
         f" (\"default\" is a variant: {variant or 'the defaults'}, {default_options or 'no other changes'})")
     header = (f"Null-text inversion, paper's loop against the default{described}, {args.model}, {len(scenes)} held-out renders "
               f"(seeds {args.seed}...{args.seed + len(scenes) - 1}), S = {steps}, w = {guidance:g}, "
               f"{torch.get_num_threads()} thread(s), interleaved scene by scene; gap = PSNR of the image's VAE round "
               "trip - PSNR of the reconstruction")
-    text = null_text_comparison_report(rows, header, args.gap_tolerance)
+    text = null_text_comparison_report(rows, header, args.gap_tolerance, sensitivity)
     (out / "null_text_compare.md").write_text(text)
     (out / "null_text_compare.json").write_text(json.dumps({"model": args.model, "steps": steps, "guidance": guidance,
-                                                            "vae_psnr": vae_psnr, "rows": rows}, indent=2))
+                                                            "vae_psnr": vae_psnr, "paper_sensitivity": list(sensitivity),
+                                                            "rows": rows}, indent=2))
     print(text)
     return text
 

@@ -50,6 +50,26 @@ def test_null_text_comparison_states_the_ratio_and_the_worst_per_image_gap(bench
     assert "[FAIL]" in bench.null_text_comparison_report(rows, "header", 0.03)
 
 
+def test_paper_sensitivity_checks_each_image_against_the_papers_own_spread(bench):
+    """--paper-sensitivity: the paper's gap at learning rate x0.99 and x1.01 beside x1; an image passes when the
+    default's gap is at most the largest of the three, and the report states the spread and the paired difference."""
+    def row(scene, loop, gap, round_index=0):
+        return {"round": round_index, "scene": scene, "loop": loop, "cpu_s": 1.0, "wall_s": 1.0,
+                "forwards_with_autograd": 1, "backward": 1, "forwards": 1, "psnr": 30.0 - gap, "gap": gap}
+
+    gaps = {0: (0.20, 0.25, 0.10, 0.22), 1: (0.05, 0.02, 0.08, 0.07)}  # paper, x0.99, x1.01, default
+    rows = [row(s, loop, g) for s, values in gaps.items()
+            for loop, g in zip(("paper, before", "paper, lr x0.99", "paper, lr x1.01", "default"), values)]
+    rows += [row(s, "paper", gaps[s][0]) for s in gaps] + [row(0, "default", 9.0, round_index=1)]  # round 2 ignored
+    lines = bench.paper_sensitivity_report(rows, (0.99, 1.01))
+    assert "its gap moves by 0.040 dB (median), at most 0.100 dB, and is larger than at x1 in 2 of 4" in lines[0]
+    assert "mean +0.020 dB" in lines[1] and "larger on 2 of 2 images, by at most +0.020 dB" in lines[1]
+    assert lines[2].startswith("[PASS]") and "worst -0.010 dB (scene 1), above it on 0 of 2" in lines[2]
+    rows = [dict(r, gap=0.30) if (r["scene"], r["loop"], r["round"]) == (0, "default", 0) else r for r in rows]
+    failed = bench.paper_sensitivity_report(rows, (0.99, 1.01))[2]
+    assert failed.startswith("[FAIL]") and "worst +0.050 dB (scene 0), above it on 1 of 2" in failed
+
+
 def test_null_text_variant_scales_the_default_thresholds_and_leaves_the_defaults_alone(bench):
     """--null-text-threshold-scale / --final-threshold-scale / --final-fraction: a variant of the default loop for
     the compare, every step's threshold scaled; no flag, no variant; out-of-range values refused."""
@@ -68,3 +88,16 @@ def test_null_text_variant_scales_the_default_thresholds_and_leaves_the_defaults
     for bad in ({"threshold_scale": 0.0}, {"final_threshold_scale": -1.0}, {"final_fraction": 1.5}):
         with pytest.raises(ValueError, match="must be"):
             bench.default_loop_variant(**bad)
+
+
+def test_null_text_compare_runs_end_to_end_with_the_papers_sensitivity(bench, tmp_path):
+    """--null-text-compare --quick --paper-sensitivity: every loop on every scene, the perturbed paper loops in the
+    first round only, with the learning rates asked for, and the report's sensitivity section."""
+    text = bench.main(["--null-text-compare", "--quick", "--paper-sensitivity", "0.9", "--threads", "1",
+                       "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "null_text_compare.json").read_text())
+    assert saved["paper_sensitivity"] == [0.9]
+    loops = sorted({(r["scene"], r["loop"]) for r in saved["rows"]})
+    assert loops == sorted((s, loop) for s in (0, 1) for loop in ("paper, before", "paper", "default", "paper, lr x0.9"))
+    assert "its learning rate x0.9" in text and "gap(default) <= the paper's largest gap" in text
+    assert (tmp_path / "null_text_compare.md").read_text() == text

@@ -199,6 +199,29 @@ def test_inversion_panel_caches_the_inversion(pipe, scene):
     assert picture_bytes(panel.view) != without_edit  # an edit column was added
 
 
+def test_panels_run_the_models_default_null_text_loop(pipe, scene):
+    """The panels used to pass inner_steps=10 to null-text inversion: for shapes-tiny neither the paper's loop nor
+    the library's default (6 Adam steps at most). Now the model's own default: 6 for shapes-tiny, 10 for SD."""
+    from diffusion_lab.inversion import NullTextSettings
+    from diffusion_lab.models.loading import load_pipeline
+
+    image, prompt, _ = scene
+    assert InversionPanel(pipe, image, prompt, method="null_text").inner_steps.value == 10  # SD family: the paper's
+    shapes = load_pipeline("shapes-tiny")
+    real_image, real_prompt, _ = common.source_scene(shapes, 3, objects=[{"shape": "circle", "colour": "red"}])
+    fast = NullTextSettings().inner_steps
+    assert fast != 10 and InversionPanel(shapes, real_image, real_prompt, method="null_text").inner_steps.value == fast
+    common.INVERSIONS.clear()
+    panel = PromptToPromptPanel(shapes, real_image, real_prompt, real_prompt, swap_shape(real_prompt), num_steps=10,
+                                inversion_method="null_text")
+    panel.source_kind.value = "real image"
+    panel.compare.value = False
+    panel.button.click()
+    assert panel.error is None, panel.error
+    (inversion,) = common.INVERSIONS.entries.values()
+    assert inversion.settings["inner_steps"] == fast
+
+
 def test_prompt_to_prompt_panel_generated_and_real(pipe, scene):
     image, prompt, _ = scene
     common.INVERSIONS.clear()

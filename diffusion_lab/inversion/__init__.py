@@ -37,7 +37,7 @@ from .latent_level import LatentInversion, invert_with_model, reconstruct_with_m
 from .methods import DEFAULT_ETA, METHODS
 from .model import ConditionalModel, StepwiseGuidedDenoiser
 from .null_text import NullTextResult, NullTextSettings, optimize_null_text
-from .pipeline_level import inversion_inputs, invert, pipeline_name, reconstruct
+from .pipeline_level import inversion_inputs, invert, null_text_settings_for, pipeline_name, reconstruct
 from .result import FORMAT_VERSION, Inversion
 from .step import ETA_ERROR, check_eta, ddim_inversion_step
 
@@ -45,7 +45,7 @@ __all__ = [
     "ConditionalModel", "DEFAULT_ETA", "ETA_ERROR", "FORMAT_VERSION", "FixedPointSettings",
     "Inversion", "InversionCache", "LatentInversion", "LatentTrajectory", "METHODS", "NoiseSpace", "NullTextResult", "NullTextSettings",
     "StepwiseGuidedDenoiser", "anderson_extrapolation", "cached_invert", "check_eta", "default_inversion_cache", "ddim_inversion_step",
-    "edit_friendly_noise_space", "invert", "invert_latents", "invert_with_model", "inversion_inputs",
+    "edit_friendly_noise_space", "invert", "invert_latents", "invert_with_model", "inversion_inputs", "null_text_settings_for",
     "optimize_null_text", "pipeline_name", "reconstruct", "reconstruct_with_model", "rectify_source_branch",
     "source_rectifier",
 ]

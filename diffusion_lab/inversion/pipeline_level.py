@@ -122,7 +122,7 @@ def invert(
         eta = 0.0 if eta is None else eta
         check_eta(eta)
     guidance_scale = check_guidance(inversion_guidance(method, pipe) if guidance_scale is None else guidance_scale)
-    null_text = _null_text_settings(pipe, null_text_settings)
+    null_text = null_text_settings_for(pipe, null_text_settings)
     for name, value in (("inner_steps", inner_steps), ("learning_rate", learning_rate),
                         ("early_stop_epsilon", early_stop_epsilon)):
         if value is not None:
@@ -183,8 +183,9 @@ def invert(
     )
 
 
-def _null_text_settings(pipe, settings: str | NullTextSettings | None) -> NullTextSettings:
-    """A copy of `settings` (a NullTextSettings or a preset name); None: the model's default preset and rate."""
+def null_text_settings_for(pipe, settings: str | NullTextSettings | None = None) -> NullTextSettings:
+    """A copy of `settings` (a NullTextSettings or a preset name); None: the loop `invert` runs for this model by
+    default (its ModelDefaults' preset and learning rate)."""
     if isinstance(settings, NullTextSettings):
         return replace(settings)
     if settings is not None and not isinstance(settings, str):

@@ -190,7 +190,7 @@ class InversionPanel(Panel):
     inversion. Inversions are cached: changing only the edit prompt (or rerunning) does not invert again."""
 
     def __init__(self, pipe, image, prompt: str, target_prompt: str = "", method: str = "ddim",
-                 num_steps: int = 50, guidance_scale: float = 7.5, inner_steps: int = 10):
+                 num_steps: int = 50, guidance_scale: float = 7.5, inner_steps: int | None = None):
         import ipywidgets as widgets
 
         super().__init__()
@@ -203,6 +203,10 @@ class InversionPanel(Panel):
                                        description="method")
         self.steps = slider("steps S", int(num_steps), 5, 200, 5, integer=True)
         self.guidance = slider("guidance w", float(guidance_scale), 1.0, 10.0, 0.5)
+        if inner_steps is None:  # the model's default loop (6 for shapes-tiny, the paper's 10 for Stable Diffusion)
+            from diffusion_lab.inversion import null_text_settings_for
+
+            inner_steps = null_text_settings_for(pipe).inner_steps
         self.inner_steps = slider("null-text inner steps", int(inner_steps), 1, 20, 1, integer=True)
         self.button.description = "Run inversion"
         self.view = ImageView(min_side=128)

@@ -215,7 +215,7 @@ class PromptToPromptPanel(Panel):
 
     def __init__(self, pipe, image, image_prompt: str, source_prompt: str | None = None, target_prompt: str = "",
                  seed: int = 0, num_steps: int = 50, guidance_scale: float | None = None, inversion_method: str = "negative_prompt",
-                 inner_steps: int = 10):
+                 inner_steps: int | None = None):
         import ipywidgets as widgets
 
         super().__init__()
@@ -245,7 +245,7 @@ class PromptToPromptPanel(Panel):
                                        value=inversion_method, description="inversion")
         self.steps = slider("steps S", int(num_steps), 10, 100, 5, integer=True)
         self.guidance = slider("guidance w", float(guidance_scale), 1.0, 10.0, 0.5)
-        self.inner_steps = int(inner_steps)
+        self.inner_steps = None if inner_steps is None else int(inner_steps)  # None: the model's default loop
         self.button.description = "Run edit"
         self.images = ImageView(min_side=128, description="")
         self.maps = ImageView(min_side=96, description="target's word maps (all steps)")
@@ -290,7 +290,7 @@ class PromptToPromptPanel(Panel):
         self.progress.start(runs, "inverting (cached after the first run) and editing" if real else "editing")
         guidance = float(self.guidance.value)
         if real:
-            options = {"inner_steps": self.inner_steps} if self.method.value == "null_text" else {}
+            options = {"inner_steps": self.inner_steps} if self.method.value == "null_text" and self.inner_steps else {}
             inversion = cached_inversion(self.pipe, self.image, edit.source_prompt, self.method.value,
                                          int(self.steps.value), inversion_guidance_for_edit(self.method.value, guidance),
                                          **options)
