@@ -491,16 +491,7 @@ def main(argv=None) -> str:
         args.scenes, args.steps, args.guidance = 2, [2, 4], [1.0, 7.5]
         args.inner_steps = args.inner_steps or 2
         args.fixed_point_iterations = args.fixed_point_iterations or 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    pipe = load_pipeline(args.model, device=args.device, dtype="float32")
-    scenes = [random_scene(args.seed + i) for i in range(args.scenes)]
-    originals = np.stack([render(scene, size=image_size(pipe)).image for scene in scenes])  # (N, H, W, 3) uint8
-    prompts = [caption(scene) for scene in scenes]
-    latents = torch.cat([encode_images(pipe, originals[i : i + args.batch_size]) for i in range(0, len(originals), args.batch_size)])
+    pipe, out, originals, prompts, latents = prepare(args, args.scenes)
     vae = np.concatenate([decode_latents(pipe, latents[i : i + args.batch_size]) for i in range(0, len(latents), args.batch_size)])
     ceiling = score(vae, originals)
     options = {}
@@ -550,22 +541,30 @@ def main(argv=None) -> str:
     return text
 
 
-def null_text_compare_main(args, parser) -> str:
-    steps = args.steps[0] if args.steps != parser.get_default("steps") else 50
-    guidance = args.guidance[0] if args.guidance != parser.get_default("guidance") else 7.5
-    if args.quick:
-        args.compare_scenes, args.rounds, steps = 2, 1, 4
+def prepare(args, num_scenes: int):
+    """Threads, the output folder, the pipeline, and the held-out renders from --seed on: (pipe, out, originals
+    (N, H, W, 3) uint8, captions, latents (N, C, h, w), encoded --batch-size at a time)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model, device=args.device, dtype="float32")
-    scenes = [random_scene(args.seed + i) for i in range(args.compare_scenes)]
+    scenes = [random_scene(args.seed + i) for i in range(num_scenes)]
     originals = np.stack([render(scene, size=image_size(pipe)).image for scene in scenes])
     prompts = [caption(scene) for scene in scenes]
-    latents = encode_images(pipe, originals)
+    latents = torch.cat([encode_images(pipe, originals[i : i + args.batch_size])
+                         for i in range(0, len(originals), args.batch_size)])
+    return pipe, out, originals, prompts, latents
+
+
+def null_text_compare_main(args, parser) -> str:
+    steps = args.steps[0] if args.steps != parser.get_default("steps") else 50
+    guidance = args.guidance[0] if args.guidance != parser.get_default("guidance") else 7.5
+    if args.quick:
+        args.compare_scenes, args.rounds, steps = 2, 1, 4
+    pipe, out, originals, prompts, latents = prepare(args, args.compare_scenes)
     vae_psnr = [float(v) for v in np.ravel(psnr(decode_latents(pipe, latents, "uint8"), originals))]
-    print(f"null-text loops on {len(scenes)} held-out renders of {args.model}, S = {steps}, w = {guidance:g}, "
+    print(f"null-text loops on {len(prompts)} held-out renders of {args.model}, S = {steps}, w = {guidance:g}, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     default_options = {name: value for name, value in (("inner_steps", args.inner_steps),
                                                        ("learning_rate", args.null_text_lr)) if value is not None}
@@ -577,8 +576,8 @@ def null_text_compare_main(args, parser) -> str:
                              variant, sensitivity)
     described = "" if variant is None and not default_options else (
         f" (\"default\" is a variant: {variant or 'the defaults'}, {default_options or 'no other changes'})")
-    header = (f"Null-text inversion, paper's loop against the default{described}, {args.model}, {len(scenes)} held-out renders "
-              f"(seeds {args.seed}...{args.seed + len(scenes) - 1}), S = {steps}, w = {guidance:g}, "
+    header = (f"Null-text inversion, paper's loop against the default{described}, {args.model}, {len(prompts)} held-out renders "
+              f"(seeds {args.seed}...{args.seed + len(prompts) - 1}), S = {steps}, w = {guidance:g}, "
               f"{torch.get_num_threads()} thread(s), interleaved scene by scene; gap = PSNR of the image's VAE round "
               "trip - PSNR of the reconstruction")
     text = null_text_comparison_report(rows, header, args.gap_tolerance, sensitivity)
