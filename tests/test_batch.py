@@ -160,6 +160,8 @@ rows:
   - {{id: empty-source, source_prompt: "", target_prompts: [{SQUARE}]}}
   - {{id: empty-target, source_prompt: {SOURCE}, target_prompts: ["", {SQUARE}]}}
   - {{id: fine, source_prompt: {SOURCE}, target_prompts: [{SQUARE}], seed: 4294967295, guidance_scale: 30}}
+  - {{id: loop, scene_seed: 1, target_prompts: [{SQUARE}], inversion_options: {{null_text_settings: slow}}}}
+  - {{id: papers-loop, scene_seed: 1, target_prompts: [{SQUARE}], inversion_options: {{null_text_settings: Paper}}}}
 """
 
 
@@ -167,8 +169,10 @@ def test_every_numeric_field_is_bounded_and_the_message_gives_the_bound(tmp_path
     """num_steps 1e9, seed 1e23, guidance 1e300 and inner_steps 1e8 passed validation and failed (or gave
     black images) at run time; an empty prompt got a word-swap message about token counts."""
     valid, invalid = validate_manifest(read_manifest(write(tmp_path / "m.yaml", BOUND_ROWS)), tokenizer, 50, 5.0)
-    assert [row.id for row in valid] == ["fine"]
+    assert [row.id for row in valid] == ["fine", "papers-loop"]
+    assert valid[1].spec["inversion"]["options"] == {"null_text_settings": "paper"}  # a manifest can pick the loop
     messages = {bad.id: bad.message for bad in invalid}
+    assert "inversion_options.null_text_settings must be one of fast, paper" in messages["loop"]
     assert "num_steps must be between 1 and 1000" in messages["steps"]
     assert "seed must be between 0 and 4294967295, got 1e+23" in messages["seed"]  # not 4.29497e+09
     assert "guidance_scale must be between 1 and 30, got 1e+300" in messages["guidance"]
@@ -551,8 +555,10 @@ def test_os_errors_on_an_image_path_are_invalid_rows(tmp_path, tokenizer, model_
 
     monkeypatch.setattr(manifest_module, "open", open_unless_locked, raising=False)
     valid, invalid = validate_manifest(read_manifest(path), tokenizer, 50, 5.0)
-    assert [row.id for row in valid] == ["fine"]
+    assert [row.id for row in valid] == ["fine", "papers-loop"]
+    assert valid[1].spec["inversion"]["options"] == {"null_text_settings": "paper"}  # a manifest can pick the loop
     messages = {bad.id: bad.message for bad in invalid}
+    assert "inversion_options.null_text_settings must be one of fast, paper" in messages["loop"]
     assert "line 2" in messages["long"] and "too long" in messages["long"] and "304 bytes" in messages["long"]
     assert "a" * 300 not in messages["long"]  # shortened
     assert "is a folder" in messages["folder"]

@@ -83,6 +83,23 @@ def test_the_key_is_the_pixels_the_prompt_the_settings_and_the_weights(tiny):
                                                      progress=False).latents, atol=0, rtol=0)
 
 
+def test_null_text_settings_objects_are_keys_by_their_fields(tiny):
+    """A NullTextSettings (a dataclass, unhashable) used to make cached_invert compute without the cache, silently."""
+    from diffusion_lab.inversion import NullTextSettings
+
+    cache = InversionCache()
+    image = _image(32)
+
+    def run(settings):
+        return cached_invert(tiny, image, "a red circle", "null_text", 2, 3.0, cache=cache, null_text_settings=settings,
+                             inner_steps=1)
+
+    first = run(NullTextSettings.paper())
+    assert run(NullTextSettings.paper()) is first and (cache.hits, cache.misses) == (1, 1)
+    assert run(NullTextSettings.paper(learning_rate=0.02)) is not first and cache.misses == 2
+    assert run("paper") is not first  # the name and the object are different keys (both cached), never mixed up
+
+
 def test_a_second_edit_of_the_same_image_replays_inversion_and_source(shapes_tiny):
     """edit_real on an image, then on the same image with another target: the second call runs neither the
     inversion nor the source branch (both caches hit), and gives what a fresh, uncached edit gives (within 1/255:
@@ -127,3 +144,8 @@ def test_batch_rows_sharing_an_image_invert_it_once(shapes_tiny, tmp_path):
     _, metrics = edit_row(shapes_tiny, row(1, _swap_first_shape(prompt)), "shapes-tiny")
     assert (inversions.hits, inversions.misses) == (1, 1)
     assert metrics["reconstruction"]["psnr"] > 15
+    papers = row(2, prompt)  # a manifest's inversion_options.null_text_settings reaches invert
+    papers["inversion"] = {"method": "null_text", "options": {"null_text_settings": "paper", "inner_steps": 1}}
+    edit_row(shapes_tiny, papers, "shapes-tiny")
+    (inversion,) = [entry for entry in inversions.entries.values() if entry.method == "null_text"]
+    assert inversion.settings["learning_rate"] == 1e-2 and inversion.settings["check_first"] is False

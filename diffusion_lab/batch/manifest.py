@@ -22,8 +22,9 @@ A row describes one Prompt-to-Prompt edit (diffusion_lab.editing.PromptEdit) of 
                         Prompt-to-Prompt repository's local-blend mask) or ours (the mask of rows run before it
                         was the default; attention.LocalBlend's mask_style)
     inversion           for an image or a scene: null_text (default), negative_prompt, direct, ddim or fixed_point
-    inversion_options   e.g. {inner_steps: 5} (inner_steps, learning_rate, early_stop_epsilon,
-                        fixed_point_iterations, fixed_point_tolerance, anderson_memory)
+    inversion_options   e.g. {inner_steps: 5} (null_text_settings: fast or paper, the null-text loop, default the
+                        model's; inner_steps, learning_rate, early_stop_epsilon, fixed_point_iterations,
+                        fixed_point_tolerance, anderson_memory)
     seed                the seed of a generated source image (default 0)
     num_steps, guidance_scale   DDIM steps and guidance w (default: the model's, 50 and 5.0 for shapes-tiny)
     notes               free text, shown in the report, not part of the row's identity
@@ -667,10 +668,20 @@ def _resolve(values: dict, manifest: Manifest, tokenizer, default_num_steps, def
             raise RowError(f"unknown inversion {method!r}; choose one of {', '.join(METHODS)}")
         options = _as_mapping("inversion_options", merged["inversion_options"]) if "inversion_options" in merged else {}
         checked = {}
+        from ..inversion import NULL_TEXT_PRESETS
+
         for name, value in options.items():
-            if name not in inversion_options():
-                raise RowError(f"unknown inversion option {name!r}; the options are {', '.join(inversion_options())}")
             label = f"inversion_options.{name}"
+            if name == "null_text_settings":  # a preset by name (a NullTextSettings is not a manifest value)
+                preset = _as_text(label, value).strip().lower()
+                if preset not in NULL_TEXT_PRESETS:
+                    raise RowError(f"{label} must be one of {', '.join(NULL_TEXT_PRESETS)} (the library's loop or "
+                                   f"Mokady et al.'s), got {value!r}")
+                checked[name] = preset
+                continue
+            if name not in inversion_options():
+                raise RowError(f"unknown inversion option {name!r}; the options are null_text_settings, "
+                               f"{', '.join(inversion_options())}")
             checked[name] = _bounded(label, (_as_int if inversion_options()[name] is int else _as_float)(label, value))
         inversion = {"method": method, "options": dict(sorted(checked.items()))}
     else:

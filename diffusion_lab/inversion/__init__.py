@@ -36,14 +36,14 @@ from .fixed_point import FixedPointSettings, LatentTrajectory, anderson_extrapol
 from .latent_level import LatentInversion, invert_with_model, reconstruct_with_model
 from .methods import DEFAULT_ETA, METHODS
 from .model import ConditionalModel, StepwiseGuidedDenoiser
-from .null_text import NullTextResult, NullTextSettings, optimize_null_text
+from .null_text import NULL_TEXT_PRESETS, NullTextResult, NullTextSettings, optimize_null_text
 from .pipeline_level import inversion_inputs, invert, null_text_settings_for, pipeline_name, reconstruct
 from .result import FORMAT_VERSION, Inversion
 from .step import ETA_ERROR, check_eta, ddim_inversion_step
 
 __all__ = [
     "ConditionalModel", "DEFAULT_ETA", "ETA_ERROR", "FORMAT_VERSION", "FixedPointSettings",
-    "Inversion", "InversionCache", "LatentInversion", "LatentTrajectory", "METHODS", "NoiseSpace", "NullTextResult", "NullTextSettings",
+    "Inversion", "InversionCache", "LatentInversion", "LatentTrajectory", "METHODS", "NULL_TEXT_PRESETS", "NoiseSpace", "NullTextResult", "NullTextSettings",
     "StepwiseGuidedDenoiser", "anderson_extrapolation", "cached_invert", "check_eta", "default_inversion_cache", "ddim_inversion_step",
     "edit_friendly_noise_space", "invert", "invert_latents", "invert_with_model", "inversion_inputs", "null_text_settings_for",
     "optimize_null_text", "pipeline_name", "reconstruct", "reconstruct_with_model", "rectify_source_branch",

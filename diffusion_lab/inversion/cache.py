@@ -14,6 +14,7 @@ and 11.5 MiB of embeddings); the cache keeps the `max_items` most recently used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
@@ -67,6 +68,8 @@ def _hashable(value: Any) -> Hashable:
         return tuple(_hashable(item) for item in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a NullTextSettings: by its fields
+        return (type(value).__qualname__, _hashable(dataclasses.asdict(value)))
     hash(value)  # TypeError for anything else unhashable: the caller computes without the cache
     return value
 
