@@ -92,23 +92,3 @@ def table1_error_bars(table: dict, reference: np.ndarray, draws: int = 50, seed:
         result[label] = per_step
     return result
 
-
-def sampler_noise(pipe, num_samples: int, num_steps: int, seed: int = 0, guidance_scale: float = 1.0) -> list[dict]:
-    """Noise left in the samples of every sampler setting of DDIM's Table 1 (widgets.posterior_panel.SETTINGS), per image
-    quality.high_frequency_energy, averaged over `num_samples` captions of random one-object scenes sampled from
-    the same x_T. Returns rows: setting, noise (mean), standard_error (of the mean)."""
-    from diffusion_lab.generation import initial_noise
-    from diffusion_lab.quality import high_frequency_energy
-    from diffusion_lab.shapes import caption, random_scene
-    from diffusion_lab.widgets import posterior_panel as posterior
-
-    rng = np.random.default_rng(seed)
-    prompts = [caption(random_scene(rng, num_objects=1)) for _ in range(num_samples)]
-    x_T = initial_noise(pipe, num_samples, seed)
-    rows = []
-    for label, eta, variance in posterior.SETTINGS:
-        images = posterior.sample_images(pipe, prompts, num_steps, eta, variance, guidance_scale, seed, x_T=x_T)
-        values = np.array([high_frequency_energy(image) for image in images])
-        rows.append({"setting": label, "noise": float(values.mean()),
-                     "standard_error": float(values.std(ddof=1) / np.sqrt(len(values)))})
-    return rows
