@@ -555,10 +555,8 @@ def test_os_errors_on_an_image_path_are_invalid_rows(tmp_path, tokenizer, model_
 
     monkeypatch.setattr(manifest_module, "open", open_unless_locked, raising=False)
     valid, invalid = validate_manifest(read_manifest(path), tokenizer, 50, 5.0)
-    assert [row.id for row in valid] == ["fine", "papers-loop"]
-    assert valid[1].spec["inversion"]["options"] == {"null_text_settings": "paper"}  # a manifest can pick the loop
+    assert [row.id for row in valid] == ["fine"]
     messages = {bad.id: bad.message for bad in invalid}
-    assert "inversion_options.null_text_settings must be one of fast, paper" in messages["loop"]
     assert "line 2" in messages["long"] and "too long" in messages["long"] and "304 bytes" in messages["long"]
     assert "a" * 300 not in messages["long"]  # shortened
     assert "is a folder" in messages["folder"]
