@@ -19,10 +19,8 @@ NON_DEFAULT_RUNS = [
     ("02", {"SEED": 3}),
     ("02", {"SEED": 42}),
     ("03", {"SEED": 0}),
-    ("03", {"SEED": 42}),
     ("04", {"SEED": 2}),  # the object stays without P2P; refine's source is already green
-    ("04", {"SEED": 42}),
-]
+]  # labs 3 and 4 at SEED 42 passed too (issue 31); one other seed each keeps CI under 30 minutes
 
 
 @pytest.mark.parametrize("lab, parameters", NON_DEFAULT_RUNS, ids=lambda v: str(v))
