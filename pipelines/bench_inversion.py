@@ -55,6 +55,7 @@ from diffusion_lab.models.loading import synchronize
 from diffusion_lab.sampling import sample
 from diffusion_lab.schedules import NoiseSchedule
 from diffusion_lab.shapes import caption, random_scene, render
+from diffusion_lab.stats import bootstrap_mean_interval
 
 HELD_OUT_SEED = 1_000_000  # scene seeds random_scene(HELD_OUT_SEED + i); training draws from default_rng(seed 0)
 NUM_EXAMPLES = 4
@@ -349,7 +350,7 @@ def sensitivity_loop(factor: float) -> str:
     return f"paper, lr x{factor:g}"
 
 
-def paper_sensitivity_report(rows: list[dict], sensitivity: tuple[float, ...], resamples: int = 10_000) -> list[str]:
+def paper_sensitivity_report(rows: list[dict], sensitivity: tuple[float, ...]) -> list[str]:
     """Per image (first round): how far the paper's gap moves when its learning rate is multiplied by each factor,
     the paired difference default - paper with a bootstrap interval, and the check that each image's gap with the
     default is at most the largest gap of the paper's loop over learning rates x1 and x each factor."""
@@ -360,9 +361,7 @@ def paper_sensitivity_report(rows: list[dict], sensitivity: tuple[float, ...], r
     perturbed = np.array([[got[s, sensitivity_loop(f)] for s in scenes] for f in sensitivity])  # (factors, N)
     moves = (perturbed - paper).ravel()
     difference = default - paper
-    generator = np.random.default_rng(0)
-    means = difference[generator.integers(0, len(scenes), (resamples, len(scenes)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    low, high = bootstrap_mean_interval(difference)  # 95%, seeded
     envelope = np.max(np.vstack([paper, perturbed]), axis=0)
     excess = default - envelope
     worst = int(np.argmax(excess))
